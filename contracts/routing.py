@@ -1,0 +1,77 @@
+"""Where messages go. Every name lives under a namespace so that test runs never meet each other.
+
+    <ns>.bureau    direct   key = insuplc_admdvs (参保地), or "registry" for facility broadcasts
+    <ns>.pay       direct   key = "pay": money movements, published by the bureau only (its own exchange, so
+                            that broker permissions can say so)
+    <ns>.accounts  direct   key = "admin": the accounts service's admin transactions
+    <ns>.pos       direct   key = "command"
+    <ns>.reply     direct   key = a requester's reply key (durable reply queues; no direct reply-to)
+    <ns>.events    topic    outcome.<fixmedins_code>, balance.<psn_no>
+    <ns>.dlx       fanout   → <ns>.dead (every work queue dead-letters here)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REGISTRY_KEY = "registry"
+
+
+@dataclass(frozen=True)
+class Names:
+    ns: str = "gongji"
+
+    @property
+    def bureau_exchange(self) -> str:
+        return f"{self.ns}.bureau"
+
+    def bureau_queue(self, regions: list[str] | None) -> str:
+        return f"{self.ns}.bureau.{'-'.join(sorted(regions)) if regions else 'all'}"
+
+    @property
+    def accounts_exchange(self) -> str:
+        """The accounts service's admin channel (G1xx)."""
+        return f"{self.ns}.accounts"
+
+    @property
+    def pay_exchange(self) -> str:
+        """Money movement requests to the accounts service; only the bureau may publish here."""
+        return f"{self.ns}.pay"
+
+    @property
+    def accounts_pay_queue(self) -> str:
+        return f"{self.ns}.accounts.pay"
+
+    @property
+    def accounts_admin_queue(self) -> str:
+        return f"{self.ns}.accounts.admin"
+
+    @property
+    def pos_exchange(self) -> str:
+        return f"{self.ns}.pos"
+
+    @property
+    def pos_command_queue(self) -> str:
+        return f"{self.ns}.pos.commands"
+
+    @property
+    def reply_exchange(self) -> str:
+        return f"{self.ns}.reply"
+
+    def reply_queue(self, key: str) -> str:
+        return f"{self.ns}.reply.{key}"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.ns}.events"
+
+    @property
+    def events_archive_queue(self) -> str:
+        return f"{self.ns}.events.archive"
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.ns}.dlx"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.ns}.dead"

@@ -1,0 +1,42 @@
+"""`gongji worker accounts`: the payer-account service."""
+from __future__ import annotations
+
+import structlog
+from pydantic import ValidationError
+
+from contracts.internal import AccountsRequest
+from services.shared.broker import Broker
+from services.shared.entry import WorkerConfig
+from services.shared.inbox import decode_envelope, short_error
+from services.shared.policy import load_policies
+from services.shared.runtime import Incoming, Poison, Worker
+from services.shared.store import Store
+
+from .service import AccountsService
+from .store import SCHEMA
+
+
+async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
+    names = cfg.names
+    store = Store(cfg.data_dir / "accounts.db", SCHEMA)
+    await store.open()
+    service = AccountsService(names, load_policies())
+    worker = Worker(broker, store)
+    await worker.start_relay()
+
+    async def on_pay(incoming: Incoming) -> list[int]:
+        try:
+            req = AccountsRequest.model_validate_json(incoming.body)
+        except ValidationError as exc:
+            raise Poison(f"not an accounts request: {short_error(exc)}") from None
+        structlog.contextvars.bind_contextvars(req_id=req.req_id, setl_id=req.setl_id)
+        return await store.run(lambda c: service.handle_request(c, req, incoming.reply_to))
+
+    async def on_admin(incoming: Incoming) -> list[int]:
+        req = decode_envelope(incoming)
+        structlog.contextvars.bind_contextvars(msgid=req.msgid, infno=req.infno)
+        return await store.run(lambda c: service.handle_admin(c, req, incoming.reply_to))
+
+    await worker.serve(names.accounts_pay_queue, on_pay, prefetch=cfg.prefetch)
+    await worker.serve(names.accounts_admin_queue, on_admin, prefetch=cfg.prefetch)
+    return worker

@@ -1,0 +1,451 @@
+"""Handlers of the bureau: national transactions from the POS, answers from the accounts service, and the
+registry (facilities, people). Each handler is one transaction; replies that depend on the accounts
+service are sent when its answer arrives."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import asdict
+from datetime import datetime, time
+from decimal import Decimal
+from typing import Any
+
+from contracts import admin, infno
+from contracts.base import SHANGHAI, format_biz_time
+from contracts.envelope import Reply, Request
+from contracts.errors import ErrorCode, GongjiError
+from contracts.internal import AccountsKind, AccountsReply, AccountsRequest
+from contracts.money import from_fen, to_fen
+from contracts.routing import Names
+from contracts.settlement import (CompensateInput, Cumulative, CumulativeInput, PersonInfo, PersonInfoInput,
+                                  ReconcileInput, ReverseInput, SetlInfo, SettleInput, SignInInput,
+                                  SignInOutput)
+from services.shared.inbox import decode_input, envelope_refusal, handle_idempotent
+from services.shared.policy import RegionPolicy
+from services.shared.runtime import inbox_counters
+from services.shared.store import OutMessage, inbox_put, inbox_set_reply, outbox_add, transaction
+
+from . import store as db
+from .domain import Adjudication, adjudicate
+
+MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+                "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
+                "psn_cash_pay", "wallet_pay")
+
+
+def insurance_year(policy: RegionPolicy, when: datetime) -> int:
+    """The insurance year a business time falls in (Shanghai's starts on 1 July, most on 1 January)."""
+    return when.year if when.month >= policy.year_start_month else when.year - 1
+
+
+class BureauService:
+    def __init__(self, names: Names, policies: dict[str, RegionPolicy], served: list[str], reply_key: str):
+        self.names = names
+        self.policies = policies
+        self.served = set(served)
+        self.reply_key = reply_key
+
+    # ---- national transactions ----------------------------------------------------------------
+    def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
+        if infno.needs_sign_in(req.infno):
+            refusal = self._check_sign_no(conn, req)
+            if refusal is not None:
+                # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
+                if not reply_to:
+                    return []
+                with transaction(conn):
+                    return [self._reply(conn, reply_to, req.msgid, refusal)]
+        if req.infno in infno.PRESETTLE or req.infno == infno.PERSON_INFO:
+            return self._read_only(conn, req, reply_to)
+        return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
+                                 reply_to=reply_to, reply_exchange=self.names.reply_exchange,
+                                 effect=lambda outbox: self._effect(conn, req, reply_to, outbox),
+                                 refusal=envelope_refusal(req.msgid))
+
+    def _check_sign_no(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
+        row = conn.execute("SELECT * FROM signins WHERE sign_no=?", (req.sign_no,)).fetchone() if req.sign_no else None
+        if row is None or row["fixmedins_code"] != req.fixmedins_code:
+            return Reply.fail(req.msgid, ErrorCode.SIGN_NO_UNKNOWN,
+                              f"sign_no {req.sign_no or '(none)'} is not a sign-in of {req.fixmedins_code}; sign in "
+                              "with 9001 first")
+        if row["valid_until"] < format_biz_time(req.inf_time):
+            return Reply.fail(req.msgid, ErrorCode.SIGN_NO_EXPIRED,
+                              f"sign_no {req.sign_no} expired at {row['valid_until']}; sign in again with 9001")
+        return None
+
+    def _sign_in(self, conn: sqlite3.Connection, req: Request, inp: SignInInput) -> dict[str, Any]:
+        if conn.execute("SELECT 1 FROM facilities WHERE code=?", (req.fixmedins_code,)).fetchone() is None:
+            raise GongjiError(ErrorCode.UNKNOWN_FACILITY, f"facility {req.fixmedins_code} is not a designated one")
+        # Deterministic from the msgid, so that every bureau (9001 is broadcast to all) issues the same one.
+        sign_no = "SN" + hashlib.sha256(req.msgid.encode()).hexdigest()[:20].upper()
+        local = req.inf_time.astimezone(SHANGHAI)
+        valid_until = format_biz_time(datetime.combine(local.date(), time(23, 59, 59), tzinfo=SHANGHAI))
+        conn.execute("INSERT OR REPLACE INTO signins (sign_no, fixmedins_code, opter_no, sign_time, valid_until) "
+                     "VALUES (?,?,?,?,?)", (sign_no, req.fixmedins_code, inp.opter_no, format_biz_time(req.inf_time),
+                                            valid_until))
+        return SignInOutput(sign_no=sign_no, sign_time=req.inf_time, valid_until=valid_until).model_dump(mode="json")
+
+    def _effect(self, conn: sqlite3.Connection, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
+        inp = decode_input(req, infno.BUREAU_INPUTS)
+        if isinstance(inp, SignInInput):
+            return Reply.ok(req.msgid, self._sign_in(conn, req, inp)).model_dump_json().encode()
+        if req.infno in ("G001", "G002", "G003", "G199"):
+            return Reply.ok(req.msgid, self._registry(conn, inp)).model_dump_json().encode()
+        if isinstance(inp, SettleInput):
+            return self._settle(conn, req, inp, reply_to, outbox)
+        if isinstance(inp, ReverseInput):
+            return self._reverse(conn, req, inp, reply_to, outbox)
+        if isinstance(inp, CompensateInput):
+            return self._compensate(conn, req, inp, reply_to, outbox)
+        if isinstance(inp, CumulativeInput):
+            return Reply.ok(req.msgid, self._cumulative(conn, req, inp)).model_dump_json().encode()
+        if isinstance(inp, ReconcileInput):
+            return Reply.ok(req.msgid, self._reconcile(conn, req, inp)).model_dump_json().encode()
+        raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")
+
+    def _read_only(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
+        """Pre-settlement and person info change nothing: no inbox, the accounts service fills in balances."""
+        outbox: list[int] = []
+        with transaction(conn):
+            try:
+                inp = decode_input(req, infno.BUREAU_INPUTS)
+                if isinstance(inp, SettleInput):
+                    person, policy, facility = self._check_settle(conn, req, inp)
+                    adj = self._adjudicate(conn, req, inp, person, policy, facility)
+                    context = {"msgid": req.msgid, "reply_to": reply_to, "infno": req.infno,
+                               "setlinfo": self._base_setlinfo(f"PRE{req.msgid}", req, inp.psn_no, inp.med_type, adj)}
+                    self._ask_accounts(conn, outbox, "preview", f"pre:{req.msgid}", req, inp, adj, context)
+                else:
+                    assert isinstance(inp, PersonInfoInput)
+                    self._region(req)
+                    person = self._person(conn, inp.psn_no, req.insuplc_admdvs)
+                    context = {"msgid": req.msgid, "reply_to": reply_to, "person": dict(person)}
+                    self._send_accounts(conn, outbox, AccountsRequest(
+                        req_id=f"bal:{req.msgid}", kind="balance", psn_no=inp.psn_no,
+                        insuplc_admdvs=req.insuplc_admdvs, biz_time=req.inf_time, context=context))
+            except GongjiError as exc:
+                if reply_to:
+                    outbox.append(self._reply(conn, reply_to, req.msgid, Reply.fail(req.msgid, exc.code, exc.message)))
+        return outbox
+
+    # ---- checks ---------------------------------------------------------------------------------
+    def _region(self, req: Request) -> RegionPolicy:
+        if req.insuplc_admdvs not in self.served:
+            raise GongjiError(ErrorCode.REGION_NOT_SERVED, f"this bureau does not serve {req.insuplc_admdvs}")
+        policy = self.policies.get(req.insuplc_admdvs)
+        if policy is None:
+            raise GongjiError(ErrorCode.NO_POLICY, f"no policy file for region {req.insuplc_admdvs}")
+        return policy
+
+    def _person(self, conn: sqlite3.Connection, psn_no: str, region: str) -> sqlite3.Row:
+        person = conn.execute("SELECT * FROM persons WHERE psn_no=?", (psn_no,)).fetchone()
+        if person is None or person["insuplc_admdvs"] != region:
+            raise GongjiError(ErrorCode.UNKNOWN_PERSON, f"person {psn_no} is not insured in {region}")
+        return person
+
+    def _check_settle(self, conn: sqlite3.Connection, req: Request, inp: SettleInput
+                      ) -> tuple[sqlite3.Row, RegionPolicy, sqlite3.Row]:
+        policy = self._region(req)
+        triple = infno.TRIPLES[inp.med_type]
+        if req.infno not in triple:
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH,
+                              f"med_type {inp.med_type} is settled with {triple[0]}/{triple[1]}, not {req.infno}")
+        person = self._person(conn, inp.psn_no, req.insuplc_admdvs)
+        if person["insutype"] != inp.insutype:
+            raise GongjiError(ErrorCode.WRONG_INSUTYPE, f"{inp.psn_no} is insured under {person['insutype']}, "
+                                                        f"not {inp.insutype}")
+        facility = conn.execute("SELECT * FROM facilities WHERE code=?", (req.fixmedins_code,)).fetchone()
+        if facility is None:
+            raise GongjiError(ErrorCode.UNKNOWN_FACILITY, f"facility {req.fixmedins_code} is not a designated one")
+        if (facility["type"] == "pharmacy") != (inp.med_type == "41"):
+            raise GongjiError(ErrorCode.FACILITY_TYPE_MISMATCH,
+                              f"a {facility['type']} cannot settle med_type {inp.med_type}")
+        return person, policy, facility
+
+    def _adjudicate(self, conn: sqlite3.Connection, req: Request, inp: SettleInput, person: sqlite3.Row,
+                    policy: RegionPolicy, facility: sqlite3.Row) -> Adjudication:
+        # 就医地目录, 参保地政策: the catalog of the place of treatment, the insured region's money rules.
+        catalog = self.policies.get(req.mdtrtarea_admvs, policy)
+        acc = db.load_acc(conn, inp.psn_no, insurance_year(policy, req.inf_time))
+        return adjudicate(policy=policy, catalog=catalog, med_type=inp.med_type, psn_type=person["psn_type"],
+                          hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc)
+
+    # ---- settle, reverse, 冲正 --------------------------------------------------------------------
+    def _settle(self, conn: sqlite3.Connection, req: Request, inp: SettleInput, reply_to: str | None,
+                outbox: list[int]) -> None:
+        person, policy, facility = self._check_settle(conn, req, inp)
+        adj = self._adjudicate(conn, req, inp, person, policy, facility)
+        year = insurance_year(policy, req.inf_time)
+        db.save_acc(conn, inp.psn_no, year, db.load_acc(conn, inp.psn_no, year).plus(adj.delta))
+        setl_id = f"S{req.msgid}"
+        base = self._base_setlinfo(setl_id, req, inp.psn_no, inp.med_type, adj)
+        conn.execute("INSERT INTO settlements (setl_id, msgid, infno, psn_no, fixmedins_code, med_type, year, "
+                     "setl_time, state, adjudication, reply_to) VALUES (?,?,?,?,?,?,?,?, 'pending', ?, ?)",
+                     (setl_id, req.msgid, req.infno, inp.psn_no, req.fixmedins_code, inp.med_type, year,
+                      format_biz_time(req.inf_time),
+                      json.dumps({"base": base, "delta": asdict(adj.delta),
+                                  "fulamt": adj.fulamt_ownpay, "overlmt": adj.overlmt_selfpay,
+                                  "acct_used_flag": inp.acct_used_flag, "setl_chnl": inp.setl_chnl,
+                                  "insuplc_admdvs": req.insuplc_admdvs}),
+                      reply_to))
+        self._ask_accounts(conn, outbox, "pay", f"pay:{setl_id}", req, inp, adj, {"setl_id": setl_id},
+                           setl_id=setl_id)
+        return None  # the reply follows the accounts' answer
+
+    def _reverse(self, conn: sqlite3.Connection, req: Request, inp: ReverseInput, reply_to: str | None,
+                 outbox: list[int]) -> None:
+        self._region(req)
+        row = db.settlement_by(conn, "setl_id", inp.setl_id)
+        if row is None or json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs:
+            raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {inp.setl_id} in {req.insuplc_admdvs}")
+        if row["psn_no"] != inp.psn_no:
+            raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"settlement {inp.setl_id} is not {inp.psn_no}'s")
+        if req.infno != infno.TRIPLES[row["med_type"]][2]:
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"settlement {inp.setl_id} (med_type {row['med_type']}) "
+                                                           f"is reversed with {infno.TRIPLES[row['med_type']][2]}")
+        self._refusal_for_state(row, inp.setl_id)
+        self._undo(conn, row, "reversing", outbox, req.inf_time)
+        conn.execute("UPDATE settlements SET rev_msgid=?, rev_reply_to=?, rev_time=? WHERE setl_id=?",
+                     (req.msgid, reply_to, format_biz_time(req.inf_time), row["setl_id"]))
+        return None
+
+    @staticmethod
+    def _refusal_for_state(row: sqlite3.Row, setl_id: str) -> None:
+        state = row["state"]
+        if state in ("reversing", "reversed"):
+            raise GongjiError(ErrorCode.ALREADY_REVERSED, f"settlement {setl_id} is already reversed")
+        if state in ("compensating", "compensated"):
+            raise GongjiError(ErrorCode.COMPENSATED, f"settlement {setl_id} was undone by 冲正")
+        if state == "pending":
+            raise GongjiError(ErrorCode.SETTLEMENT_PENDING, f"settlement {setl_id} is still being paid")
+        if state == "failed":
+            raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"settlement {setl_id} failed and has nothing to undo")
+
+    def _undo(self, conn: sqlite3.Connection, row: sqlite3.Row, state: str, outbox: list[int],
+              when: datetime) -> None:
+        """Give the accumulators back and ask the accounts service to refund exactly what it took."""
+        year = row["year"]
+        db.save_acc(conn, row["psn_no"], year, db.load_acc(conn, row["psn_no"], year).minus(db.delta_of(row)))
+        conn.execute("UPDATE settlements SET state=? WHERE setl_id=?", (state, row["setl_id"]))
+        adj = json.loads(row["adjudication"])
+        self._send_accounts(conn, outbox, AccountsRequest(
+            req_id=f"refund:{row['setl_id']}", kind="refund", psn_no=row["psn_no"],
+            insuplc_admdvs=adj["insuplc_admdvs"], biz_time=when, fixmedins_code=row["fixmedins_code"],
+            med_type=row["med_type"], setl_id=row["setl_id"], context={"setl_id": row["setl_id"]}))
+
+    def _compensate(self, conn: sqlite3.Connection, req: Request, inp: CompensateInput, reply_to: str | None,
+                    outbox: list[int]) -> bytes | None:
+        original = conn.execute("SELECT kind FROM inbox WHERE msgid=?", (inp.omsgid,)).fetchone()
+        if original is None:
+            # Never arrived (yet): leave a tombstone so that, if it does arrive, it is refused and does nothing.
+            tomb = Reply.fail(inp.omsgid, ErrorCode.COMPENSATED,
+                              f"msgid {inp.omsgid} was cancelled by 2601 {req.msgid} before it arrived")
+            inbox_put(conn, inp.omsgid, "tombstone", "-", tomb.model_dump_json(), None)
+            return self._ok(req, {"omsgid": inp.omsgid, "result": "not received; it will be refused if it arrives"})
+        row = db.settlement_by(conn, "msgid", inp.omsgid)
+        if row is not None and json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs:
+            raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"msgid {inp.omsgid} is no settlement in "
+                                                              f"{req.insuplc_admdvs}")
+        if row is None:
+            if original["kind"] in infno.REVERSE:
+                raise GongjiError(ErrorCode.BAD_INPUT, "冲正 of a reversal is not supported; settle again instead")
+            return self._ok(req, {"omsgid": inp.omsgid, "result": "the original changed nothing"})
+        if row["psn_no"] != inp.psn_no:
+            raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"msgid {inp.omsgid} is not {inp.psn_no}'s")
+        state = row["state"]
+        if state == "pending":
+            conn.execute("UPDATE settlements SET cancel_msgid=?, cancel_reply_to=? WHERE setl_id=?",
+                         (req.msgid, reply_to, row["setl_id"]))
+            return None  # undone as soon as the payment is answered
+        if state == "settled":
+            self._undo(conn, row, "compensating", outbox, req.inf_time)
+            conn.execute("UPDATE settlements SET cancel_msgid=?, cancel_reply_to=? WHERE setl_id=?",
+                         (req.msgid, reply_to, row["setl_id"]))
+            return None
+        return self._ok(req, {"omsgid": inp.omsgid, "result": f"nothing left to undo ({state})"})
+
+    @staticmethod
+    def _ok(req: Request, output: dict[str, Any]) -> bytes:
+        return Reply.ok(req.msgid, output).model_dump_json().encode()
+
+    # ---- answers from the accounts service ------------------------------------------------------
+    def handle_accounts_reply(self, conn: sqlite3.Connection, rep: AccountsReply) -> list[int]:
+        outbox: list[int] = []
+        with transaction(conn):
+            if rep.kind == "preview":
+                ctx = rep.context
+                reply = (Reply.ok(ctx["msgid"], self._final_setlinfo(ctx["setlinfo"], rep)) if rep.ok
+                         else Reply.fail(ctx["msgid"], rep.err_code or ErrorCode.INTERNAL, rep.err_msg or ""))
+                if ctx.get("reply_to"):
+                    outbox.append(self._reply(conn, ctx["reply_to"], ctx["msgid"], reply))
+            elif rep.kind == "balance":
+                ctx = rep.context
+                p = ctx["person"]
+                info = PersonInfo(psn_no=p["psn_no"], psn_name=p["name"], insutype=p["insutype"],
+                                  psn_type=p["psn_type"], insuplc_admdvs=p["insuplc_admdvs"],
+                                  balc=rep.balc if rep.ok and rep.balc is not None else Decimal("0.00"))
+                if ctx.get("reply_to"):
+                    outbox.append(self._reply(conn, ctx["reply_to"], ctx["msgid"],
+                                              Reply.ok(ctx["msgid"], info.model_dump(mode="json"))))
+            else:
+                row = db.settlement_by(conn, "setl_id", rep.context["setl_id"])
+                if row is not None:
+                    (self._paid if rep.kind == "pay" else self._refunded)(conn, row, rep, outbox)
+        return outbox
+
+    def _paid(self, conn: sqlite3.Connection, row: sqlite3.Row, rep: AccountsReply, outbox: list[int]) -> None:
+        if row["state"] != "pending":
+            inbox_counters["duplicates_absorbed"] += 1
+            return  # a duplicate answer
+        adj = json.loads(row["adjudication"])
+        if not rep.ok:
+            year = row["year"]
+            db.save_acc(conn, row["psn_no"], year, db.load_acc(conn, row["psn_no"], year).minus(db.delta_of(row)))
+            conn.execute("UPDATE settlements SET state='failed' WHERE setl_id=?", (row["setl_id"],))
+            reply = Reply.fail(row["msgid"], rep.err_code or ErrorCode.INTERNAL, f"accounts: {rep.err_msg}")
+            inbox_set_reply(conn, row["msgid"], reply.model_dump_json())
+            if row["cancel_msgid"]:
+                self._answer_cancel(conn, row, outbox, "the original failed; nothing to undo")
+            elif row["reply_to"]:
+                outbox.append(self._reply(conn, row["reply_to"], row["msgid"], reply))
+            return
+        info = self._final_setlinfo(adj["base"], rep)
+        conn.execute("UPDATE settlements SET state='settled', setlinfo=? WHERE setl_id=?",
+                     (json.dumps(info), row["setl_id"]))
+        reply = Reply.ok(row["msgid"], info)
+        inbox_set_reply(conn, row["msgid"], reply.model_dump_json())
+        if row["cancel_msgid"]:
+            # 冲正 arrived while we waited for the payment: undo at once; the POS gave up on this reply.
+            fresh = db.settlement_by(conn, "setl_id", row["setl_id"])
+            assert fresh is not None
+            self._undo(conn, fresh, "compensating", outbox, datetime.strptime(
+                row["setl_time"], "%Y-%m-%d %H:%M:%S"))
+        elif row["reply_to"]:
+            outbox.append(self._reply(conn, row["reply_to"], row["msgid"], reply))
+
+    def _refunded(self, conn: sqlite3.Connection, row: sqlite3.Row, rep: AccountsReply, outbox: list[int]) -> None:
+        if not rep.ok:
+            raise RuntimeError(f"refund of {row['setl_id']} refused: {rep.err_code} {rep.err_msg}")
+        if row["state"] == "reversing":
+            info = json.loads(row["setlinfo"])
+            negated = {**info, **{f: f"{-Decimal(info[f]):.2f}" for f in MONEY_FIELDS}}
+            negated.update(setl_id=f"R{row['rev_msgid']}", orig_setl_id=row["setl_id"], setl_time=row["rev_time"],
+                           balc=f"{rep.balc:.2f}", notes=[f"reversal of {row['setl_id']}"] + rep.notes,
+                           mulaid_detail=[p.model_dump(mode="json") for p in rep.mulaid_detail])
+            SetlInfo.model_validate(negated)  # the reversal answer must be as valid as any settlement
+            conn.execute("UPDATE settlements SET state='reversed' WHERE setl_id=?", (row["setl_id"],))
+            reply = Reply.ok(row["rev_msgid"], negated)
+            inbox_set_reply(conn, row["rev_msgid"], reply.model_dump_json())
+            if row["rev_reply_to"]:
+                outbox.append(self._reply(conn, row["rev_reply_to"], row["rev_msgid"], reply))
+        elif row["state"] != "compensating":
+            inbox_counters["duplicates_absorbed"] += 1  # a duplicate answer
+        else:
+            conn.execute("UPDATE settlements SET state='compensated' WHERE setl_id=?", (row["setl_id"],))
+            inbox_set_reply(conn, row["msgid"], Reply.fail(
+                row["msgid"], ErrorCode.COMPENSATED,
+                f"settlement {row['setl_id']} was undone by 2601 {row['cancel_msgid']}").model_dump_json())
+            self._answer_cancel(conn, row, outbox, f"settlement {row['setl_id']} undone; "
+                                                   f"refunded {rep.acct_pay} to the accounts")
+
+    def _answer_cancel(self, conn: sqlite3.Connection, row: sqlite3.Row, outbox: list[int], result: str) -> None:
+        reply = Reply.ok(row["cancel_msgid"], {"omsgid": row["msgid"], "result": result})
+        inbox_set_reply(conn, row["cancel_msgid"], reply.model_dump_json())
+        if row["cancel_reply_to"]:
+            outbox.append(self._reply(conn, row["cancel_reply_to"], row["cancel_msgid"], reply))
+
+    # ---- building replies ------------------------------------------------------------------------
+    @staticmethod
+    def _base_setlinfo(setl_id: str, req: Request, psn_no: str, med_type: str, adj: Adjudication) -> dict[str, Any]:
+        f = from_fen
+        return {"setl_id": setl_id, "psn_no": psn_no, "insuplc_admdvs": req.insuplc_admdvs,
+                "mdtrtarea_admvs": req.mdtrtarea_admvs, "med_type": med_type,
+                "setl_time": format_biz_time(req.inf_time), "medfee_sumamt": f"{f(adj.medfee)}",
+                "fulamt_ownpay_amt": f"{f(adj.fulamt_ownpay)}", "overlmt_selfpay": f"{f(adj.overlmt_selfpay)}",
+                "preselfpay_amt": f"{f(adj.preselfpay)}", "inscp_scp_amt": f"{f(adj.inscp)}",
+                "act_pay_dedc": f"{f(adj.act_pay_dedc)}", "hifp_pay": f"{f(adj.hifp_pay)}",
+                "fund_pay_sumamt": f"{f(adj.hifp_pay)}", "psn_part_amt": f"{f(adj.psn_part)}",
+                "notes": list(adj.notes)}
+
+    @staticmethod
+    def _final_setlinfo(base: dict[str, Any], rep: AccountsReply) -> dict[str, Any]:
+        info = {**base, "acct_pay": f"{rep.acct_pay:.2f}", "acct_mulaid_pay": f"{rep.acct_mulaid_pay:.2f}",
+                "psn_cash_pay": f"{rep.psn_cash_pay:.2f}", "balc": f"{rep.balc:.2f}",
+                "wallet_pay": f"{rep.wallet_pay or Decimal('0.00'):.2f}",
+                "mulaid_detail": [p.model_dump(mode="json") for p in rep.mulaid_detail],
+                "notes": base["notes"] + rep.notes}
+        return SetlInfo.model_validate(info).model_dump(mode="json")
+
+    def _ask_accounts(self, conn: sqlite3.Connection, outbox: list[int], kind: AccountsKind, req_id: str,
+                      req: Request, inp: SettleInput, adj: Adjudication, context: dict[str, Any],
+                      setl_id: str | None = None) -> None:
+        self._send_accounts(conn, outbox, AccountsRequest(
+            req_id=req_id, kind=kind, psn_no=inp.psn_no, insuplc_admdvs=req.insuplc_admdvs, biz_time=req.inf_time,
+            fixmedins_code=req.fixmedins_code, med_type=inp.med_type, setl_chnl=inp.setl_chnl, setl_id=setl_id,
+            acct_used_flag=inp.acct_used_flag, psn_part_amt=from_fen(adj.psn_part),
+            fulamt_ownpay_amt=from_fen(adj.fulamt_ownpay), overlmt_selfpay=from_fen(adj.overlmt_selfpay),
+            scope_amounts={k: from_fen(v) for k, v in adj.scope_amounts},  # type: ignore[misc]
+            medfee_sumamt=from_fen(adj.medfee), proxy_psn_no=inp.proxy_psn_no, context=context))
+
+    def _send_accounts(self, conn: sqlite3.Connection, outbox: list[int], request: AccountsRequest) -> None:
+        outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay",
+                                                  request.model_dump_json().encode(), message_id=request.req_id,
+                                                  reply_to=self.reply_key)))
+
+    def _reply(self, conn: sqlite3.Connection, reply_to: str, msgid: str, reply: Reply) -> int:
+        return outbox_add(conn, OutMessage(self.names.reply_exchange, reply_to, reply.model_dump_json().encode(),
+                                           message_id=f"re:{msgid}", correlation_id=msgid))
+
+    # ---- registry and queries --------------------------------------------------------------------
+    def _registry(self, conn: sqlite3.Connection, inp: Any) -> dict[str, Any]:
+        if isinstance(inp, admin.RegisterFacility):
+            conn.execute("INSERT OR REPLACE INTO facilities (code, name, type, hosp_lv, admdvs) VALUES (?,?,?,?,?)",
+                         (inp.fixmedins_code, inp.fixmedins_name, inp.fixmedins_type, inp.hosp_lv, inp.admdvs))
+            return {"fixmedins_code": inp.fixmedins_code}
+        if isinstance(inp, (admin.RegisterPerson, admin.RegisterPersons)):
+            people = [inp] if isinstance(inp, admin.RegisterPerson) else inp.persons
+            for p in people:
+                if p.insuplc_admdvs not in self.served:
+                    raise GongjiError(ErrorCode.REGION_NOT_SERVED, f"this bureau does not serve {p.insuplc_admdvs}")
+            conn.executemany("INSERT OR REPLACE INTO persons (psn_no, name, insutype, psn_type, insuplc_admdvs) "
+                             "VALUES (?,?,?,?,?)",
+                             [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs) for p in people])
+            return {"registered": len(people)}
+        return db.audit(conn)
+
+    def _cumulative(self, conn: sqlite3.Connection, req: Request, inp: CumulativeInput) -> dict[str, Any]:
+        policy = self._region(req)
+        self._person(conn, inp.psn_no, req.insuplc_admdvs)
+        year = inp.cum_year or insurance_year(policy, req.inf_time)
+        acc = db.load_acc(conn, inp.psn_no, year)
+        return Cumulative(psn_no=inp.psn_no, cum_year=year, outpatient_dedc=from_fen(acc.outpatient_dedc),
+                          inpatient_dedc=from_fen(acc.inpatient_dedc), inpatient_stays=acc.inpatient_stays,
+                          hifp_pay=from_fen(acc.hifp_pay), outpatient_hifp_pay=from_fen(acc.outpatient_hifp_pay),
+                          settlements=acc.settlements).model_dump(mode="json")
+
+    def _reconcile(self, conn: sqlite3.Connection, req: Request, inp: ReconcileInput) -> dict[str, Any]:
+        """3201 对总账: the bureau's totals of the facility's standing settlements of that day, against the POS's."""
+        region = inp.setl_optins or req.insuplc_admdvs
+        self._region(req)
+        mine = {"fixmedins_setl_cnt": 0, **{f: 0 for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
+                                                            "psn_cash_pay")}}
+        for row in conn.execute("SELECT adjudication, setlinfo FROM settlements WHERE fixmedins_code=? AND "
+                                "state='settled' AND substr(setl_time, 1, 10)=?", (inp.fixmedins_code, inp.stmt_date)):
+            if json.loads(row["adjudication"]).get("insuplc_admdvs") != region:
+                continue
+            info = json.loads(row["setlinfo"])
+            mine["fixmedins_setl_cnt"] += 1
+            for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+                mine[f] += to_fen(Decimal(info[f]))
+        theirs = {"fixmedins_setl_cnt": inp.fixmedins_setl_cnt,
+                  **{f: to_fen(getattr(inp, f)) for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
+                                                          "psn_cash_pay")}}
+        differ = [f for f in mine if mine[f] != theirs[f]]
+        bureau = {f: (v if f == "fixmedins_setl_cnt" else f"{from_fen(v)}") for f, v in mine.items()}
+        return {"fixmedins_code": inp.fixmedins_code, "stmt_date": inp.stmt_date, "setl_optins": region,
+                "stmt_rslt": "1" if differ else "0",
+                "stmt_rslt_dscr": ("平 (balanced)" if not differ else "不平: " + ", ".join(
+                    f"{f} bureau {bureau[f]} vs facility {theirs[f] if f == 'fixmedins_setl_cnt' else from_fen(theirs[f])}"
+                    for f in differ)),
+                "bureau": bureau, "differences": differ}

@@ -1,0 +1,113 @@
+"""The bureau's SQLite schema and small queries."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict
+from decimal import Decimal
+
+from contracts.money import to_fen
+
+from .domain import Accumulators
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS facilities (
+    code TEXT PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL, hosp_lv TEXT NOT NULL, admdvs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS persons (
+    psn_no TEXT PRIMARY KEY, name TEXT NOT NULL, insutype TEXT NOT NULL, psn_type TEXT NOT NULL,
+    insuplc_admdvs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accumulators (
+    psn_no TEXT NOT NULL, year INTEGER NOT NULL,
+    outpatient_dedc INTEGER NOT NULL CHECK (outpatient_dedc >= 0),
+    inpatient_dedc INTEGER NOT NULL CHECK (inpatient_dedc >= 0),
+    inpatient_stays INTEGER NOT NULL CHECK (inpatient_stays >= 0),
+    hifp_pay INTEGER NOT NULL CHECK (hifp_pay >= 0),
+    outpatient_hifp_pay INTEGER NOT NULL CHECK (outpatient_hifp_pay >= 0),
+    settlements INTEGER NOT NULL CHECK (settlements >= 0),
+    PRIMARY KEY (psn_no, year)
+);
+-- state: pending → settled → reversing → reversed
+--        pending/settled → compensating → compensated   (2601 冲正)
+--        pending → failed                               (the accounts refused to pay)
+CREATE TABLE IF NOT EXISTS settlements (
+    setl_id TEXT PRIMARY KEY,
+    msgid TEXT NOT NULL UNIQUE,
+    infno TEXT NOT NULL,
+    psn_no TEXT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    med_type TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    setl_time TEXT NOT NULL,
+    state TEXT NOT NULL,
+    adjudication TEXT NOT NULL,
+    reply_to TEXT,
+    setlinfo TEXT,
+    rev_msgid TEXT, rev_reply_to TEXT, rev_time TEXT,
+    cancel_msgid TEXT, cancel_reply_to TEXT
+);
+CREATE INDEX IF NOT EXISTS settlements_psn ON settlements(psn_no);
+CREATE TABLE IF NOT EXISTS signins (
+    sign_no TEXT PRIMARY KEY, fixmedins_code TEXT NOT NULL, opter_no TEXT NOT NULL,
+    sign_time TEXT NOT NULL, valid_until TEXT NOT NULL
+);
+"""
+
+
+def load_acc(conn: sqlite3.Connection, psn_no: str, year: int) -> Accumulators:
+    row = conn.execute("SELECT outpatient_dedc, inpatient_dedc, inpatient_stays, hifp_pay, outpatient_hifp_pay,"
+                       " settlements FROM accumulators WHERE psn_no=? AND year=?", (psn_no, year)).fetchone()
+    return Accumulators(*row) if row else Accumulators()
+
+
+def save_acc(conn: sqlite3.Connection, psn_no: str, year: int, acc: Accumulators) -> None:
+    conn.execute("INSERT OR REPLACE INTO accumulators (psn_no, year, outpatient_dedc, inpatient_dedc, inpatient_stays,"
+                 " hifp_pay, outpatient_hifp_pay, settlements) VALUES (?,?,?,?,?,?,?,?)",
+                 (psn_no, year, *acc.as_tuple()))
+
+
+def settlement_by(conn: sqlite3.Connection, column: str, value: str) -> sqlite3.Row | None:
+    assert column in ("setl_id", "msgid")
+    return conn.execute(f"SELECT * FROM settlements WHERE {column}=?", (value,)).fetchone()
+
+
+def delta_of(row: sqlite3.Row) -> Accumulators:
+    return Accumulators(**json.loads(row["adjudication"])["delta"])
+
+
+def delta_json(acc: Accumulators) -> dict[str, int]:
+    return asdict(acc)
+
+
+def audit(conn: sqlite3.Connection) -> dict:
+    """Accumulators equal the sum of the settlements that still count; daily totals per facility (3201)."""
+    counted: dict[tuple[str, int], Accumulators] = {}
+    for row in conn.execute("SELECT * FROM settlements WHERE state IN ('pending', 'settled')"):
+        key = (row["psn_no"], row["year"])
+        counted[key] = counted.get(key, Accumulators()).plus(delta_of(row))
+    mismatches = []
+    for row in conn.execute("SELECT * FROM accumulators"):
+        key = (row["psn_no"], row["year"])
+        stored = Accumulators(*[row[c] for c in ("outpatient_dedc", "inpatient_dedc", "inpatient_stays", "hifp_pay",
+                                                 "outpatient_hifp_pay", "settlements")])
+        if stored != counted.pop(key, Accumulators()):
+            mismatches.append({"psn_no": key[0], "year": key[1]})
+    mismatches += [{"psn_no": k[0], "year": k[1], "missing": True} for k in counted]
+    daily = {}
+    for row in conn.execute("SELECT fixmedins_code, substr(setl_time, 1, 10) AS day, setlinfo FROM settlements "
+                            "WHERE state = 'settled'"):
+        info = json.loads(row["setlinfo"])
+        d = daily.setdefault(f"{row['fixmedins_code']}/{row['day']}", {"count": 0, "medfee_fen": 0, "hifp_fen": 0,
+                                                                         "acct_fen": 0, "cash_fen": 0})
+        d["count"] += 1
+        for k, f in (("medfee_fen", "medfee_sumamt"), ("hifp_fen", "hifp_pay"), ("acct_fen", "acct_pay"),
+                     ("cash_fen", "psn_cash_pay")):
+            d[k] += to_fen(Decimal(info[f]))
+    states = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM settlements GROUP BY state")}
+    totals = conn.execute("SELECT COALESCE(SUM(outpatient_dedc),0), COALESCE(SUM(inpatient_dedc),0), "
+                          "COALESCE(SUM(inpatient_stays),0), COALESCE(SUM(hifp_pay),0), COALESCE(SUM(settlements),0) "
+                          "FROM accumulators").fetchone()
+    return {"accumulator_mismatches": mismatches, "states": states, "daily_totals": daily,
+            "accumulator_totals": list(totals),
+            "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0]}

@@ -1,0 +1,51 @@
+"""`gongji worker bureau`: serves the regions it is configured for (all policy files by default)."""
+from __future__ import annotations
+
+import structlog
+from pydantic import ValidationError
+
+from contracts.internal import AccountsReply
+from services.shared.broker import Broker
+from services.shared.entry import WorkerConfig
+from services.shared.inbox import decode_envelope, short_error
+from services.shared.policy import load_policies
+from services.shared.runtime import Incoming, Poison, Worker
+from services.shared.store import Store
+
+from .service import BureauService
+from .store import SCHEMA
+
+
+async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
+    policies = load_policies()
+    served = sorted(cfg.regions) if cfg.regions else sorted(policies)
+    missing = [r for r in served if r not in policies]
+    if missing:
+        raise SystemExit(f"no policy file for region(s) {', '.join(missing)}")
+    group = "-".join(sorted(cfg.regions)) if cfg.regions else "all"
+    reply_key = f"bureau-{group}"
+    names = cfg.names
+    queue = await broker.declare_bureau_queue(cfg.regions or None, served)
+    await broker.declare_queue(names.reply_queue(reply_key), [(names.reply_exchange, reply_key)])
+    store = Store(cfg.data_dir / f"bureau-{group}.db", SCHEMA)
+    await store.open()
+    service = BureauService(names, policies, served, reply_key)
+    worker = Worker(broker, store)
+    await worker.start_relay()
+
+    async def on_request(incoming: Incoming) -> list[int]:
+        req = decode_envelope(incoming)
+        structlog.contextvars.bind_contextvars(msgid=req.msgid, infno=req.infno)
+        return await store.run(lambda c: service.handle_request(c, req, incoming.reply_to))
+
+    async def on_accounts_reply(incoming: Incoming) -> list[int]:
+        try:
+            rep = AccountsReply.model_validate_json(incoming.body)
+        except ValidationError as exc:
+            raise Poison(f"not an accounts reply: {short_error(exc)}") from None
+        structlog.contextvars.bind_contextvars(req_id=rep.req_id, setl_id=rep.context.get("setl_id"))
+        return await store.run(lambda c: service.handle_accounts_reply(c, rep))
+
+    await worker.serve(queue, on_request, prefetch=cfg.prefetch)
+    await worker.serve(names.reply_queue(reply_key), on_accounts_reply, prefetch=cfg.prefetch)
+    return worker

@@ -1,0 +1,243 @@
+"""POS handlers: a visit command becomes pre-settle → settle (or a reversal); an answer moves the visit on;
+a settle answer that does not come in time triggers 2601 冲正 of the original msgid. Every visit ends in
+exactly one outcome event. Deadlines are real (wall-clock) transport timeouts; the business time of
+every message is the visit's."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from contracts import infno
+from contracts.envelope import Reply, Request, make_msgid
+from contracts.errors import ErrorCode, GongjiError
+from contracts.pos import PosCommand, ReverseVisit, SettleVisit, VisitOutcome
+from contracts.base import format_biz_time
+from contracts.routing import REGISTRY_KEY, Names
+from services.shared.runtime import inbox_counters
+from services.shared.store import OutMessage, outbox_add, transaction
+
+COMMAND = TypeAdapter(PosCommand)
+
+# The transaction code of each stage of a visit.
+STAGE_INFNO = {
+    "presettle": lambda cmd: infno.TRIPLES[cmd.med_type][0],
+    "settle": lambda cmd: infno.TRIPLES[cmd.med_type][1],
+    "reverse": lambda cmd: infno.TRIPLES[cmd.med_type][2],
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS visits (
+    visit_id TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    state TEXT NOT NULL,             -- open | done
+    stage TEXT NOT NULL,             -- signin | presettle | settle | reverse | compensate
+    next_stage TEXT,                 -- after a sign-in: the stage it was needed for
+    msgid TEXT NOT NULL,             -- the request we are waiting on
+    settle_msgid TEXT,
+    request TEXT NOT NULL,           -- that request, to resend as it was
+    deadline REAL NOT NULL,
+    presettle TEXT,
+    outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS visits_msgid ON visits(msgid);
+CREATE INDEX IF NOT EXISTS visits_open ON visits(state, deadline);
+CREATE TABLE IF NOT EXISTS msgid_seq (prefix TEXT PRIMARY KEY, n INTEGER NOT NULL);
+-- one sign-in per facility and business day (a visit of any day finds the sign-in of its own day)
+CREATE TABLE IF NOT EXISTS signins (fixmedins_code TEXT NOT NULL, day TEXT NOT NULL, sign_no TEXT NOT NULL,
+                                    valid_until TEXT NOT NULL, PRIMARY KEY (fixmedins_code, day));
+"""
+
+
+class PosService:
+    def __init__(self, names: Names, reply_key: str = "pos"):
+        self.names = names
+        self.reply_key = reply_key
+
+    # ---- commands ---------------------------------------------------------------------------------
+    def handle_command(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> list[int]:
+        outbox: list[int] = []
+        with transaction(conn):
+            row = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
+            if row is not None:
+                inbox_counters["duplicates_absorbed"] += 1
+                if row["outcome"] is not None:  # a repeated command: repeat the outcome
+                    outbox.append(self._event(conn, VisitOutcome.model_validate_json(row["outcome"])))
+                return outbox
+            if isinstance(cmd, SettleVisit):
+                stage = "presettle" if cmd.presettle else "settle"
+            else:
+                stage = "reverse"
+            next_stage = None
+            if self._sign_no(conn, cmd) is None:  # sign in (9001) first, once per facility and business day
+                stage, next_stage = "signin", stage
+                request = self._request(conn, cmd, infno.SIGN_IN, {"opter_no": "pos"})
+            else:
+                request = self._request(conn, cmd, STAGE_INFNO[stage](cmd))
+            conn.execute("INSERT INTO visits (visit_id, command, state, stage, next_stage, msgid, settle_msgid, request,"
+                         " deadline) VALUES (?,?, 'open', ?,?,?,?,?,?)",
+                         (cmd.visit_id, cmd.model_dump_json(), stage, next_stage, request.msgid,
+                          request.msgid if stage == "settle" else None, request.model_dump_json(),
+                          time.time() + cmd.timeout_ms / 1000))
+            outbox.append(self._send(conn, request))
+        return outbox
+
+    @staticmethod
+    def _sign_no(conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> str | None:
+        row = conn.execute("SELECT sign_no, valid_until FROM signins WHERE fixmedins_code=? AND day=?",
+                           (cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10])).fetchone()
+        if row is None or row["valid_until"] < format_biz_time(cmd.biz_time):
+            return None
+        return str(row["sign_no"])
+
+    def _request(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, code: str,
+                 extra_input: dict[str, Any] | None = None) -> Request:
+        if code in (infno.COMPENSATE, infno.SIGN_IN):
+            data: dict[str, Any] = extra_input or {}
+        elif isinstance(cmd, SettleVisit):
+            data = settle_input_of(cmd)
+        else:
+            data = {"psn_no": cmd.psn_no, "setl_id": cmd.setl_id}
+        return Request(infno=code, msgid=self._next_msgid(conn, cmd), inf_time=cmd.biz_time,
+                       fixmedins_code=cmd.fixmedins_code, insuplc_admdvs=cmd.insuplc_admdvs,
+                       mdtrtarea_admvs=cmd.mdtrtarea_admvs, opter="pos",
+                       sign_no="" if code == infno.SIGN_IN else (self._sign_no(conn, cmd) or ""), input=data)
+
+    @staticmethod
+    def _next_msgid(conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> str:
+        """12-char facility code + business yyyyMMddHHmmss + a 4-digit sequence; the next free second if
+        a facility sends more than 10,000 messages stamped with one second."""
+        stamp = int(cmd.biz_time.strftime("%Y%m%d%H%M%S"))
+        while True:
+            prefix = f"{cmd.fixmedins_code}{stamp}"
+            row = conn.execute("SELECT n FROM msgid_seq WHERE prefix=?", (prefix,)).fetchone()
+            n = 0 if row is None else row[0] + 1
+            if n <= 9999:
+                conn.execute("INSERT OR REPLACE INTO msgid_seq (prefix, n) VALUES (?, ?)", (prefix, n))
+                return make_msgid(cmd.fixmedins_code, str(stamp), n)
+            stamp += 1
+
+    def _send(self, conn: sqlite3.Connection, request: Request) -> int:
+        # 9001 goes to every bureau (each checks the sign_no of the requests it serves).
+        key = REGISTRY_KEY if request.infno == infno.SIGN_IN else request.insuplc_admdvs
+        return outbox_add(conn, OutMessage(self.names.bureau_exchange, key,
+                                           request.model_dump_json().encode(), message_id=request.msgid,
+                                           reply_to=self.reply_key, headers={"gongji-kind": "bureau-request"}))
+
+    # ---- answers from the bureau --------------------------------------------------------------------
+    def handle_reply(self, conn: sqlite3.Connection, reply: Reply) -> list[int]:
+        outbox: list[int] = []
+        with transaction(conn):
+            row = conn.execute("SELECT * FROM visits WHERE msgid=? AND state='open'",
+                               (reply.inf_refmsgid,)).fetchone()
+            if row is None:
+                inbox_counters["duplicates_absorbed"] += 1
+                return outbox  # late (after 冲正 or a resend) or a duplicate: the visit has moved on
+            cmd = COMMAND.validate_json(row["command"])
+            stage = row["stage"]
+            if stage == "signin" and reply.infcode == 0 and reply.output:
+                conn.execute("INSERT OR REPLACE INTO signins (fixmedins_code, day, sign_no, valid_until) "
+                             "VALUES (?,?,?,?)", (cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10],
+                                                  reply.output["sign_no"], reply.output["valid_until"]))
+                nxt = row["next_stage"]
+                request = self._request(conn, cmd, STAGE_INFNO[nxt](cmd))
+                conn.execute("UPDATE visits SET stage=?, next_stage=NULL, msgid=?, settle_msgid=?, request=?, "
+                             "deadline=? WHERE visit_id=?",
+                             (nxt, request.msgid, request.msgid if nxt == "settle" else None,
+                              request.model_dump_json(), time.time() + cmd.timeout_ms / 1000, cmd.visit_id))
+                outbox.append(self._send(conn, request))
+                return outbox
+            if stage == "presettle" and reply.infcode == 0:
+                assert isinstance(cmd, SettleVisit)
+                request = self._request(conn, cmd, infno.TRIPLES[cmd.med_type][1])
+                conn.execute("UPDATE visits SET stage='settle', msgid=?, settle_msgid=?, request=?, deadline=?, "
+                             "presettle=? WHERE visit_id=?",
+                             (request.msgid, request.msgid, request.model_dump_json(),
+                              time.time() + cmd.timeout_ms / 1000, json.dumps(reply.output), cmd.visit_id))
+                outbox.append(self._send(conn, request))
+                return outbox
+            if stage == "compensate":
+                status = "compensated" if reply.infcode == 0 else "refused"
+            elif reply.infcode != 0:
+                status = "refused"
+            else:
+                status = "reversed" if stage == "reverse" else "settled"
+            setlinfo = reply.output if status in ("settled", "reversed") else None
+            outbox.append(self._finish(conn, row, cmd, status, reply.infcode, reply.err_code, reply.err_msg,
+                                       setlinfo, row["msgid"]))
+        return outbox
+
+    def _finish(self, conn: sqlite3.Connection, row: sqlite3.Row, cmd: SettleVisit | ReverseVisit, status: str,
+                infcode: int, err_code: str | None, err_msg: str | None, setlinfo: dict[str, Any] | None,
+                msgid: str) -> int:
+        outcome = VisitOutcome(visit_id=cmd.visit_id, cmd=cmd.cmd, status=status,  # type: ignore[arg-type]
+                               fixmedins_code=cmd.fixmedins_code, psn_no=cmd.psn_no,
+                               msgid=row["settle_msgid"] or msgid, infcode=infcode, err_code=err_code,
+                               err_msg=err_msg, setlinfo=setlinfo,  # type: ignore[arg-type]
+                               presettle=json.loads(row["presettle"]) if row["presettle"] else None,
+                               biz_time=cmd.biz_time)
+        conn.execute("UPDATE visits SET state='done', outcome=? WHERE visit_id=?",
+                     (outcome.model_dump_json(), cmd.visit_id))
+        return self._event(conn, outcome)
+
+    def _event(self, conn: sqlite3.Connection, outcome: VisitOutcome) -> int:
+        return outbox_add(conn, OutMessage(self.names.events_exchange, f"outcome.{outcome.fixmedins_code}",
+                                           outcome.model_dump_json().encode(), message_id=f"out:{outcome.visit_id}"))
+
+    # ---- deadlines -------------------------------------------------------------------------------------
+    def handle_deadlines(self, conn: sqlite3.Connection, now: float) -> list[int]:
+        outbox: list[int] = []
+        with transaction(conn):
+            for row in conn.execute("SELECT * FROM visits WHERE state='open' AND deadline < ? LIMIT 500",
+                                    (now,)).fetchall():
+                cmd = COMMAND.validate_json(row["command"])
+                deadline = now + cmd.timeout_ms / 1000
+                if row["stage"] in ("presettle", "signin"):
+                    # Nothing happened yet: a sign-in or pre-settlement changes nothing, so nothing to undo.
+                    outbox.append(self._finish(conn, row, cmd, "refused", -1, ErrorCode.TIMEOUT,
+                                               f"{row['stage']} not answered in time", None, row["msgid"]))
+                elif row["stage"] == "settle":
+                    settle = Request.model_validate_json(row["request"])
+                    request = self._request(conn, cmd, infno.COMPENSATE,
+                                            {"psn_no": cmd.psn_no, "omsgid": settle.msgid, "oinfno": settle.infno})
+                    conn.execute("UPDATE visits SET stage='compensate', msgid=?, request=?, deadline=? "
+                                 "WHERE visit_id=?", (request.msgid, request.model_dump_json(), deadline, cmd.visit_id))
+                    outbox.append(self._send(conn, request))
+                else:
+                    # A reversal or a 冲正 not answered: send the very same message again (both are idempotent).
+                    conn.execute("UPDATE visits SET deadline=? WHERE visit_id=?", (deadline, cmd.visit_id))
+                    outbox.append(self._send(conn, Request.model_validate_json(row["request"])))
+        return outbox
+
+    def handle_unroutable(self, conn: sqlite3.Connection, msgid: str, routing_key: str) -> list[int]:
+        """No bureau serves the region: the visit is refused at once (nothing was sent anywhere)."""
+        outbox: list[int] = []
+        with transaction(conn):
+            row = conn.execute("SELECT * FROM visits WHERE msgid=? AND state='open'", (msgid,)).fetchone()
+            if row is not None:
+                cmd = COMMAND.validate_json(row["command"])
+                outbox.append(self._finish(conn, row, cmd, "refused", -1, ErrorCode.UNROUTABLE,
+                                           f"no bureau serves region {routing_key}", None, row["msgid"]))
+        return outbox
+
+
+def settle_input_of(cmd: SettleVisit) -> dict[str, Any]:
+    """The `input` of the pre-settle and settle requests of a visit."""
+    data = {"psn_no": cmd.psn_no, "mdtrt_cert_type": cmd.mdtrt_cert_type, "med_type": cmd.med_type,
+            "insutype": cmd.insutype, "acct_used_flag": cmd.acct_used_flag, "setl_chnl": cmd.setl_chnl,
+            "medfee_sumamt": f"{sum(d.det_item_fee_sumamt for d in cmd.details):.2f}",
+            "details": [d.model_dump(mode="json", exclude_none=True) for d in cmd.details]}
+    if cmd.proxy_psn_no is not None:
+        data["proxy_psn_no"] = cmd.proxy_psn_no
+    return data
+
+
+def parse_command(body: bytes) -> SettleVisit | ReverseVisit:
+    try:
+        return COMMAND.validate_json(body)
+    except Exception as exc:  # pydantic's ValidationError, or bytes that are not JSON
+        raise GongjiError(ErrorCode.BAD_INPUT, f"bad visit command: {exc}") from None
+

@@ -1,0 +1,1 @@
+"""What the three workers share: policy files, the broker, the store, logging."""

@@ -1,0 +1,169 @@
+"""RabbitMQ through aio-pika, with the settings money needs (aio-pika's defaults are not enough):
+
+- durable quorum queues, each dead-lettering to <ns>.dlx, with a delivery limit so a message that
+  crashes its consumer again and again ends in <ns>.dead instead of looping forever;
+- persistent messages, publisher confirms, and mandatory publishing that raises on unroutable;
+- manual ack, done by the caller only after its transaction has committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Awaitable, Callable
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, ExchangeType
+
+from contracts.routing import REGISTRY_KEY, Names
+
+from .store import OutMessage
+
+DELIVERY_LIMIT = 20
+
+
+class Unroutable(Exception):
+    """The broker returned a mandatory message: no queue is bound for its routing key."""
+
+
+def topology_exchanges(n: Names) -> list[str]:
+    return [n.bureau_exchange, n.accounts_exchange, n.pay_exchange, n.pos_exchange, n.reply_exchange,
+            n.events_exchange, n.dlx]
+
+
+def work_queue_args(names: Names) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", "x-dead-letter-exchange": names.dlx, "x-delivery-limit": DELIVERY_LIMIT}
+
+
+class Broker:
+    """passive=True (env GONGJI_DECLARE=passive): the topology was loaded into the broker beforehand (the
+    definitions file of deploy/rabbitmq) and this process only checks that it is there, so that it can run
+    as a user without `configure` permission."""
+
+    def __init__(self, url: str, names: Names, name: str = "gongji", passive: bool | None = None):
+        self.url = url
+        self.names = names
+        self.name = name
+        self.passive = os.environ.get("GONGJI_DECLARE") == "passive" if passive is None else passive
+        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._pub: aio_pika.abc.AbstractChannel | None = None
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+        self._consume_channels: list[aio_pika.abc.AbstractChannel] = []
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.url, client_properties={"connection_name": self.name})
+        self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+    async def declare_topology(self) -> None:
+        """The fixed part of the topology. Every process declares it, so start order never matters."""
+        n = self.names
+        ch = self._pub
+        assert ch is not None
+        if self.passive:
+            for name in topology_exchanges(n):
+                self._exchanges[name] = await ch.get_exchange(name, ensure=True)
+            for queue in (n.dead_queue, n.accounts_pay_queue, n.accounts_admin_queue, n.pos_command_queue,
+                          n.reply_queue("pos"), n.events_archive_queue):
+                await ch.get_queue(queue, ensure=True)
+            return
+        dlx = await ch.declare_exchange(n.dlx, ExchangeType.FANOUT, durable=True)
+        dead = await ch.declare_queue(n.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await dead.bind(dlx, "")
+        for name, kind in [(n.bureau_exchange, ExchangeType.DIRECT), (n.accounts_exchange, ExchangeType.DIRECT),
+                           (n.pay_exchange, ExchangeType.DIRECT),
+                           (n.pos_exchange, ExchangeType.DIRECT), (n.reply_exchange, ExchangeType.DIRECT),
+                           (n.events_exchange, ExchangeType.TOPIC)]:
+            self._exchanges[name] = await ch.declare_exchange(name, kind, durable=True)
+        self._exchanges[n.dlx] = dlx
+        await self.declare_queue(n.accounts_pay_queue, [(n.pay_exchange, "pay")])
+        await self.declare_queue(n.accounts_admin_queue, [(n.accounts_exchange, "admin")])
+        await self.declare_queue(n.pos_command_queue, [(n.pos_exchange, "command")])
+        for key in ("pos", "bureau"):
+            await self.declare_queue(n.reply_queue(key), [(n.reply_exchange, key)])
+        # Keeps every event routable (mandatory publishing) and gives auditors the history.
+        # No dead-lettering here: old events simply drop off the head.
+        await self.declare_queue(n.events_archive_queue, [(n.events_exchange, "#")],
+                                 arguments={"x-queue-type": "quorum", "x-max-length": 200000,
+                                            "x-overflow": "drop-head"})
+
+    async def declare_bureau_queue(self, regions: list[str] | None, served: list[str]) -> str:
+        name = self.names.bureau_queue(regions)
+        bindings = [(self.names.bureau_exchange, r) for r in served] + [(self.names.bureau_exchange, REGISTRY_KEY)]
+        await self.declare_queue(name, bindings)
+        return name
+
+    async def declare_queue(self, name: str, bindings: list[tuple[str, str]],
+                            arguments: dict[str, Any] | None = None) -> None:
+        assert self._pub is not None
+        if self.passive:
+            await self._pub.get_queue(name, ensure=True)
+            return
+        queue = await self._pub.declare_queue(name, durable=True,
+                                              arguments=arguments or work_queue_args(self.names))
+        for exchange, key in bindings:
+            await queue.bind(exchange, key)
+
+    async def declare_client_queue(self, name: str, bindings: list[tuple[str, str]]) -> None:
+        """A CLI's or test's own reply/observer queue: durable, but removed once unused for 10 minutes."""
+        assert self._pub is not None
+        queue = await self._pub.declare_queue(name, durable=True, arguments={"x-expires": 600000})
+        for exchange, key in bindings:
+            await queue.bind(exchange, key)
+
+    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+        ex = self._exchanges.get(name)
+        if ex is None:
+            assert self._pub is not None
+            ex = await self._pub.get_exchange(name, ensure=True)
+            self._exchanges[name] = ex
+        return ex
+
+    async def publish(self, msg: OutMessage) -> None:
+        """Returns once the broker has confirmed the message; raises Unroutable if no queue took it."""
+        exchange = await self._exchange(msg.exchange)
+        message = aio_pika.Message(
+            msg.body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=msg.message_id,
+            correlation_id=msg.correlation_id,
+            reply_to=msg.reply_to,
+            headers=msg.headers or {},
+        )
+        try:
+            await exchange.publish(message, msg.routing_key, mandatory=True)
+        except aiormq.exceptions.PublishError as exc:
+            raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
+        """Park an unprocessable message in <ns>.dead with the reason, before acking the original."""
+        headers = dict(message.headers or {})
+        headers.update({"x-gongji-reason": reason[:1000], "x-gongji-queue": queue})
+        await self.publish(OutMessage(self.names.dlx, "", message.body, message.message_id,
+                                      message.correlation_id, message.reply_to, headers))
+
+    async def consume(self, queue: str, callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
+                      prefetch: int = 64) -> None:
+        assert self.connection is not None
+        ch = await self.connection.channel(publisher_confirms=False)
+        await ch.set_qos(prefetch_count=prefetch)
+        q = await ch.get_queue(queue, ensure=True)
+        await q.consume(callback, no_ack=False)
+        self._consume_channels.append(ch)
+
+
+async def wait_for_broker(url: str, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            conn = await aio_pika.connect(url, timeout=5)
+            await conn.close()
+            return
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)

@@ -1,0 +1,93 @@
+"""The RabbitMQ definitions file for a deployment (docker-compose loads deploy/rabbitmq/definitions.json at
+broker start): the topology, and one user per service with only the permissions it needs.
+
+    bureau    reads its own queues; writes to pay (moves money), reply, events, dlx
+    accounts  reads accounts.pay and accounts.admin; writes to reply, events, dlx
+    pos       reads pos.commands and its replies; writes to bureau (settlements), events, dlx
+    simulator declares its own reply/observer queues; writes to bureau, accounts (admin), pos; never to pay
+    admin     the management UI (administrator)
+
+Only the bureau may write to <ns>.pay, so only the bureau can ask the accounts service to move money.
+Passwords are the documented local defaults (README); change them for anything but a local run.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+
+from contracts.routing import REGISTRY_KEY, Names
+
+from .broker import DELIVERY_LIMIT, topology_exchanges
+
+LOCAL_PASSWORDS = {"bureau": "bureau-local", "accounts": "accounts-local", "pos": "pos-local",
+                   "simulator": "simulator-local", "admin": "admin-local"}
+
+
+def password_hash(user: str, password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password)). The salt is derived
+    from the user name so that the file is reproducible."""
+    salt = hashlib.sha256(f"gongji:{user}".encode()).digest()[:4]
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def permissions(ns: str) -> dict[str, dict[str, str]]:
+    n = re.escape(ns)
+    return {
+        "bureau": {"configure": "^$", "write": rf"^{n}\.(pay|reply|events|dlx)$",
+                   "read": rf"^{n}\.(bureau\..+|reply\.bureau-.+)$"},
+        "accounts": {"configure": "^$", "write": rf"^{n}\.(reply|events|dlx)$",
+                     "read": rf"^{n}\.accounts\.(pay|admin)$"},
+        "pos": {"configure": "^$", "write": rf"^{n}\.(bureau|events|dlx)$",
+                "read": rf"^{n}\.(pos\.commands|reply\.pos)$"},
+        "simulator": {"configure": rf"^{n}\.(reply\.client-.+|observe\..+)$",
+                      "write": rf"^{n}\.(bureau|accounts|pos|reply\.client-.+|observe\..+)$",
+                      "read": rf"^{n}\.(reply|events|dead|reply\.client-.+|observe\..+)$"},
+        "admin": {"configure": ".*", "write": ".*", "read": ".*"},
+    }
+
+
+def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/",
+          users: dict[str, str] | None = None, prefix: str = "") -> dict[str, Any]:
+    """users: name → password (default: the local defaults); prefix: prepended to user names (tests)."""
+    from .policy import load_policies
+    n = Names(ns)
+    regions = sorted(regions if regions is not None else load_policies())
+    users = users or LOCAL_PASSWORDS
+    work = {"x-queue-type": "quorum", "x-dead-letter-exchange": n.dlx, "x-delivery-limit": DELIVERY_LIMIT}
+    kinds = {n.bureau_exchange: "direct", n.accounts_exchange: "direct", n.pay_exchange: "direct",
+             n.pos_exchange: "direct", n.reply_exchange: "direct", n.events_exchange: "topic", n.dlx: "fanout"}
+    queues: dict[str, dict[str, Any]] = {
+        n.dead_queue: {"x-queue-type": "quorum"},
+        n.bureau_queue(None): work, n.reply_queue("bureau-all"): work,
+        n.accounts_pay_queue: work, n.accounts_admin_queue: work, n.pos_command_queue: work,
+        n.reply_queue("pos"): work,
+        n.events_archive_queue: {"x-queue-type": "quorum", "x-max-length": 200000, "x-overflow": "drop-head"},
+    }
+    bindings = [(n.dlx, n.dead_queue, ""), (n.accounts_exchange, n.accounts_admin_queue, "admin"),
+                (n.pay_exchange, n.accounts_pay_queue, "pay"), (n.pos_exchange, n.pos_command_queue, "command"),
+                (n.reply_exchange, n.reply_queue("pos"), "pos"),
+                (n.reply_exchange, n.reply_queue("bureau-all"), "bureau-all"),
+                (n.events_exchange, n.events_archive_queue, "#")]
+    bindings += [(n.bureau_exchange, n.bureau_queue(None), key) for key in [*regions, REGISTRY_KEY]]
+    assert set(kinds) == set(topology_exchanges(n))
+    perms = permissions(ns)
+    return {
+        "users": [{"name": prefix + u, "password_hash": password_hash(prefix + u, pw),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": ["administrator"] if u == "admin" else []} for u, pw in users.items()],
+        "vhosts": [{"name": vhost}],
+        "permissions": [{"user": prefix + u, "vhost": vhost, **perms[u]} for u in users],
+        "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {}} for name, kind in kinds.items()],
+        "queues": [{"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args}
+                   for name, args in queues.items()],
+        "bindings": [{"source": src, "vhost": vhost, "destination": dst, "destination_type": "queue",
+                      "routing_key": key, "arguments": {}} for src, dst, key in bindings],
+    }
+
+
+def render(definitions: dict[str, Any]) -> str:
+    return json.dumps(definitions, indent=2, ensure_ascii=False) + "\n"

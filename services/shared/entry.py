@@ -1,0 +1,60 @@
+"""Running a worker process: configuration, logging, signals, orderly shutdown."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import structlog
+
+from contracts.routing import Names
+
+from .broker import Broker
+from .logging import configure
+from .runtime import Worker
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    amqp_url: str = field(default_factory=lambda: os.environ.get("AMQP_URL", DEFAULT_AMQP_URL))
+    namespace: str = field(default_factory=lambda: os.environ.get("GONGJI_NAMESPACE", "gongji"))
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("GONGJI_DATA_DIR", "data")))
+    regions: list[str] = field(default_factory=list)
+    prefetch: int = 64
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+
+Setup = Callable[[WorkerConfig, Broker], Awaitable[Worker]]
+
+
+async def serve_forever(service: str, cfg: WorkerConfig, setup: Setup) -> None:
+    log = structlog.get_logger()
+    broker = Broker(cfg.amqp_url, cfg.names, name=f"gongji-{service}")
+    await broker.connect()
+    await broker.declare_topology()
+    worker = await setup(cfg, broker)
+    worker.start_stats(cfg.data_dir / "stats", service)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker ready", namespace=cfg.namespace, data_dir=str(cfg.data_dir), pid=os.getpid())
+    print(f"gongji {service} worker ready", flush=True)
+    await stop.wait()
+    log.info("worker stopping")
+    await worker.stop()
+    await broker.close()
+    await worker.store.close()
+
+
+def run(service: str, cfg: WorkerConfig, setup: Setup) -> None:
+    configure(service)
+    asyncio.run(serve_forever(service, cfg, setup))

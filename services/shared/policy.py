@@ -1,0 +1,164 @@
+"""Region policies (policies/<admdvs>.yaml): what the pooled fund pays and what the accounts may pay.
+
+Numbers come from public secondary sources; each file names its sources and the date of its numbers.
+Amounts are strings with 2 decimals, ratios are decimal strings, exactly as on the wire.
+"""
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from contracts.admin import HospLv, PsnType, Relation
+from contracts.base import Ratio
+from contracts.money import Money
+from contracts.settlement import ItemScope
+
+Category = Literal["pharmacy", "outpatient", "inpatient"]
+MED_TYPE_CATEGORY: dict[str, Category] = {"41": "pharmacy", "11": "outpatient", "13": "outpatient",
+                                          "14": "outpatient", "21": "inpatient"}
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RatioTable(_Model):
+    community: Ratio
+    level1: Ratio
+    level2: Ratio
+    level3: Ratio
+
+    def for_level(self, lv: HospLv) -> Ratio:
+        return getattr(self, lv)
+
+
+class AmountByLevel(_Model):
+    community: Money
+    level1: Money
+    level2: Money
+    level3: Money
+
+    def for_level(self, lv: HospLv) -> Money:
+        return getattr(self, lv)
+
+
+class OutpatientBenefit(_Model):
+    pooled: bool = True
+    # Yearly deductible (起付线), consumed cumulatively over the year.
+    deductible: dict[PsnType, Money] = {}
+    ratio: dict[PsnType, RatioTable] = {}
+    annual_cap: Money | None = None  # outpatient pooled-fund cap of its own, where the region has one
+
+    @model_validator(mode="after")
+    def _tables_when_pooled(self) -> "OutpatientBenefit":
+        if self.pooled:
+            for name, table in (("deductible", self.deductible), ("ratio", self.ratio)):
+                missing = {"employed", "retired"} - set(table)
+                if missing:
+                    raise ValueError(f"a pooled benefit needs {name} for {sorted(missing)}")
+        return self
+
+
+class InpatientBenefit(_Model):
+    pooled: bool = True
+    # Per-stay deductible: the year's first stay, and each later stay.
+    deductible_first: AmountByLevel
+    deductible_later: AmountByLevel
+    ratio: dict[PsnType, RatioTable]
+
+
+class Benefits(_Model):
+    pharmacy: OutpatientBenefit = OutpatientBenefit(pooled=False)
+    outpatient: OutpatientBenefit
+    inpatient: InpatientBenefit
+
+
+class CatalogItem(_Model):
+    code: str
+    name: str = ""
+    lv: Literal["01", "02", "03"]
+    selfpay_prop: Ratio = Decimal("0")
+    pric_uplmt_amt: Money | None = None
+    scope: ItemScope = "medical"
+
+
+class WalletRules(_Model):
+    """医保钱包 (cross-province sharing through a relative's wallet)."""
+
+    max_transfers_per_day: int = 3
+    max_amount: Money = Decimal("2000.00")
+    quiet_from: str = Field(default="22:00", pattern=r"^\d{2}:\d{2}$")  # no transfers from …
+    quiet_to: str = Field(default="06:00", pattern=r"^\d{2}:\d{2}$")  # … until
+    return_at: str = Field(default="06:00", pattern=r"^\d{2}:\d{2}$")  # unclaimed: back to the sender next day
+
+
+class AccountRules(_Model):
+    # May the personal account pay 全自费 and 超限价 amounts? (regions differ)
+    pay_fulamt_ownpay: bool = True
+    # Which settlements family mutual aid (共济) may pay.
+    mutual_aid_scope: list[Category] = ["pharmacy", "outpatient", "inpatient"]
+    # Daily limit of personal-account payment per person and channel (e.g. online drug purchase).
+    channel_daily_limit: dict[Literal["offline", "online"], Money] = {}
+    # --- family mutual aid (家庭共济) rules ---
+    mutual_aid_open: bool = True  # the region runs the service
+    relations: list[Relation] = ["spouse", "parent", "child"]  # 直系; 近亲属 adds sibling, grandparent, grandchild
+    max_members: int = Field(default=5, ge=1)  # per authorizer
+    member_single_authorizer: bool = False  # a member may be bound under one authorizer only
+    max_binding_changes_per_year: int | None = None  # binds + unbinds by one authorizer in an insurance year
+    min_authorizer_balance: Money | None = None
+    cross_province: bool = True  # may an authorizer here share with a member insured in another province?
+    reorder_allowed: bool = True
+    mutual_aid_annual_cap: Money | None = None  # what one authorizer may share in an insurance year
+    # Which pocket may be shared: everything, or only the prior-year account (历年账户, Shanghai). Where
+    # it is "prior_year", the current-year account (当年账户) rolls over into it when the insurance year turns.
+    shared_pocket: Literal["all", "prior_year"] = "all"
+    pilots: list[Literal["vaccination", "health_check"]] = []  # pilot scopes the accounts may pay
+    resident_contribution: bool = True  # 共济缴费: pay a bound member's 居民医保 contribution
+    proxy_max_members: int = Field(default=5, ge=1)  # 亲情账户
+    wallet: WalletRules = WalletRules()
+
+
+class RegionPolicy(_Model):
+    admdvs: str = Field(pattern=r"^\d{6}$")
+    name: str
+    as_of: str
+    sources: list[str] = Field(min_length=1)
+    year_start_month: int = Field(default=1, ge=1, le=12)
+    benefits: Benefits
+    annual_cap: Money  # 封顶线: all pooled-fund payments of one person in one year
+    accounts: AccountRules = AccountRules()
+    catalog: list[CatalogItem] = []
+    # A code not in the catalog: trust the line's declared class ("declared") or make it 全自费.
+    unknown_items: Literal["declared", "full_selfpay"] = "declared"
+
+    _index: dict[str, CatalogItem] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, __context: object) -> None:
+        self._index.update({item.code: item for item in self.catalog})
+
+    def catalog_item(self, code: str) -> CatalogItem | None:
+        return self._index.get(code)
+
+
+def policy_dir() -> Path:
+    return Path(os.environ.get("GONGJI_POLICY_DIR", DEFAULT_POLICY_DIR))
+
+
+def load_policy(path: Path) -> RegionPolicy:
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    policy = RegionPolicy.model_validate(data)
+    if path.stem != policy.admdvs:
+        raise ValueError(f"{path}: file name must be <admdvs>.yaml, admdvs is {policy.admdvs}")
+    return policy
+
+
+def load_policies(directory: Path | None = None) -> dict[str, RegionPolicy]:
+    directory = directory or policy_dir()
+    return {p.stem: load_policy(p) for p in sorted(directory.glob("*.yaml"))}

@@ -1,0 +1,286 @@
+"""SQLite, one file per service: WAL, synchronous=FULL, every write in BEGIN IMMEDIATE.
+
+BEGIN IMMEDIATE takes the database's write lock up front, so two transactions (from this process or a
+replica sharing the file) touching the same account are serialised by SQLite itself, never by Python
+locks. All calls run on one dedicated thread so the event loop never blocks on disk.
+
+Group commit: handler transactions that queue up while the disk syncs are run together, each inside its
+own savepoint, and committed with one fsync. A handler that fails rolls back only its own savepoint; every
+caller gets its result only after the COMMIT, so nothing is published or acked before its effect is durable.
+
+Every store has an inbox (msgid → content hash and the reply we gave) and an outbox (messages to publish
+once the transaction that caused them has committed).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+BASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    msgid TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    reply TEXT,               -- JSON reply given (NULL while the effect is still pending elsewhere)
+    reply_to TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    message_id TEXT,
+    correlation_id TEXT,
+    reply_to TEXT,
+    headers TEXT,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    msgid: str
+    kind: str
+    content_hash: str
+    reply: str | None
+    reply_to: str | None
+
+
+MAX_GROUP = 64
+
+
+class Store:
+    def __init__(self, path: Path, schema: str, group_commit: bool = True):
+        self.path = Path(path)
+        self._schema = schema
+        self._conn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = \
+            queue.SimpleQueue()
+        self._group_commit = group_commit
+        self._thread = threading.Thread(target=self._loop, name=f"store-{self.path.stem}", daemon=True)
+        self._thread.start()
+        self.commits = 0  # transactions committed (a group counts once)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self.run(lambda _c: None)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while self._group_commit and len(batch) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            # Callers that gave up (their task was cancelled, e.g. on a lost connection) are skipped: their
+            # message was not acked and comes back. The thread itself must never die.
+            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except BaseException as exc:  # pragma: no cover - last line of defence
+                    for _, fut in batch:
+                        _settle(fut, exc, failed=True)
+
+    def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
+        try:
+            conn = self._connection()
+        except BaseException as exc:
+            for _, fut in batch:
+                _settle(fut, exc, failed=True)
+            return
+        if len(batch) == 1:
+            fn, fut = batch[0]
+            try:
+                result = fn(conn)
+            except BaseException as exc:
+                _settle(fut, exc, failed=True)
+            else:
+                _settle(fut, result)
+            return
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _ in batch:
+                try:
+                    results.append((True, fn(conn)))  # fn's own transaction() is a savepoint here
+                except BaseException as exc:
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, fut in batch:
+                _settle(fut, exc, failed=True)
+            return
+        for (ok, value), (_, fut) in zip(results, batch):
+            _settle(fut, value, failed=not ok)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.executescript(BASE_SCHEMA + self._schema)
+            self._conn = conn
+        return self._conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For tools and tests outside an event loop."""
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+    async def close(self) -> None:
+        def _close(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+        if self._conn is not None:
+            await self.run(_close)
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+
+def _settle(fut: Future[Any], value: Any, failed: bool = False) -> None:
+    """Hand a result over; a future cancelled meanwhile just drops it (its caller is gone)."""
+    try:
+        fut.set_exception(value) if failed else fut.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+_savepoints = itertools.count()
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT; inside a group commit (or any open transaction), a savepoint."""
+    if conn.in_transaction:
+        name = f"tx{next(_savepoints)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+@contextmanager
+def rolled_back(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Work whose writes must not stay (a preview): always undone, also inside a group commit."""
+    if conn.in_transaction:
+        name = f"ro{next(_savepoints)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        finally:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def inbox_get(conn: sqlite3.Connection, msgid: str) -> InboxEntry | None:
+    row = conn.execute("SELECT msgid, kind, content_hash, reply, reply_to FROM inbox WHERE msgid=?",
+                       (msgid,)).fetchone()
+    return InboxEntry(*row) if row else None
+
+
+def inbox_put(conn: sqlite3.Connection, msgid: str, kind: str, content_hash: str, reply: str | None,
+              reply_to: str | None) -> None:
+    conn.execute("INSERT INTO inbox (msgid, kind, content_hash, reply, reply_to, created_at) VALUES (?,?,?,?,?,?)",
+                 (msgid, kind, content_hash, reply, reply_to, time.time()))
+
+
+def inbox_set_reply(conn: sqlite3.Connection, msgid: str, reply: str) -> None:
+    conn.execute("UPDATE inbox SET reply=? WHERE msgid=?", (reply, msgid))
+
+
+def outbox_add(conn: sqlite3.Connection, msg: OutMessage) -> int:
+    cur = conn.execute(
+        "INSERT INTO outbox (exchange, routing_key, body, message_id, correlation_id, reply_to, headers, created_at)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        (msg.exchange, msg.routing_key, msg.body, msg.message_id, msg.correlation_id, msg.reply_to,
+         json.dumps(msg.headers) if msg.headers else None, time.time()))
+    return int(cur.lastrowid)
+
+
+CHUNK = 500  # rows per statement: far below SQLite's limit on bound variables
+
+
+def outbox_load(conn: sqlite3.Connection, ids: list[int] | None = None,
+                older_than: float | None = None, limit: int = CHUNK) -> list[tuple[int, OutMessage]]:
+    if ids is not None:
+        rows = []
+        for i in range(0, len(ids), CHUNK):
+            part = ids[i:i + CHUNK]
+            rows += conn.execute(f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(part))}) ORDER BY id",
+                                 part).fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM outbox WHERE created_at < ? ORDER BY id LIMIT ?",
+                            (older_than if older_than is not None else time.time() + 1, limit)).fetchall()
+    return [(r["id"], OutMessage(r["exchange"], r["routing_key"], r["body"], r["message_id"], r["correlation_id"],
+                                 r["reply_to"], json.loads(r["headers"]) if r["headers"] else None)) for r in rows]
+
+
+def outbox_delete(conn: sqlite3.Connection, ids: list[int]) -> None:
+    for i in range(0, len(ids), CHUNK):
+        part = ids[i:i + CHUNK]
+        conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(part))})", part)

@@ -1,0 +1,1 @@
+"""Drives gongji: the CLI, the broker client, the demo population (and, later, scenarios)."""

@@ -1,0 +1,273 @@
+"""The `gongji` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from services.shared.entry import DEFAULT_AMQP_URL, WorkerConfig
+
+WORKERS = ("bureau", "accounts", "pos")
+# What `docker compose up` and `gongji up` run once the workers are up (the same command line in both).
+MAIN_JOB = ("run", "scenarios/child_paid_by_mother.yaml", "--external", "--report-dir", "reports")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", DEFAULT_AMQP_URL),
+                   help="RabbitMQ URL (env AMQP_URL; default %(default)s)")
+    p.add_argument("--namespace", default=os.environ.get("GONGJI_NAMESPACE", "gongji"),
+                   help="prefix of every exchange and queue (env GONGJI_NAMESPACE)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gongji", description="Medical-insurance settlement simulator with "
+                                                                "family mutual aid (医保家庭共济).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run one worker process")
+    w.add_argument("service", choices=WORKERS)
+    _common(w)
+    w.add_argument("--data-dir", default=os.environ.get("GONGJI_DATA_DIR", "data"), help="where SQLite files live")
+    w.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
+                   help="bureau only: comma-separated admdvs to serve (default: every policy file)")
+    w.add_argument("--prefetch", type=int, default=64)
+
+    d = sub.add_parser("demo", help="load the demo population and settle a few visits")
+    _common(d)
+    d.add_argument("--json", action="store_true", help="print outcomes as JSON")
+
+    u = sub.add_parser("up", help="start the three workers as processes and run the main scenario against them "
+                                  "(the no-Docker `docker compose up`)")
+    _common(u)
+    u.add_argument("--data-dir", default=os.environ.get("GONGJI_DATA_DIR", "data"))
+    u.add_argument("--once", action="store_true", help="stop the workers after the scenario")
+
+    s = sub.add_parser("settle", help="settle one visit through the POS and print the split")
+    _common(s)
+    s.add_argument("--psn", required=True, help="psn_no of the patient")
+    s.add_argument("--facility", required=True, help="fixmedins_code (12 chars)")
+    s.add_argument("--insuplc", required=True, help="insured region 参保地 (admdvs)")
+    s.add_argument("--mdtrtarea", help="region of treatment 就医地 (default: the insured region)")
+    s.add_argument("--med-type", default="41", choices=["11", "13", "14", "21", "41"])
+    s.add_argument("--insutype", default="310", choices=["310", "390"])
+    s.add_argument("--item", action="append", required=True, metavar="CODE:PRICE[:CNT[:LV[:PROP]]]",
+                   help="a bill line, e.g. XB02:36.50:2:02:0.05 (LV 01 甲 / 02 乙 / 03 丙)")
+    s.add_argument("--time", default=None, help="business time 'yyyy-MM-dd HH:mm:ss' (Asia/Shanghai; default now)")
+    s.add_argument("--channel", default="offline", choices=["offline", "online"])
+    s.add_argument("--no-account", action="store_true", help="acct_used_flag 0: do not use personal accounts")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds before the POS sends 2601 冲正")
+    s.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    ld = sub.add_parser("load-demo", help="load only the demo population (idempotent)")
+    _common(ld)
+
+    bd = sub.add_parser("broker-definitions", help="print the RabbitMQ definitions (topology, one user per "
+                                                   "service) that docker-compose loads")
+    bd.add_argument("--namespace", default="gongji")
+
+    from simulator import bench
+    bench.add_arguments(sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
+                                                     "latency, CPU and memory against the raw broker ceiling"))
+
+    from simulator import compare, runner
+    runner.add_arguments(sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
+                                                    "audit the invariants, write report.json and report.html"))
+    compare.add_arguments(sub.add_parser("compare", help="policy what-if: run one scenario under two policy sets "
+                                                         "and compare family out-of-pocket and pooled-fund spending"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "demo":
+        return asyncio.run(_demo(args))
+    if args.command == "broker-definitions":
+        from services.shared.definitions import build, render
+        sys.stdout.write(render(build(args.namespace)))
+        return 0
+    if args.command == "load-demo":
+        return asyncio.run(_load_demo(args))
+    if args.command == "settle":
+        return asyncio.run(_settle(args))
+    if args.command == "up":
+        return _up(args)
+    if args.command == "bench":
+        from simulator import bench
+        return bench.main(args, argv if argv is not None else sys.argv[2:])
+    if args.command == "run":
+        from simulator import runner
+        return runner.main(args)
+    if args.command == "compare":
+        from simulator import compare
+        return compare.main(args)
+    return 2
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from services.shared.entry import run
+    cfg = WorkerConfig(amqp_url=args.amqp_url, namespace=args.namespace, data_dir=Path(args.data_dir),
+                       regions=[r for r in args.regions.split(",") if r], prefetch=args.prefetch)
+    if args.service == "bureau":
+        from services.bureau.worker import setup
+    elif args.service == "accounts":
+        from services.accounts.worker import setup  # type: ignore[no-redef]
+    else:
+        from services.pos.worker import setup  # type: ignore[no-redef]
+    run(args.service, cfg, setup)
+    return 0
+
+
+async def _client(args: argparse.Namespace, name: str):  # type: ignore[no-untyped-def]
+    from services.shared.broker import wait_for_broker
+    from simulator.client import Client
+    try:
+        await wait_for_broker(args.amqp_url, timeout=30)
+    except Exception as exc:
+        raise SystemExit(f"cannot reach RabbitMQ at {args.amqp_url}: {exc}\n"
+                         "start one (`rabbitmq-server -detached`, or `docker compose up rabbitmq`) or set AMQP_URL")
+    client = Client(args.amqp_url, args.namespace, name=name)
+    await client.connect()
+    return client
+
+
+async def _load_demo(args: argparse.Namespace) -> int:
+    from simulator import demo
+    client = await _client(args, "demo")
+    try:
+        await demo.load(client)
+        print("demo population loaded")
+    finally:
+        await client.close()
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from simulator import demo
+    client = await _client(args, "demo")
+    failures = 0
+    try:
+        await demo.load(client)
+        for cmd in demo.visits("v1"):
+            outcome = await client.visit(cmd, timeout=60)
+            if args.json:
+                print(outcome.model_dump_json())
+            else:
+                print(render_outcome(outcome.model_dump(mode="json")))
+            failures += outcome.status != "settled"
+    finally:
+        await client.close()
+    return 1 if failures else 0
+
+
+def _parse_item(text: str, n: int) -> dict[str, Any]:
+    parts = text.split(":")
+    if len(parts) < 2:
+        raise SystemExit(f"--item {text!r}: expected CODE:PRICE[:CNT[:LV[:PROP]]]")
+    code, price = parts[0], parts[1]
+    cnt = parts[2] if len(parts) > 2 else "1"
+    lv = parts[3] if len(parts) > 3 else "01"
+    prop = parts[4] if len(parts) > 4 else None
+    total = (Decimal(price) * Decimal(cnt)).quantize(Decimal("0.01"))
+    item = {"feedetl_sn": str(n), "med_list_codg": code, "cnt": cnt, "pric": price,
+            "det_item_fee_sumamt": f"{total}", "chrgitm_lv": lv}
+    if prop is not None:
+        item["selfpay_prop"] = prop
+    return item
+
+
+async def _settle(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from contracts.base import SHANGHAI
+    from contracts.pos import SettleVisit
+    when = args.time or datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        cmd = SettleVisit.model_validate({
+            "visit_id": f"cli-{uuid.uuid4().hex[:16]}", "fixmedins_code": args.facility, "insuplc_admdvs": args.insuplc,
+            "mdtrtarea_admvs": args.mdtrtarea or args.insuplc, "psn_no": args.psn, "med_type": args.med_type,
+            "insutype": args.insutype, "acct_used_flag": "0" if args.no_account else "1", "setl_chnl": args.channel,
+            "biz_time": when, "details": [_parse_item(t, i + 1) for i, t in enumerate(args.item)],
+            "timeout_ms": int(args.timeout * 1000)})
+    except ValidationError as exc:
+        print(f"invalid visit: {exc}", file=sys.stderr)
+        return 2
+    client = await _client(args, "settle")
+    try:
+        outcome = await client.visit(cmd, timeout=args.timeout * 3 + 10)
+    finally:
+        await client.close()
+    print(outcome.model_dump_json(indent=2) if args.json else render_outcome(outcome.model_dump(mode="json")))
+    return 0 if outcome.status == "settled" else 1
+
+
+def render_outcome(o: dict[str, Any]) -> str:
+    head = f"visit {o['visit_id']}  {o['psn_no']} at {o['fixmedins_code']}  {o['biz_time']}  → {o['status']}"
+    if not o.get("setlinfo"):
+        return f"{head}\n  {o.get('err_code')}: {o.get('err_msg')}\n"
+    s = o["setlinfo"]
+    rows = [("medfee_sumamt", "bill 医疗费总额"), ("fulamt_ownpay_amt", "全自费"), ("overlmt_selfpay", "超限价自费"),
+            ("preselfpay_amt", "先行自付"), ("inscp_scp_amt", "in scope 符合范围"), ("act_pay_dedc", "deductible 起付线"),
+            ("hifp_pay", "pooled fund 统筹基金"), ("psn_part_amt", "patient share 个人负担"),
+            ("acct_pay", "personal accounts 个人账户"), ("acct_mulaid_pay", "  of which family 共济"),
+            ("psn_cash_pay", "cash 现金"), ("balc", "own balance after 余额")]
+    lines = [head, f"  setl_id {s['setl_id']}"]
+    lines += [f"  {label:<28}{s[key]:>12}" for key, label in rows]
+    for part in s.get("mulaid_detail", []):
+        lines.append(f"    family: {part['authorizer_psn_no']} paid {part['amount']} (balance now {part['balc']})")
+    lines += [f"  why: {note}" for note in s.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _up(args: argparse.Namespace) -> int:
+    """The no-Docker `docker compose up`: the same worker commands, as child processes."""
+    env = {**os.environ, "AMQP_URL": args.amqp_url, "GONGJI_NAMESPACE": args.namespace,
+           "GONGJI_DATA_DIR": args.data_dir}
+    from simulator.stack import die_with_parent
+    procs = [subprocess.Popen([sys.executable, "-m", "simulator.cli", "worker", name], env=env,
+                              preexec_fn=die_with_parent, stdout=subprocess.PIPE) for name in WORKERS]
+    code = 0
+    try:
+        for name, proc in zip(WORKERS, procs):  # each prints one line when its queues are declared
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode(errors="replace").strip()
+            if "ready" not in line:
+                print(f"the {name} worker did not start ({line or 'no output'}); see its log above", file=sys.stderr)
+                return 1
+            print(line, flush=True)
+        # From the repository (where scenarios/ lives); the report lands in ./reports of the caller.
+        job = [str(Path.cwd() / "reports") if a == "reports" else a for a in MAIN_JOB]
+        code = subprocess.call([sys.executable, "-m", "simulator.cli", *job], env=env,
+                               cwd=Path(__file__).resolve().parents[1])
+        if not args.once:
+            print("workers running; Ctrl-C to stop", flush=True)
+            while all(p.poll() is None for p in procs):
+                time.sleep(1)
+            code = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

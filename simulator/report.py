@@ -1,0 +1,530 @@
+"""report.json (deterministic: nothing of the wall clock, no random ids; same scenario and seed → the same
+bytes) and report.html (one standalone file, no network: inline CSS, inline SVG charts drawn by an inline
+script, which marks the page with data-report-ready="ok" once it has run without error)."""
+from __future__ import annotations
+
+import html
+import json
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from contracts.money import from_fen, to_fen
+from contracts.pos import ReverseVisit, SettleVisit
+
+from .audit import insurance_year, standing
+
+if TYPE_CHECKING:
+    from .runner import Obs, RunData
+
+WHY_LIMIT = 300  # settlements explained in the HTML (all of the timeline's; generated ones up to this)
+FAMILY_SERIES = 8
+
+
+def _y(fen: int) -> str:
+    return f"{from_fen(fen):.2f}"
+
+
+def _fen(value: str) -> int:
+    return to_fen(Decimal(value))
+
+
+def sources(observations: list["Obs"]) -> dict[str, int]:
+    """Where each yuan came from (net of reversals): pooled fund, own account, family, wallet, cash."""
+    out = {"pooled fund 统筹基金": 0, "own account 个人账户": 0, "family mutual aid 家庭共济": 0,
+           "wallet 医保钱包": 0, "cash 现金": 0}
+    for o in observations:
+        s = o.setlinfo
+        if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
+            continue
+        wallet = _fen(s.get("wallet_pay", "0.00"))
+        out["pooled fund 统筹基金"] += _fen(s["fund_pay_sumamt"])
+        out["family mutual aid 家庭共济"] += _fen(s["acct_mulaid_pay"])
+        out["wallet 医保钱包"] += wallet
+        out["own account 个人账户"] += _fen(s["acct_pay"]) - _fen(s["acct_mulaid_pay"]) - wallet
+        out["cash 现金"] += _fen(s["psn_cash_pay"])
+    return out
+
+
+def _totals(observations: list["Obs"]) -> dict[str, str]:
+    from .runner import totals
+    return {k: _y(v) for k, v in totals(observations).items()}
+
+
+def family_figures(data: "RunData") -> dict[str, dict[str, int]]:
+    """Per family (net of reversals): bill, pooled fund, out of pocket (accounts + cash), cash, mutual aid."""
+    out: dict[str, dict[str, int]] = {}
+    for o in data.observations:
+        s = o.setlinfo
+        if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
+            continue
+        fam = o.family or f"(no family) {data.mapper.unmap_text(o.cmd.psn_no)}"
+        f = out.setdefault(fam, {"medfee": 0, "pooled": 0, "out_of_pocket": 0, "cash": 0, "mulaid": 0})
+        f["medfee"] += _fen(s["medfee_sumamt"])
+        f["pooled"] += _fen(s["fund_pay_sumamt"])
+        f["out_of_pocket"] += _fen(s["psn_part_amt"])
+        f["cash"] += _fen(s["psn_cash_pay"])
+        f["mulaid"] += _fen(s["acct_mulaid_pay"])
+    return out
+
+
+def build(data: "RunData", invariants: dict[str, str], *, scale: str) -> dict[str, Any]:
+    sc = data.loaded.scenario
+    m = data.mapper
+    obs = sorted(data.observations, key=lambda o: o.order)
+    by_status: dict[str, int] = {}
+    by_infcode: dict[str, int] = {}
+    by_err: dict[str, int] = {}
+    for o in obs:
+        if o.outcome is None:
+            by_status["none"] = by_status.get("none", 0) + 1
+            continue
+        by_status[o.outcome.status] = by_status.get(o.outcome.status, 0) + 1
+        by_infcode[str(o.outcome.infcode)] = by_infcode.get(str(o.outcome.infcode), 0) + 1
+        if o.outcome.err_code:
+            by_err[o.outcome.err_code] = by_err.get(o.outcome.err_code, 0) + 1
+    by_category: dict[str, list[Obs]] = {}
+    by_region: dict[str, list[Obs]] = {}
+    for o in obs:
+        by_category.setdefault(o.category, []).append(o)
+        by_region.setdefault(o.cmd.insuplc_admdvs, []).append(o)
+    failures = [{k: m.unmap(v) for k, v in f.items()} for f in data.failures]
+    fams = family_figures(data)
+    rec = data.results.get("_reconciliation", {"facility_days": 0, "matched": 0})
+    report: dict[str, Any] = {
+        "scenario": sc.name,
+        "description": sc.description,
+        "seed": sc.seed,
+        "scale": scale,
+        "population": {"facilities": len(data.facilities), "people": len(data.people),
+                       "families": len(data.families),
+                       "accounts": sum(1 for p in data.people.values() if p.balance is not None),
+                       "bindings": len(data.bindings)},
+        "visits": sum(1 for o in obs if isinstance(o.cmd, SettleVisit)),
+        "reversals": sum(1 for o in obs if isinstance(o.cmd, ReverseVisit)),
+        "outcomes": {"by_status": dict(sorted(by_status.items())), "by_infcode": dict(sorted(by_infcode.items())),
+                     "by_err_code": dict(sorted(by_err.items()))},
+        "totals": _totals(obs),
+        "sources": {k: _y(v) for k, v in sources(obs).items()},
+        "by_category": {k: _totals(v) for k, v in sorted(by_category.items())},
+        "by_region": {k: _totals(v) for k, v in sorted(by_region.items())},
+        "families": {"count": len(data.families), "with_visits": len(fams),
+                     "out_of_pocket": _y(sum(f["out_of_pocket"] for f in fams.values())),
+                     "cash": _y(sum(f["cash"] for f in fams.values())),
+                     "mutual_aid": _y(sum(f["mulaid"] for f in fams.values()))},
+        "expectations": {"passed": data.passed, "failed": len({f["step"] for f in failures}),
+                         "failures": failures},
+        "invariants": dict(invariants),
+        "reconciliation": rec,
+        "admin": dict(sorted(data.admin_counts.items())),
+        "steps": [m.unmap(row) for row in data.steps],
+    }
+    if data.aborted:
+        report["aborted"] = m.unmap_text(data.aborted)
+    if data.faults is not None:
+        report["faults"] = fault_section(data)
+    return json.loads(json.dumps(report, default=str))
+
+
+def dead_letter_key(entry: dict[str, str], ns: str) -> str:
+    """'<queue>: <reason>' without the details that vary from run to run (namespace, client keys, parser
+    positions): e.g. 'pos.commands: not JSON', 'accounts.pay: delivery_limit'."""
+    queue = entry.get("queue") or ""
+    if ns and queue.startswith(ns + "."):
+        queue = queue[len(ns) + 1:]
+    reason = (entry.get("reason") or "unknown").split(":")[0].strip()
+    if ns:
+        reason = reason.replace(ns, "<ns>")
+    reason = re.sub(r"'[^']*'", "'…'", reason)[:120]
+    return f"{queue or 'outbox'}: {reason}"
+
+
+def fault_section(data: "RunData") -> dict[str, Any]:
+    """What was injected, what the workers counted (summed over every process, restarted ones included),
+    what ended in the dead-letter queue and why, and the auditor's figures. Keys depend only on the scenario;
+    the counts depend on timing."""
+    f = data.faults or {}
+    stats: dict[str, int] = f.get("stats", {})
+    fig = data.figures
+    injected = dict(f.get("injected", {}))
+    if "duplicate" in injected:
+        injected["duplicate"] = stats.get("chaos_duplicates", 0)
+    if "delay" in injected:
+        injected["delay"] = stats.get("chaos_delays", 0)
+    dead: dict[str, int] = {}
+    for entry in f.get("dead", []):
+        key = dead_letter_key(entry, f.get("namespace", ""))
+        dead[key] = dead.get(key, 0) + 1
+    out: dict[str, Any] = {
+        "injected": dict(sorted(injected.items())),
+        "all_injected": all(v > 0 for v in injected.values()) and not f.get("errors") and not f.get("not_injected"),
+        "redelivered": stats.get("redelivered", 0),
+        "duplicates_absorbed": stats.get("duplicates_absorbed", 0),
+        "dead_lettered": dict(sorted(dead.items())),
+        "visits_without_outcome": fig.get("visits_without_outcome"),
+        "double_debits": fig.get("double_debits"),
+        "cap_overruns": fig.get("cap_overruns"),
+        "negative_balances": fig.get("negative_balances"),
+        "ledger_balanced": fig.get("ledger_balanced"),
+        "reconciliation_matches": fig.get("reconciliation_matches"),
+        "worker_restarts": f.get("worker_restarts", {}),
+        "connections_closed": f.get("connections_closed", 0),
+        "poison_sent": f.get("poison_sent", {}),
+        "messages": {"handled": stats.get("handled", 0), "published": stats.get("published", 0),
+                     "dead_lettered_by_workers": stats.get("dead_lettered", 0),
+                     "chaos_duplicates": stats.get("chaos_duplicates", 0),
+                     "chaos_delays": stats.get("chaos_delays", 0)},
+        "runner_retries": f.get("runner_retries", 0),
+        "not_injected": f.get("not_injected", []),
+        "errors": f.get("errors", []),
+    }
+    if "timeout_race" in injected:
+        race = {"compensated": 0, "refused": 0, "settled": 0, "without_outcome": 0}
+        for o in data.observations:
+            if o.race:
+                status = o.outcome.status if o.outcome is not None else "without_outcome"
+                race[status] = race.get(status, 0) + 1
+        # of the compensated: undone by the bureau after it had taken the settlement in (the rest were
+        # cancelled before they arrived, and refused when they did)
+        race["undone_after_arrival"] = fig.get("bureau_compensated")  # None with --external
+        out["timeout_race"] = race
+    return out
+
+
+def faults_ok(report: dict[str, Any]) -> bool:
+    """A fault scenario passes only if its faults happened and its figures are the clean ones."""
+    f = report.get("faults")
+    if f is None:
+        return True
+    return bool(f["all_injected"] and f["visits_without_outcome"] == 0 and f["double_debits"] == 0
+                and f["cap_overruns"] == 0 and f["negative_balances"] == 0 and f["ledger_balanced"]
+                and f["reconciliation_matches"])
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write(directory: Path, data: "RunData", report: dict[str, Any], invariants: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(dumps(report), encoding="utf-8")
+    (directory / "report.html").write_text(render_html(data, report), encoding="utf-8")
+
+
+# ---- the HTML ---------------------------------------------------------------------------------------------
+def chart_data(data: "RunData") -> dict[str, Any]:
+    m = data.mapper
+    obs = sorted(data.observations, key=lambda o: o.order)
+    def parts(some: list["Obs"]) -> list[list[Any]]:  # ordered pairs: JSON objects get their keys sorted
+        return [[k, v] for k, v in sources(some).items()]
+
+    src_rows = [{"label": "all", "parts": parts(obs)}]
+    for cat in ("pharmacy", "outpatient", "inpatient"):
+        part = [o for o in obs if o.category == cat]
+        if part:
+            src_rows.append({"label": cat, "parts": parts(part)})
+    for region in sorted({o.cmd.insuplc_admdvs for o in obs}):
+        src_rows.append({"label": f"insured in {region}", "parts": parts([o for o in obs
+                                                                           if o.cmd.insuplc_admdvs == region])})
+    return {"sources": src_rows, "families": _family_series(data), "limits": _limits(data),
+            "unit": "yuan", "title": data.loaded.scenario.name}
+
+
+def _family_series(data: "RunData") -> list[dict[str, Any]]:
+    figures = family_figures(data)
+    explicit = [f.name for f in data.loaded.scenario.families]
+    ranked = sorted((n for n in data.families if n not in explicit and n in figures),
+                    key=lambda n: (-figures[n]["medfee"], n))
+    chosen = (explicit + ranked)[:FAMILY_SERIES]
+    points = sorted(data.balance_points, key=lambda p: (p[0], p[1]))
+    series = []
+    for fam in chosen:
+        members = set(data.families[fam])
+        latest: dict[str, int] = {}
+        pts: list[list[Any]] = []
+        for when, _key, psn, fen in points:
+            if psn not in members:
+                continue
+            latest[psn] = fen
+            total = sum(latest.values())
+            if pts and pts[-1][0] == when:
+                pts[-1][1] = total
+            else:
+                pts.append([when, total])
+        if pts:
+            series.append({"name": fam, "members": sorted(members), "points": pts})
+    return series
+
+
+def _limits(data: "RunData") -> list[dict[str, Any]]:
+    """How full each limit got: binding caps, yearly mutual-aid caps, channel daily limits, the pooled fund's
+    annual cap, deductibles. Net of reversals. The fullest 25."""
+    m = data.mapper
+    live, _ = standing(data)
+    caps: dict[str, tuple[str, int]] = {}
+    auth_names = {}
+    for name, b, auth_id in data.bindings:
+        if auth_id is None:
+            continue
+        auth_names[auth_id] = f"{b.authorizer}→{b.member}"
+        for period in ("day", "month", "year"):
+            cap = getattr(b, f"{period}_cap")
+            if cap is not None:
+                caps[f"{auth_id}:{period}"] = (f"{b.authorizer}→{b.member} {period} cap", to_fen(cap))
+    used: dict[tuple[str, str], int] = {}
+    labels: dict[tuple[str, str], tuple[str, int]] = {}
+    for o in live:
+        s = o.setlinfo
+        assert s is not None
+        day = s["setl_time"][:10]
+        windows = {"day": day, "month": day[:7], "year": day[:4]}
+        person = data.people.get(m.unmap_text(o.cmd.psn_no))
+        policy = data.policies.get(o.cmd.insuplc_admdvs)
+        for part in s.get("mulaid_detail", []):
+            auth_id = m.unmap_text(part["auth_id"])
+            for period, window in windows.items():
+                key = f"{auth_id}:{period}"
+                if key in caps:
+                    k = (key, window)
+                    used[k] = used.get(k, 0) + _fen(part["amount"])
+                    labels[k] = (f"{caps[key][0]} ({window})", caps[key][1])
+            auth = data.people.get(m.unmap_text(part["authorizer_psn_no"]))
+            apol = data.policies.get(auth.region) if auth else None
+            if apol is not None and apol.accounts.mutual_aid_annual_cap is not None and auth is not None:
+                yr = str(insurance_year(apol.year_start_month, _t(s["setl_time"])))
+                k = (f"mulaid:{auth.psn_no}", yr)
+                used[k] = used.get(k, 0) + _fen(part["amount"])
+                labels[k] = (f"{auth.psn_no} yearly mutual-aid cap ({yr})", to_fen(apol.accounts.mutual_aid_annual_cap))
+        if policy is None or person is None:
+            continue
+        if isinstance(o.cmd, SettleVisit) and o.cmd.setl_chnl in policy.accounts.channel_daily_limit:
+            k = (f"chnl:{person.psn_no}:{o.cmd.setl_chnl}", day)
+            used[k] = used.get(k, 0) + _fen(s["acct_pay"])
+            labels[k] = (f"{person.psn_no} {o.cmd.setl_chnl} daily limit ({day})",
+                         to_fen(policy.accounts.channel_daily_limit[o.cmd.setl_chnl]))  # type: ignore[index]
+        yr = str(insurance_year(policy.year_start_month, _t(s["setl_time"])))
+        k = (f"cap:{person.psn_no}", yr)
+        used[k] = used.get(k, 0) + _fen(s["hifp_pay"])
+        labels[k] = (f"{person.psn_no} pooled-fund annual cap ({yr})", to_fen(policy.annual_cap))
+        if o.category == "outpatient" and policy.benefits.outpatient.pooled and person.psn_type in \
+                policy.benefits.outpatient.deductible:
+            k = (f"dedc:{person.psn_no}", yr)
+            used[k] = used.get(k, 0) + _fen(s["act_pay_dedc"])
+            labels[k] = (f"{person.psn_no} outpatient deductible ({yr})",
+                         to_fen(policy.benefits.outpatient.deductible[person.psn_type]))  # type: ignore[index]
+    rows = [{"label": labels[k][0], "used": used[k], "cap": labels[k][1]} for k in used
+            if labels[k][1] > 0 and used[k] > 0]
+    rows.sort(key=lambda r: (-r["used"] / r["cap"], r["label"]))
+    # Caps and limits first; deductibles (which every visitor fills) only fill up what is left.
+    caps_first = [r for r in rows if "deductible" not in r["label"]][:20]
+    return caps_first + [r for r in rows if "deductible" in r["label"]][:25 - len(caps_first)]
+
+
+def _t(text: str) -> Any:
+    from datetime import datetime
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+
+
+def why_rows(data: "RunData") -> tuple[list[dict[str, Any]], int]:
+    m = data.mapper
+    rows = []
+    total = 0
+    gen_shown = 0
+    for o in sorted(data.observations, key=lambda o: o.order):
+        s = o.setlinfo
+        if s is None:
+            continue
+        total += 1
+        if o.generated:
+            if gen_shown >= WHY_LIMIT:
+                continue
+            gen_shown += 1
+        rows.append({"step": o.step, "kind": o.kind, "status": o.outcome.status if o.outcome else "",
+                     "psn_no": m.unmap_text(s["psn_no"]), "facility": m.unmap_text(o.cmd.fixmedins_code),
+                     "setl_id": m.unmap_text(s["setl_id"]), "setl_time": s["setl_time"],
+                     **{k: s[k] for k in ("medfee_sumamt", "act_pay_dedc", "hifp_pay", "acct_pay", "acct_mulaid_pay",
+                                          "psn_cash_pay", "balc")},
+                     "mulaid": [f"{m.unmap_text(p['authorizer_psn_no'])} {p['amount']}" for p in s["mulaid_detail"]],
+                     "notes": [m.unmap_text(n) for n in s["notes"]]})
+    return rows, total
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","Microsoft YaHei",sans-serif;margin:0;
+color:#1d2430;background:#f6f7f9}
+header{background:#16324f;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;opacity:.85}main{padding:18px 28px;max-width:1200px}
+section{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:14px 18px;margin:0 0 18px}
+h2{font-size:17px;margin:0 0 10px}table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #e6e9ee;padding:4px 8px;text-align:left;vertical-align:top}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.ok{color:#17803d;font-weight:600}
+.bad{color:#b42318;font-weight:600}.muted{color:#667085}.chart{width:100%;overflow-x:auto}
+.legend span{display:inline-block;margin-right:14px}.legend i{display:inline-block;width:11px;height:11px;
+margin-right:5px;border-radius:2px;vertical-align:-1px}ul.notes{margin:2px 0 0 0;padding-left:18px}
+details summary{cursor:pointer}.kpi{display:inline-block;margin:0 28px 6px 0}.kpi b{display:block;font-size:20px}
+input#filter{padding:4px 8px;width:280px;margin-bottom:8px}
+"""
+
+JS = r"""
+(function(){
+"use strict";
+var NS="http://www.w3.org/2000/svg";
+var COLORS=["#2f6db3","#56a97a","#e0a030","#8e6cc2","#d0543f","#3ab0c0","#9a7b4f","#c2477f"];
+function el(tag,attrs,parent){var e=document.createElementNS(NS,tag);for(var k in attrs){e.setAttribute(k,attrs[k]);}
+ if(parent){parent.appendChild(e);}return e;}
+function text(parent,x,y,s,extra){var t=el("text",Object.assign({x:x,y:y,"font-size":11,fill:"#344054"},extra||{}),parent);
+ t.textContent=s;return t;}
+function yuan(fen){return (fen/100).toLocaleString("en-US",{minimumFractionDigits:2,maximumFractionDigits:2});}
+function legend(box,keys){var d=document.createElement("div");d.className="legend";keys.forEach(function(k,i){
+ var s=document.createElement("span");var c=document.createElement("i");c.style.background=COLORS[i%COLORS.length];
+ s.appendChild(c);s.appendChild(document.createTextNode(k));d.appendChild(s);});box.appendChild(d);}
+function stacked(box,rows){
+ if(!rows.length){box.textContent="no settlements";return;}
+ var keys=rows[0].parts.map(function(p){return p[0];});legend(box,keys);
+ rows.forEach(function(r){var o={};r.parts.forEach(function(p){o[p[0]]=p[1];});r.parts=o;});
+ var W=900,rowH=34,left=170,H=rows.length*rowH+30;
+ var svg=el("svg",{viewBox:"0 0 "+W+" "+H,width:"100%",class:"chart-rendered",role:"img"},box);
+ rows.forEach(function(r,i){var total=0;keys.forEach(function(k){total+=Math.max(0,r.parts[k]);});
+  var y=i*rowH+8,x=left;text(svg,4,y+16,r.label);
+  keys.forEach(function(k,j){var v=Math.max(0,r.parts[k]);var w=total?(W-left-110)*v/total:0;
+   var rect=el("rect",{x:x,y:y,width:Math.max(0,w),height:22,fill:COLORS[j%COLORS.length]},svg);
+   var t=el("title",{},rect);t.textContent=k+": "+yuan(v)+" ("+(total?(100*v/total).toFixed(1):"0")+"%)";x+=w;});
+  text(svg,W-104,y+16,yuan(total));});
+}
+function parseT(s){var p=s.split(/[- :]/);return Date.UTC(+p[0],+p[1]-1,+p[2],+p[3],+p[4],+p[5]);}
+function lines(box,series){
+ if(!series.length){box.textContent="no personal accounts to follow";return;}
+ legend(box,series.map(function(s){return s.name+" ("+s.members.join(", ")+")";}));
+ var W=900,H=300,L=70,R=20,T=10,B=40,tmin=Infinity,tmax=-Infinity,vmax=0;
+ series.forEach(function(s){s.points.forEach(function(p){var t=parseT(p[0]);tmin=Math.min(tmin,t);tmax=Math.max(tmax,t);
+  vmax=Math.max(vmax,p[1]);});});
+ if(tmax===tmin){tmax=tmin+1;} if(vmax===0){vmax=1;}
+ var svg=el("svg",{viewBox:"0 0 "+W+" "+H,width:"100%",class:"chart-rendered",role:"img"},box);
+ function X(t){return L+(W-L-R)*(t-tmin)/(tmax-tmin);} function Y(v){return T+(H-T-B)*(1-v/vmax);}
+ el("line",{x1:L,y1:H-B,x2:W-R,y2:H-B,stroke:"#98a2b3"},svg);el("line",{x1:L,y1:T,x2:L,y2:H-B,stroke:"#98a2b3"},svg);
+ for(var i=0;i<=4;i++){var v=vmax*i/4;text(svg,4,Y(v)+4,yuan(v));
+  el("line",{x1:L,y1:Y(v),x2:W-R,y2:Y(v),stroke:"#eef0f3"},svg);}
+ [tmin,(tmin+tmax)/2,tmax].forEach(function(t,i){var d=new Date(t).toISOString().slice(0,10);
+  text(svg,X(t)-(i===2?60:i===1?30:0),H-B+16,d);});
+ series.forEach(function(s,i){var d="",last=null;s.points.forEach(function(p){var x=X(parseT(p[0])),y=Y(p[1]);
+   d+=(d?(" L"+x+" "+(last===null?y:last)+" L"):"M")+x+" "+y;last=y;});
+  d+=" L"+(W-R)+" "+last;
+  el("path",{d:d,fill:"none",stroke:COLORS[i%COLORS.length],"stroke-width":2},svg);
+  s.points.forEach(function(p){var c=el("circle",{cx:X(parseT(p[0])),cy:Y(p[1]),r:3,fill:COLORS[i%COLORS.length]},svg);
+   el("title",{},c).textContent=s.name+" "+p[0]+": "+yuan(p[1]);});});
+}
+function bars(box,rows){
+ if(!rows.length){box.textContent="no limit was touched";return;}
+ var W=900,rowH=24,left=380,H=rows.length*rowH+10;
+ var svg=el("svg",{viewBox:"0 0 "+W+" "+H,width:"100%",class:"chart-rendered",role:"img"},box);
+ rows.forEach(function(r,i){var y=i*rowH+4,frac=Math.min(1,r.used/r.cap),w=(W-left-150)*frac;
+  text(svg,4,y+13,r.label.length>58?r.label.slice(0,57)+"…":r.label);
+  el("rect",{x:left,y:y,width:W-left-150,height:16,fill:"#eef0f3"},svg);
+  el("rect",{x:left,y:y,width:w,height:16,fill:frac>=1?"#d0543f":frac>0.8?"#e0a030":"#2f6db3"},svg);
+  text(svg,W-146,y+13,yuan(r.used)+" / "+yuan(r.cap),{"font-size":10});
+  el("title",{},svg.lastChild).textContent=(100*r.used/r.cap).toFixed(1)+"% used";});
+}
+function filter(){var input=document.getElementById("filter");if(!input){return;}
+ input.addEventListener("input",function(){var q=input.value.toLowerCase();
+  document.querySelectorAll("#why tbody tr").forEach(function(tr){tr.style.display=tr.textContent.toLowerCase().indexOf(q)>=0?"":"none";});});}
+try{
+ var data=JSON.parse(document.getElementById("report-data").textContent);
+ stacked(document.getElementById("chart-sources"),data.sources);
+ lines(document.getElementById("chart-families"),data.families);
+ bars(document.getElementById("chart-limits"),data.limits);
+ filter();
+ document.body.setAttribute("data-report-ready","ok");
+ document.title=document.title+" ✓";
+}catch(err){document.body.setAttribute("data-report-error",String(err&&err.message||err));throw err;}
+})();
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None, attrs: str = "") -> str:
+    numeric = numeric or set()
+    head = "".join(f'<th class="n">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _faults_html(report: dict[str, Any]) -> str:
+    f = report.get("faults")
+    if f is None:
+        return ""
+    rows = [[_e(f"injected: {k}"), v] for k, v in f["injected"].items()]
+    rows += [[_e(k.replace("_", " ")), _e(f[k])] for k in (
+        "redelivered", "duplicates_absorbed", "visits_without_outcome", "double_debits", "cap_overruns",
+        "negative_balances", "ledger_balanced", "reconciliation_matches", "runner_retries")]
+    rows += [[_e(f"restarted: {k}"), v] for k, v in f["worker_restarts"].items()]
+    rows += [[_e(f"dead-lettered: {k}"), v] for k, v in f["dead_lettered"].items()]
+    rows += [[_e(f"timeout race: {k}"), v] for k, v in f.get("timeout_race", {}).items()]
+    rows += [['<span class="bad">not injected</span>', _e(t)] for t in f["not_injected"]]
+    rows += [['<span class="bad">error</span>', _e(t)] for t in f["errors"]]
+    verdict = '<span class="ok">clean</span>' if faults_ok(report) else '<span class="bad">NOT clean</span>'
+    return f"<section><h2>Faults injected: {verdict}</h2>{_table(['', 'count'], rows)}</section>"
+
+
+def render_html(data: "RunData", report: dict[str, Any]) -> str:
+    charts = chart_data(data)
+    why, total_why = why_rows(data)
+    exp = report["expectations"]
+    ok_all = exp["failed"] == 0 and all(v == "ok" for v in report["invariants"].values()) and faults_ok(report)
+    verdict = '<span class="ok">PASSED</span>' if ok_all else '<span class="bad">FAILED</span>'
+    t = report["totals"]
+    kpis = "".join(f'<div class="kpi"><span class="muted">{_e(label)}</span><b>{_e(v)}</b></div>' for label, v in (
+        ("visits", report["visits"]), ("reversals", report["reversals"]), ("bill 医疗费", t["medfee_sumamt"]),
+        ("pooled fund 统筹", t["hifp_pay"]), ("accounts 个人账户", t["acct_pay"]),
+        ("of which family 共济", t["acct_mulaid_pay"]), ("cash 现金", t["psn_cash_pay"])))
+    inv_rows = [[_e(k), '<span class="ok">ok</span>' if v == "ok" else f'<span class="bad">{_e(v)}</span>']
+                for k, v in report["invariants"].items()]
+    fail_rows = [[_e(f["step"]), _e(f["field"]), _e(json.dumps(f["expected"], ensure_ascii=False)),
+                  _e(json.dumps(f["actual"], ensure_ascii=False)), _e(f["where"])] for f in exp["failures"]]
+    outcome_rows = [[_e(k), v] for k, v in report["outcomes"]["by_status"].items()]
+    outcome_rows += [[_e(f"error {k}"), v] for k, v in report["outcomes"]["by_err_code"].items()]
+    why_html = []
+    for r in why:
+        notes = "".join(f"<li>{_e(n)}</li>" for n in r["notes"])
+        mulaid = ("<br><span class='muted'>family: " + _e(", ".join(r["mulaid"])) + "</span>") if r["mulaid"] else ""
+        why_html.append([f"{_e(r['step'])}<br><span class='muted'>{_e(r['setl_time'])}</span>",
+                         f"{_e(r['psn_no'])}<br><span class='muted'>{_e(r['kind'])} at {_e(r['facility'])}</span>",
+                         _e(r["status"]), _e(r["medfee_sumamt"]), _e(r["act_pay_dedc"]), _e(r["hifp_pay"]),
+                         _e(r["acct_pay"]) + mulaid, _e(r["psn_cash_pay"]),
+                         f"<details><summary>{len(r['notes'])} lines</summary><ul class='notes'>{notes}</ul></details>"])
+    shown = f"{len(why)} of {total_why}" if len(why) < total_why else f"all {total_why}"
+    payload = json.dumps(charts, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
+    sc = data.loaded.scenario
+    return f"""<!DOCTYPE html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
+<title>gongji report — {_e(sc.name)}</title><style>{CSS}</style></head>
+<body data-report-ready="no">
+<header><h1>gongji scenario report: {_e(sc.name)} — {verdict}</h1>
+<p>{_e(sc.description)}</p><p class="muted">seed {_e(report['seed'])}, scale {_e(report['scale'])},
+{report['population']['people']} people in {report['population']['families']} families,
+{report['population']['facilities']} facilities</p></header>
+<main>
+<section><h2>Summary</h2>{kpis}
+{_table(["outcome", "count"], outcome_rows, {1})}</section>
+<section><h2>Expectations: {exp['passed']} passed, {exp['failed']} failed</h2>
+{_table(["step", "field", "expected", "actual", "where"], fail_rows) if fail_rows else '<p class="ok">every expectation held</p>'}</section>
+<section><h2>Invariants</h2>{_table(["invariant", "result"], inv_rows)}</section>
+{_faults_html(report)}
+<section><h2>Where each yuan came from</h2><div id="chart-sources" class="chart"></div></section>
+<section><h2>Family balances over time (personal accounts, 当年+历年)</h2><div id="chart-families" class="chart"></div></section>
+<section><h2>Limit usage (the fullest first)</h2><div id="chart-limits" class="chart"></div></section>
+<section><h2>Why: each settlement explained ({shown})</h2>
+<input id="filter" placeholder="filter (person, step, rule…)" aria-label="filter">
+{_table(["step", "patient", "status", "bill", "deductible", "pooled", "accounts", "cash", "why"], why_html,
+        {3, 4, 5, 6, 7}, 'id="why"')}</section>
+</main>
+<script type="application/json" id="report-data">{payload}</script>
+<script>{JS}</script>
+</body></html>
+"""

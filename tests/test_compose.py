@@ -1,0 +1,196 @@
+"""The container setup: docker-compose.yml, the Dockerfile and .dockerignore agree with the real CLI.
+
+No Docker and no broker needed: these tests read the files and parse each compose command with the
+CLI's own argparse parser (simulator.cli.build_parser).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = ("bureau", "accounts", "pos")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    with open(REPO / "docker-compose.yml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def depends_of(service: dict) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):  # short form means service_started
+        return {name: "service_started" for name in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_services_exist(services: dict) -> None:
+    assert {"rabbitmq", *WORKERS, "demo"} <= set(services)
+
+
+def test_rabbitmq_service(services: dict) -> None:
+    rabbit = services["rabbitmq"]
+    assert rabbit["image"].startswith("rabbitmq:3.13")
+    test = rabbit["healthcheck"]["test"]
+    test = " ".join(test) if isinstance(test, list) else test
+    assert "rabbitmq-diagnostics" in test and "ping" in test
+    published = {str(p).split(":")[-1] for p in rabbit.get("ports", [])}
+    assert {"5672", "15672"} <= published
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_command(services: dict, name: str) -> None:
+    assert services[name]["command"] == ["worker", name]
+
+
+def test_demo_runs_the_main_job_like_gongji_up(services: dict) -> None:
+    from simulator.cli import MAIN_JOB
+    cmd = list(services["demo"]["command"])
+    # The same scenario run as `gongji up` (which writes to ./reports; the container writes to the bind mount).
+    assert cmd[:3] == list(MAIN_JOB[:3]) and "--external" in cmd
+    assert cmd[cmd.index("--report-dir") + 1] == "/reports"
+    assert "./reports:/reports" in [str(v) for v in services["demo"].get("volumes", [])]
+    assert (REPO / cmd[1]).exists(), "the scenario the demo runs must ship in the image"
+
+
+def all_commands(services: dict) -> list[tuple[str, list[str]]]:
+    out = []
+    for name, svc in services.items():
+        if "build" not in svc:  # third-party images (rabbitmq) run their own commands
+            continue
+        cmd = svc.get("command")
+        out.append((name, shlex.split(cmd) if isinstance(cmd, str) else list(cmd or [])))
+    return out
+
+
+def test_every_command_parses_with_the_real_cli(services: dict) -> None:
+    from simulator.cli import build_parser  # the real CLI, not a copy of its grammar
+
+    commands = all_commands(services)
+    assert {name for name, _ in commands} >= {*WORKERS, "demo"}
+    for name, command in commands:
+        parser = build_parser()
+        try:
+            parser.parse_args(command)
+        except SystemExit as exc:  # argparse reports errors by exiting
+            pytest.fail(f"service {name}: `gongji {' '.join(command)}` is rejected by the CLI (exit {exc.code})")
+
+
+def test_cli_rejects_an_unknown_worker_role() -> None:
+    """Guards the test above: a parser that accepted anything would prove nothing."""
+    from simulator.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "no-such-role"])
+
+
+@pytest.mark.parametrize("name", (*WORKERS, "demo"))
+def test_amqp_url_points_at_the_rabbitmq_service(services: dict, name: str) -> None:
+    url = urlsplit(env_of(services[name])["AMQP_URL"])
+    assert url.scheme == "amqp"
+    assert url.hostname == "rabbitmq" and url.hostname in services
+    assert (url.port or 5672) == 5672
+    # Each service as its own broker user, with the documented local password of the definitions file.
+    from services.shared.definitions import LOCAL_PASSWORDS
+    user = "simulator" if name == "demo" else name
+    assert (url.username, url.password) == (user, LOCAL_PASSWORDS[user])
+    assert env_of(services[name])["GONGJI_DECLARE"] == "passive"
+
+
+def test_broker_loads_the_definitions_file(services: dict) -> None:
+    mounts = [str(v) for v in services["rabbitmq"].get("volumes", [])]
+    assert "./deploy/rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in mounts
+    conf = [m for m in mounts if m.startswith("./deploy/rabbitmq/rabbitmq.conf:")]
+    assert conf and conf[0].split(":")[1].startswith("/etc/rabbitmq/conf.d/")
+    assert "load_definitions = /etc/rabbitmq/definitions.json" in (REPO / "deploy/rabbitmq/rabbitmq.conf").read_text()
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_runtime(compose: dict, services: dict, name: str) -> None:
+    svc = services[name]
+    assert env_of(svc)["GONGJI_DATA_DIR"] == "/data"
+    assert depends_of(svc).get("rabbitmq") == "service_healthy"
+    assert svc.get("restart") == "unless-stopped"
+    mounts = [str(v) for v in svc.get("volumes", [])]
+    named = [m.split(":")[0] for m in mounts if m.split(":")[1:2] == ["/data"]]
+    assert len(named) == 1, mounts
+    assert named[0] in (compose.get("volumes") or {}), "the /data volume must be a declared named volume"
+
+
+def test_each_worker_has_its_own_volume(services: dict) -> None:
+    sources = [str(v).split(":")[0] for name in WORKERS for v in services[name].get("volumes", [])]
+    assert len(sources) == len(set(sources)) == len(WORKERS)
+
+
+def test_demo_waits_for_broker_and_workers_and_runs_once(services: dict) -> None:
+    demo = services["demo"]
+    deps = depends_of(demo)
+    assert deps.get("rabbitmq") == "service_healthy"
+    for name in WORKERS:
+        assert deps.get(name) == "service_started", name
+    # YAML 1.1 reads a bare `no` as False; compose wants the string "no".
+    assert demo.get("restart") == "no"
+
+
+def test_bureau_is_scalable(services: dict) -> None:
+    bureau = services["bureau"]
+    assert "container_name" not in bureau
+    assert not bureau.get("ports")
+    assert "hostname" not in bureau
+
+
+def test_dockerfile_entrypoint_is_gongji() -> None:
+    entrypoints = [args for word, args in dockerfile_instructions() if word == "ENTRYPOINT"]
+    assert entrypoints, "Dockerfile has no ENTRYPOINT"
+    assert json.loads(entrypoints[-1]) == ["gongji"]
+    with open(REPO / "pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts.get("gongji") == "simulator.cli:main"
+
+
+def test_dockerfile_installs_editable_with_policies() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0][0] == "FROM" and instructions[0][1].startswith("python:3.11")
+    assert ("WORKDIR", "/app") in instructions
+    runs = " ".join(args for word, args in instructions if word == "RUN")
+    assert "pip install --no-cache-dir -e /app" in runs
+    ignored = {line.strip().strip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert "policies" not in ignored and "data" in ignored
+    assert (REPO / "policies").is_dir() and any((REPO / "policies").glob("*.yaml"))

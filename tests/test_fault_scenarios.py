@@ -1,0 +1,149 @@
+"""Issue #5, items 1-2: fault events in scenarios, and fault scenarios under load.
+
+Every fault scenario of scenarios/faults/ runs at its CI scale (--scale 0.25: 500 generated families, about 1,000
+visits) through the code path of `gongji run` (run_loaded: the three workers as separate processes, the
+generated traffic, the fault driver, the auditor, report.json), and its report.json must show the fault
+happened and left nothing wrong: every visit an outcome, no double debit, no cap overrun, no negative balance, a
+balanced ledger, a reconciliation that matches, every invariant "ok". The full sizes and their run times are in
+scenarios/README.md.
+
+The broker_restart and drop_connections runs act on the local RabbitMQ (rabbitmqctl): marked broker_restart,
+so that conftest runs them last.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.runner import Progress, RunOptions, _local_broker, run_loaded
+from simulator.scenario import FAULT_KINDS, ScenarioError, load_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+FAULTS = REPO / "scenarios" / "faults"
+CI_SCALE = "0.25"  # the full size (× 1) is documented in scenarios/README.md
+SCENARIO_KIND = {"kill_workers": "kill", "broker_restart": "broker_restart", "drop_connections": "drop_connections",
+                 "duplicate_delivery": "duplicate", "delayed_replies": "delay", "timeout_race": "timeout_race",
+                 "poison": "poison"}
+ON_THE_BROKER = ("broker_restart", "drop_connections")  # need rabbitmqctl and the local broker
+
+
+def test_every_fault_kind_has_a_scenario() -> None:
+    found: dict[str, str] = {}
+    for path in sorted(FAULTS.glob("*.yaml")):
+        loaded = load_scenario(path, scale=CI_SCALE)
+        sc = loaded.scenario
+        assert sc.name == path.stem, f"{path}: name should match the file name"
+        assert sc.generator is not None and sc.generator.traffic is not None, f"{path}: under load: a generator"
+        assert sc.faults, f"{path}: no faults"
+        for f in sc.faults:
+            found.setdefault(f.kind, path.stem)
+    assert set(found) == set(FAULT_KINDS), f"fault kinds without a scenario: {set(FAULT_KINDS) - set(found)}"
+    assert {SCENARIO_KIND[name] for name in SCENARIO_KIND} == set(FAULT_KINDS)
+    assert sorted(p.stem for p in FAULTS.glob("*.yaml")) == sorted(SCENARIO_KIND)
+
+
+def test_fault_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_faults.yaml"
+    bad.write_text("""name: bad_faults
+regions: ["330100"]
+faults:
+  - {kind: kill, service: accnts, after_settlements: 10}
+  - {kind: kill, service: pos}
+  - {kind: duplicate, fraction: 0.1}
+  - {kind: explode}
+""", encoding="utf-8")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(bad)
+    problems = err.value.problems
+    assert any(p.startswith(f"{bad}:4: faults[0].service:") for p in problems), problems
+    assert any(p.startswith(f"{bad}:5: faults[1]: give exactly one of after_settlements") for p in problems), problems
+    assert any(p.startswith(f"{bad}:6: faults[2].fraction:") and "float refused" in p for p in problems), problems
+    assert any(p.startswith(f"{bad}:7: faults[3]:") and "'kill'" in p for p in problems), problems
+    bad.write_text("""name: bad_faults
+regions: ["330100"]
+faults:
+  - {kind: timeout_race, share: "0.1"}
+""", encoding="utf-8")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(bad)
+    assert err.value.problems[0].startswith(f"{bad}:4: faults[0].kind: timeout_race applies to generated visits")
+
+
+def test_faults_that_need_own_workers_refuse_external(amqp_url: str) -> None:
+    env = {**os.environ, "AMQP_URL": amqp_url}
+    env.pop("GONGJI_SCALE", None)
+    out = subprocess.run([sys.executable, "-m", "simulator.cli", "run", "scenarios/faults/broker_restart.yaml",
+                          "--external", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "scenarios/faults/broker_restart.yaml:" in out.stderr and "not possible with --external" in out.stderr
+
+
+def _params() -> list[Any]:
+    out = []
+    for name in SCENARIO_KIND:
+        marks = [pytest.mark.broker_restart] if name in ON_THE_BROKER else []
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("name", _params())
+async def test_fault_scenario_under_load(name: str, amqp_url: str, tmp_path: Path) -> None:
+    kind = SCENARIO_KIND[name]
+    if name in ON_THE_BROKER and (shutil.which("rabbitmqctl") is None or not _local_broker(amqp_url)):
+        pytest.skip(f"{kind} needs rabbitmqctl and the local RabbitMQ")
+    loaded = load_scenario(FAULTS / f"{name}.yaml", scale=CI_SCALE)
+    result = await run_loaded(loaded, RunOptions(amqp_url=amqp_url, report_dir=tmp_path, progress=False),
+                              Progress(enabled=False))
+    rep = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    f = rep["faults"]
+    assert 800 <= rep["visits"] <= 1200, rep["visits"]  # the CI size of a fault scenario
+    # The fault happened ...
+    assert f["injected"][kind] > 0, f
+    assert f["not_injected"] == [] and f["errors"] == [], f
+    # ... and left nothing wrong.
+    assert f["visits_without_outcome"] == 0, rep["invariants"]["one_final_outcome_per_visit"]
+    assert f["double_debits"] == 0, rep["invariants"]["ledger_balanced"]
+    assert f["cap_overruns"] == 0, rep["invariants"]["caps_respected"]
+    assert f["negative_balances"] == 0, rep["invariants"]["no_negative_balance"]
+    assert f["ledger_balanced"] is True, rep["invariants"]["ledger_balanced"]
+    assert f["reconciliation_matches"] is True, rep["invariants"]["daily_reconciliation_3201"]
+    assert all(v == "ok" for v in rep["invariants"].values()), rep["invariants"]
+    assert rep["expectations"]["failed"] == 0
+    assert result.ok
+    statuses = rep["outcomes"]["by_status"]
+    assert "none" not in statuses
+    if kind == "duplicate":
+        assert f["duplicates_absorbed"] > 0, f
+    elif kind == "delay":
+        assert f["messages"]["chaos_delays"] == f["injected"]["delay"]
+    elif kind == "poison":
+        poison = f["injected"]["poison"]
+        assert poison == loaded.scenario.faults[0].count  # type: ignore[union-attr]
+        assert sum(f["dead_lettered"].values()) >= poison, f["dead_lettered"]
+        queues = {key.split(":")[0] for key in f["dead_lettered"]}
+        assert queues >= {"bureau.all", "accounts.admin", "accounts.pay", "pos.commands"}, f["dead_lettered"]
+        assert all(reason.split(": ", 1)[1] for reason in f["dead_lettered"])  # each with its reason
+        assert set(statuses) <= {"settled", "reversed", "refused"}  # the workers kept serving
+    elif kind == "kill":
+        assert f["injected"]["kill"] == 3 and f["worker_restarts"] == {"accounts": 1, "bureau": 1, "pos": 1}, f
+    elif kind == "broker_restart":
+        assert f["injected"]["broker_restart"] == 1, f  # the restart, counted
+    elif kind == "drop_connections":
+        assert f["injected"]["drop_connections"] == 2 and f["connections_closed"] >= 2, f
+    elif kind == "timeout_race":
+        race = f["timeout_race"]
+        assert race["without_outcome"] == 0
+        assert race["compensated"] + race["refused"] + race["settled"] == f["injected"]["timeout_race"], race
+        assert race["compensated"] > 0, race  # the 2601 did race settlements in flight
+        assert race["undone_after_arrival"] > 0, race  # ... some already taken in by the bureau, then undone
+    # Visits outside a timeout race never end by their POS timeout (one_final_outcome_per_visit checks it).
+    if kind != "timeout_race":
+        assert "compensated" not in statuses and "E_TIMEOUT" not in rep["outcomes"]["by_err_code"]

@@ -1,0 +1,114 @@
+"""Scale-out: two replicas of every service (competing consumers on the same queues; the replicas of a service
+share its SQLite file, whose BEGIN IMMEDIATE lock keeps two of them from ever moving the same account at
+once). A concurrent family workload, with one accounts replica killed half-way, leaves the auditor nothing
+to find."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import AsyncIterator
+
+import aio_pika
+import pytest
+import pytest_asyncio
+
+from simulator.stack import die_with_parent
+from tests.harness import HOSPITAL3, PHARMACY, Stack, audit, balance, bind, line, person, uid, visit
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+D = Decimal
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ReplicatedStack(Stack):
+    """The usual stack plus a second process of each service, started by the very same command."""
+
+    extra: list[subprocess.Popen[bytes]]
+
+    async def start_replica(self, service: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{service}-2.log", "ab")
+        proc = subprocess.Popen(self.command(service), stdout=subprocess.PIPE, stderr=log, env=self.env, cwd=REPO,
+                                preexec_fn=die_with_parent)
+        assert proc.stdout is not None
+        line_ = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert b"ready" in line_, f"{service} replica did not start"
+        return proc
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def replicated(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory
+                     ) -> AsyncIterator[ReplicatedStack]:
+    s = ReplicatedStack(amqp_url, f"r{run_id}", tmp_path_factory.mktemp("replicas"))
+    await s.start()
+    s.extra = [await s.start_replica(svc) for svc in ("bureau", "accounts", "pos")]
+    try:
+        yield s
+    finally:
+        for proc in s.extra:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+        await s.stop()
+        await s.cleanup()
+
+
+async def consumers(stack: Stack, queue: str) -> int:
+    conn = await aio_pika.connect(stack.amqp_url)
+    try:
+        q = await (await conn.channel()).declare_queue(queue, passive=True)
+        return int(q.declaration_result.consumer_count)
+    finally:
+        await conn.close()
+
+
+async def test_two_replicas_of_each_service(replicated: ReplicatedStack) -> None:
+    s = replicated
+    c = s.client
+    assert c is not None
+    n = s.names
+    for queue in (n.bureau_queue(None), n.accounts_pay_queue, n.pos_command_queue, n.reply_queue("pos")):
+        assert await consumers(s, queue) == 2, queue
+    rng = random.Random(11)
+    parents = [await person(c, uid("par"), balance="400.00") for _ in range(6)]
+    kids = [await person(c, uid("kid"), insutype="390", balance=None) for _ in range(6)]
+    for p, k in zip(parents, kids):
+        await bind(c, p, k, day_cap="50.00")
+    cmds = []
+    for i in range(240):
+        f = rng.randrange(6)
+        if i % 2:
+            cmds.append(visit(kids[f], PHARMACY, "41", f"2026-11-1{i % 3} 09:{i % 60:02d}:00",
+                              [line("XA01", f"{rng.randrange(5, 45)}.00")], insutype="390", timeout_ms=120000))
+        else:
+            cmds.append(visit(parents[f], HOSPITAL3, "11", f"2026-11-1{i % 3} 10:{i % 60:02d}:00",
+                              [line("EXAM", f"{rng.randrange(10, 90)}.00")], timeout_ms=120000))
+    await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
+    await asyncio.sleep(0.5)
+    victim = s.extra[1]  # one accounts replica dies mid-run; the other carries on
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    outcomes = await asyncio.gather(*(c.outcome(cmd.visit_id, timeout=180) for cmd in cmds))
+    assert [o.status for o in outcomes] == ["settled"] * len(cmds)
+    taken: dict[str, Decimal] = defaultdict(lambda: D("0.00"))
+    per_day: dict[tuple[str, str], Decimal] = defaultdict(lambda: D("0.00"))
+    for cmd, o in zip(cmds, outcomes):
+        st = o.setlinfo
+        assert st is not None and st.fund_pay_sumamt + st.acct_pay + st.psn_cash_pay == st.medfee_sumamt
+        taken[o.psn_no] += st.acct_pay - st.acct_mulaid_pay
+        for part in st.mulaid_detail:
+            taken[part.authorizer_psn_no] += part.amount
+            per_day[(part.auth_id, cmd.biz_time.strftime("%Y-%m-%d"))] += part.amount
+    assert max(per_day.values()) <= D("50.00")
+    for p in parents:
+        assert await balance(c, p) == D("400.00") - taken[p]
+    accounts, bureau = await audit(c)
+    assert accounts["balance_mismatches"] == [] and accounts["ledger_sum_fen"] == 0
+    assert accounts["unbalanced_txns"] == 0 and accounts["cap_overruns"] == [] and accounts["negative_balances"] == 0
+    assert bureau["accumulator_mismatches"] == [] and bureau["states"].get("pending", 0) == 0
+    assert os.path.exists(s.data_dir / "accounts.db")  # one file, shared by both accounts replicas
