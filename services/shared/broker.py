@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import aio_pika
 import aiormq
+import structlog
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from contracts.routing import REGISTRY_KEY, Names
 
 from .store import OutMessage
 
+log = structlog.get_logger()
+
 DELIVERY_LIMIT = 20
+# Errors that mean "the connection or channel is going or gone". A channel closed by the broker for a
+# reason (access refused, no such exchange: subclasses of ChannelClosed) is not among them.
+RECOVERABLE: tuple[type[BaseException], ...] = (aiormq.exceptions.ChannelInvalidStateError,
+                                                 aiormq.exceptions.AMQPConnectionError, ConnectionError)
+
+
+def recoverable(exc: BaseException) -> bool:
+    return isinstance(exc, RECOVERABLE) or type(exc) is aiormq.exceptions.ChannelClosed
 
 
 class Unroutable(Exception):
@@ -48,13 +60,17 @@ class Broker:
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._pub: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._consume_channels: list[aio_pika.abc.AbstractChannel] = []
+        self._consumers: list[_Consumer] = []
+        self._watchdog: asyncio.Task[None] | None = None
+        self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(self.url, client_properties={"connection_name": self.name})
         self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.connection is not None:
             await self.connection.close()
 
@@ -123,8 +139,11 @@ class Broker:
         return ex
 
     async def publish(self, msg: OutMessage) -> None:
-        """Returns once the broker has confirmed the message; raises Unroutable if no queue took it."""
-        exchange = await self._exchange(msg.exchange)
+        """Returns once the broker has confirmed the message; raises Unroutable if no queue took it.
+
+        While the connection is being recovered (a broker restart, a dropped connection) the publish is
+        retried for up to `publish_retry_s`. A retried message may reach the broker twice; every consumer's
+        inbox absorbs that, which is what the msgid is for."""
         message = aio_pika.Message(
             msg.body,
             content_type="application/json",
@@ -134,10 +153,43 @@ class Broker:
             reply_to=msg.reply_to,
             headers=msg.headers or {},
         )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_retry_s
+        while True:
+            try:
+                exchange = await self._exchange(msg.exchange)
+                await exchange.publish(message, msg.routing_key, mandatory=True)
+                return
+            except aiormq.exceptions.PublishError as exc:
+                raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
+            except Exception as exc:
+                if not recoverable(exc) or loop.time() > deadline or self.connection is None or self.connection.is_closed:
+                    raise
+                log.warning("publish failed while the connection recovers; retrying", error=repr(exc))
+                await self._recover_publisher(deadline)
+
+    async def _recover_publisher(self, deadline: float) -> None:
+        """Wait for aio-pika's robust recovery of the publishing channel; if it does not come back (its
+        restore can itself fail mid-outage and then never retries), open a fresh channel."""
+        assert self.connection is not None and self._pub is not None
+        loop = asyncio.get_running_loop()
         try:
-            await exchange.publish(message, msg.routing_key, mandatory=True)
-        except aiormq.exceptions.PublishError as exc:
-            raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
+            await asyncio.wait_for(self._pub.ready(), timeout=max(0.1, min(5.0, deadline - loop.time())))  # type: ignore[attr-defined]
+            if not self._pub.is_closed:
+                return
+        except (asyncio.TimeoutError, *RECOVERABLE):
+            pass
+        try:
+            await asyncio.wait_for(self.connection.ready(), timeout=max(0.1, deadline - loop.time()))  # type: ignore[attr-defined]
+            old = self._pub
+            self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchanges.clear()  # exchange objects belong to the old channel
+            try:
+                await old.close()
+            except Exception:
+                pass
+        except (asyncio.TimeoutError, *RECOVERABLE):
+            await asyncio.sleep(0.5)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """Park an unprocessable message in <ns>.dead with the reason, before acking the original."""
@@ -148,12 +200,57 @@ class Broker:
 
     async def consume(self, queue: str, callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
                       prefetch: int = 64) -> None:
+        consumer = _Consumer(queue, callback, prefetch, await self._open_consumer(queue, callback, prefetch))
+        self._consumers.append(consumer)
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch_consumers())
+
+    async def _open_consumer(self, queue: str, callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
+                             prefetch: int) -> aio_pika.abc.AbstractChannel:
         assert self.connection is not None
         ch = await self.connection.channel(publisher_confirms=False)
         await ch.set_qos(prefetch_count=prefetch)
         q = await ch.get_queue(queue, ensure=True)
         await q.consume(callback, no_ack=False)
-        self._consume_channels.append(ch)
+        return ch
+
+    async def _watch_consumers(self, every: float = 1.0, strikes: int = 5) -> None:
+        """aio-pika restores channels after a reconnect, but a restore that fails mid-outage is not tried
+        again, and the consumer would be gone for good while the process looks healthy. So: a consumer
+        channel still closed `strikes` checks after the connection is back is replaced by a fresh one."""
+        while self.connection is not None and not self.connection.is_closed:
+            await asyncio.sleep(every)
+            if not self.connection.connected.is_set():  # type: ignore[attr-defined]
+                for c in self._consumers:
+                    c.strikes = 0
+                continue
+            for c in self._consumers:
+                if not c.channel.is_closed:
+                    c.strikes = 0
+                    continue
+                c.strikes += 1
+                if c.strikes < strikes:
+                    continue
+                try:
+                    fresh = await self._open_consumer(c.queue, c.callback, c.prefetch)
+                except Exception as exc:
+                    log.warning("reopening a consumer failed; will retry", queue=c.queue, error=repr(exc))
+                    continue
+                old, c.channel, c.strikes = c.channel, fresh, 0
+                log.warning("consumer channel was not restored after reconnect; reopened", queue=c.queue)
+                try:
+                    await old.close()
+                except Exception:
+                    pass
+
+
+@dataclass
+class _Consumer:
+    queue: str
+    callback: Callable[[AbstractIncomingMessage], Awaitable[None]]
+    prefetch: int
+    channel: aio_pika.abc.AbstractChannel
+    strikes: int = 0
 
 
 async def wait_for_broker(url: str, timeout: float = 60.0) -> None:
