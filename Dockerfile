@@ -11,8 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY . /app
 
-# Editable install: the region policy files live in /app/policies at the repo
-# root (outside the Python packages) and are found relative to the source tree.
+# Editable install, so that the scenarios/ shipped in /app sit next to the code
+# the compose main job runs (the policies ship in the package either way).
 RUN pip install --no-cache-dir -e /app \
     && useradd --system --uid 10001 --home-dir /app gongji \
     && mkdir -p /data \

@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+import policies
 from contracts.admin import HospLv, PsnType, Relation
 from contracts.base import Ratio
 from contracts.money import Money
@@ -21,7 +22,8 @@ from contracts.settlement import ItemScope
 Category = Literal["pharmacy", "outpatient", "inpatient"]
 MED_TYPE_CATEGORY: dict[str, Category] = {"41": "pharmacy", "11": "outpatient", "13": "outpatient",
                                           "14": "outpatient", "21": "inpatient"}
-DEFAULT_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+# The `policies` package: the repository's policies/ in an editable install, its installed copy otherwise.
+DEFAULT_POLICY_DIR = Path(policies.__file__).resolve().parent
 
 
 class _Model(BaseModel):
