@@ -1061,7 +1061,8 @@ class FaultDriver:
         for i, f in pending:
             trig = (f"after {fault_threshold(self.loaded, f.after_settlements)} outcomes"  # type: ignore[union-attr]
                     if getattr(f, "after_settlements") is not None else f"at {getattr(f, 'at_s')} s")
-            self.not_fired.append(f"faults[{i}] ({f.kind}, {trig}): the traffic ended first "
+            what = f"{f.kind} {f.service}" if getattr(f, "service", None) else f.kind
+            self.not_fired.append(f"faults[{i}] ({what}, {trig}): the traffic ended first "
                                   f"({runner.completed} outcomes, {time.monotonic() - t0:.1f} s)")
             self.progress.message(f"fault not injected: {self.not_fired[-1]}")
 

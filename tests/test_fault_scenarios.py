@@ -147,3 +147,32 @@ async def test_fault_scenario_under_load(name: str, amqp_url: str, tmp_path: Pat
     # Visits outside a timeout race never end by their POS timeout (one_final_outcome_per_visit checks it).
     if kind != "timeout_race":
         assert "compensated" not in statuses and "E_TIMEOUT" not in rep["outcomes"]["by_err_code"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_time_trigger_fires_and_a_fault_never_reached_fails_the_run(amqp_url: str, tmp_path: Path) -> None:
+    """`at_s` injects by the clock of the traffic; a fault whose trigger the traffic never reaches is reported
+    as not injected and fails the run (a fault scenario that injected nothing proves nothing)."""
+    scenario = tmp_path / "triggers.yaml"
+    scenario.write_text("""name: triggers
+seed: 5
+regions: ["330100"]
+start: "2026-02-28 08:00:00"
+generator:
+  families: 40
+  regions: {"330100": 1}
+  traffic: {start: 2026-03-01, days: 2, visits_per_person: "1.5"}
+faults:
+  - {kind: kill, service: bureau, at_s: 0.3, down_s: 0.5}
+  - {kind: kill, service: pos, after_settlements: 100000}
+""", encoding="utf-8")
+    loaded = load_scenario(scenario)
+    result = await run_loaded(loaded, RunOptions(amqp_url=amqp_url, report_dir=tmp_path / "out", progress=False),
+                              Progress(enabled=False))
+    rep = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    f = rep["faults"]
+    assert f["injected"]["kill"] == 1 and f["worker_restarts"] == {"bureau": 1, "pos": 0}, f
+    assert f["all_injected"] is False
+    assert len(f["not_injected"]) == 1 and "pos" in f["not_injected"][0] and "100000" in f["not_injected"][0], f
+    assert f["visits_without_outcome"] == 0 and all(v == "ok" for v in rep["invariants"].values()), rep
+    assert result.ok is False  # everything else was clean: the missing fault alone fails the run

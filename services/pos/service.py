@@ -56,9 +56,13 @@ class PosService:
     def __init__(self, names: Names, reply_key: str = "pos"):
         self.names = names
         self.reply_key = reply_key
+        self.open_high_water = 0  # the most visits open at once that this process saw (admission control)
 
     # ---- commands ---------------------------------------------------------------------------------
-    def handle_command(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> list[int]:
+    def handle_command(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit,
+                       max_open: int | None = None) -> list[int] | None:
+        """None (and nothing written) when `max_open` visits are already open: admission control, the
+        caller waits and tries again. Counted in the store, so the bound holds across POS replicas."""
         outbox: list[int] = []
         with transaction(conn):
             row = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
@@ -67,6 +71,11 @@ class PosService:
                 if row["outcome"] is not None:  # a repeated command: repeat the outcome
                     outbox.append(self._event(conn, VisitOutcome.model_validate_json(row["outcome"])))
                 return outbox
+            if max_open is not None:
+                n = self.open_visits(conn)
+                if n >= max_open:
+                    return None
+                self.open_high_water = max(self.open_high_water, n + 1)
             if isinstance(cmd, SettleVisit):
                 stage = "presettle" if cmd.presettle else "settle"
             else:
@@ -84,6 +93,10 @@ class PosService:
                           time.time() + cmd.timeout_ms / 1000))
             outbox.append(self._send(conn, request))
         return outbox
+
+    @staticmethod
+    def open_visits(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM visits WHERE state='open'").fetchone()[0])
 
     @staticmethod
     def _sign_no(conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> str | None:

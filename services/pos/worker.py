@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import structlog
@@ -18,6 +19,10 @@ from .service import SCHEMA, PosService, parse_command
 
 log = structlog.get_logger()
 
+# Enough to keep the bureau and the accounts service busy on a 2-core machine (throughput peaks at about 16
+# visits outstanding, BENCHMARKS.md), low enough that an overload queues in the broker instead of timing out.
+DEFAULT_MAX_OPEN = 256
+
 
 async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     names = cfg.names
@@ -25,6 +30,11 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     await store.open()
     service = PosService(names)
     worker = Worker(broker, store)
+    # At most this many visits open (sent to the bureau, no outcome yet) at once; 0 = no limit.
+    max_open = int(os.environ.get("GONGJI_POS_MAX_OPEN", str(DEFAULT_MAX_OPEN))) or None
+    worker.stats.update({"admission_waits": 0, "open_high_water": 0})
+    admission = asyncio.Lock()
+    slot_freed = asyncio.Event()
 
     async def unroutable(msg: OutMessage) -> None:
         if msg.exchange == names.bureau_exchange and msg.message_id:
@@ -41,7 +51,28 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
         except Exception as exc:
             raise Poison(str(exc)) from None
         structlog.contextvars.bind_contextvars(visit_id=cmd.visit_id)
-        return await store.run(lambda c: service.handle_command(c, cmd))
+        if not admission.locked():  # nobody waiting: try at once
+            ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+            if ids is not None:
+                worker.stats["open_high_water"] = service.open_high_water
+                return ids
+        # Admission control: too many visits open. Hold the command (unacked; the broker keeps the rest
+        # queued) rather than start a visit whose deadline would run out while the bureau works through a
+        # backlog. Waiters line up on the lock (first come, first served); the head one tries again when a
+        # visit finishes here, or every 200 ms (a replica may have finished one).
+        worker.stats["admission_waits"] += 1
+        async with admission:
+            while True:
+                slot_freed.clear()
+                ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+                if ids is not None:
+                    break
+                try:
+                    await asyncio.wait_for(slot_freed.wait(), 0.2)
+                except asyncio.TimeoutError:
+                    pass
+        worker.stats["open_high_water"] = service.open_high_water
+        return ids
 
     async def on_reply(incoming: Incoming) -> list[int]:
         try:
@@ -49,13 +80,18 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
         except ValidationError as exc:
             raise Poison(f"not a reply: {short_error(exc)}") from None
         structlog.contextvars.bind_contextvars(msgid=reply.inf_refmsgid)
-        return await store.run(lambda c: service.handle_reply(c, reply))
+        try:
+            return await store.run(lambda c: service.handle_reply(c, reply))
+        finally:
+            slot_freed.set()
 
     async def deadlines() -> None:
         while True:
             await asyncio.sleep(0.2)
             try:
                 ids = await store.run(lambda c: service.handle_deadlines(c, time.time()))
+                if ids:
+                    slot_freed.set()
                 await worker.flush(ids)
             except Exception:
                 log.exception("deadline scan failed")

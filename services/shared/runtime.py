@@ -110,28 +110,35 @@ class Worker:
         await self.broker.consume(queue, on_message, prefetch=prefetch)
 
     async def flush(self, ids: list[int] | None = None, older_than: float | None = None) -> int:
-        """Publish outbox rows (these ids, or one bounded batch older than a time); returns how many."""
+        """Publish outbox rows (these ids, or one bounded batch older than a time); returns how many.
+
+        The rows go out together and their confirms are awaited together (one wait for the batch, not one
+        per message). A row leaves the outbox only once the broker has confirmed it; if any publish fails,
+        the confirmed rows are still removed and the rest stay for the relay."""
         rows = await self.store.run(lambda c: outbox_load(c, ids=ids, older_than=older_than))
-        done: list[int] = []
-        try:
-            for row_id, msg in rows:
-                try:
-                    await self._publish(msg)
-                except Unroutable as exc:
-                    # Nobody can receive it (e.g. a client that went away): park it with the reason.
-                    log.warning("unroutable outbox message dead-lettered", error=str(exc))
-                    await self.broker.publish(OutMessage(self.broker.names.dlx, "", msg.body, msg.message_id,
-                                                         msg.correlation_id, msg.reply_to,
-                                                         {**(msg.headers or {}), "x-gongji-reason": str(exc)}))
-                    if self.on_unroutable is not None:
-                        done.append(row_id)
-                        await self.on_unroutable(msg)
-                        continue
-                done.append(row_id)
-                self.stats["published"] += 1
-        finally:
-            if done:
-                await self.store.run(lambda c: outbox_delete(c, done))
+
+        async def one(row_id: int, msg: OutMessage) -> int:
+            try:
+                await self._publish(msg)
+            except Unroutable as exc:
+                # Nobody can receive it (e.g. a client that went away): park it with the reason.
+                log.warning("unroutable outbox message dead-lettered", error=str(exc))
+                await self.broker.publish(OutMessage(self.broker.names.dlx, "", msg.body, msg.message_id,
+                                                     msg.correlation_id, msg.reply_to,
+                                                     {**(msg.headers or {}), "x-gongji-reason": str(exc)}))
+                if self.on_unroutable is not None:
+                    await self.on_unroutable(msg)
+                return row_id
+            self.stats["published"] += 1
+            return row_id
+
+        results = await asyncio.gather(*(one(row_id, msg) for row_id, msg in rows), return_exceptions=True)
+        done = [r for r in results if isinstance(r, int)]
+        if done:
+            await self.store.run(lambda c: outbox_delete(c, done))
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         return len(rows)
 
     async def flush_backlog(self, older_than: float) -> None:
