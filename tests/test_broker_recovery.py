@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import pytest
@@ -39,17 +39,31 @@ async def broker(amqp_url: str) -> AsyncIterator[Broker]:
                                                      names.events_archive_queue])
 
 
-def admin_message(b: Broker, msgid: str) -> OutMessage:
-    return OutMessage(b.names.accounts_exchange, "admin", b'{"probe": true}', message_id=msgid)
-
-
-async def test_publish_reopens_a_channel_that_was_not_restored(broker: Broker) -> None:
+def collector() -> tuple[list[str], Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]]:
+    """A consumer callback that acks and records each message id."""
     got: list[str] = []
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         got.append(message.message_id or "")
         await message.ack()
 
+    return got, on_message
+
+
+async def arrived(got: list[str], seconds: float = 10.0) -> list[str]:
+    for _ in range(int(seconds / 0.05)):
+        if got:
+            break
+        await asyncio.sleep(0.05)
+    return got
+
+
+def admin_message(b: Broker, msgid: str) -> OutMessage:
+    return OutMessage(b.names.accounts_exchange, "admin", b'{"probe": true}', message_id=msgid)
+
+
+async def test_publish_reopens_a_channel_that_was_not_restored(broker: Broker) -> None:
+    got, on_message = collector()
     await broker.consume(broker.names.accounts_admin_queue, on_message)
     dead_channel = broker._pub
     assert dead_channel is not None
@@ -59,32 +73,19 @@ async def test_publish_reopens_a_channel_that_was_not_restored(broker: Broker) -
     await broker.publish(admin_message(broker, "after-close"))
 
     assert broker._pub is not dead_channel and not broker._pub.is_closed
-    for _ in range(100):
-        if got:
-            break
-        await asyncio.sleep(0.05)
-    assert got == ["after-close"]
+    assert await arrived(got) == ["after-close"]
     # A refusal by the broker is still an error at once, not something to retry.
     with pytest.raises(Unroutable):
         await broker.publish(OutMessage(broker.names.accounts_exchange, "no-such-key", b"{}", message_id="x"))
 
 
 async def test_consumer_channel_left_closed_is_replaced(broker: Broker) -> None:
-    got: list[str] = []
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        got.append(message.message_id or "")
-        await message.ack()
-
+    got, on_message = collector()
     await broker.consume(broker.names.pos_command_queue, on_message)
     consumer = broker._consumers[-1]
     lost = consumer.channel
     await lost.close()  # the consumer is gone; the process would look healthy and serve nothing
     await broker.publish(OutMessage(broker.names.pos_exchange, "command", b"{}", message_id="waiting"))
 
-    for _ in range(200):
-        if got:
-            break
-        await asyncio.sleep(0.05)
-    assert got == ["waiting"]
+    assert await arrived(got) == ["waiting"]
     assert consumer.channel is not lost and not consumer.channel.is_closed
