@@ -63,6 +63,7 @@ class Broker:
         self._consumers: list[_Consumer] = []
         self._watchdog: asyncio.Task[None] | None = None
         self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
+        self._recovering = asyncio.Lock()
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(self.url, client_properties={"connection_name": self.name})
@@ -156,6 +157,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_s
         while True:
+            channel = self._pub
             try:
                 exchange = await self._exchange(msg.exchange)
                 await exchange.publish(message, msg.routing_key, mandatory=True)
@@ -163,33 +165,41 @@ class Broker:
             except aiormq.exceptions.PublishError as exc:
                 raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
             except Exception as exc:
-                if not recoverable(exc) or loop.time() > deadline or self.connection is None or self.connection.is_closed:
+                gone = self.connection is None or self.connection.is_closed  # closed on purpose
+                if not recoverable(exc) or gone or loop.time() > deadline:
                     raise
                 log.warning("publish failed while the connection recovers; retrying", error=repr(exc))
-                await self._recover_publisher(deadline)
+                await self._recover_publisher(channel, deadline)
 
-    async def _recover_publisher(self, deadline: float) -> None:
+    async def _recover_publisher(self, failed: aio_pika.abc.AbstractChannel | None, deadline: float) -> None:
         """Wait for aio-pika's robust recovery of the publishing channel; if it does not come back (its
-        restore can itself fail mid-outage and then never retries), open a fresh channel."""
-        assert self.connection is not None and self._pub is not None
+        restore can itself fail mid-outage and then never retries), open a fresh channel. Concurrent
+        publishers that failed on the same channel replace it once: the first in does it, the rest find
+        it done."""
+        assert self.connection is not None
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(self._pub.ready(), timeout=max(0.1, min(5.0, deadline - loop.time())))  # type: ignore[attr-defined]
-            if not self._pub.is_closed:
+        async with self._recovering:
+            if self._pub is not failed or self._pub is None:
                 return
-        except (asyncio.TimeoutError, *RECOVERABLE):
-            pass
-        try:
-            await asyncio.wait_for(self.connection.ready(), timeout=max(0.1, deadline - loop.time()))  # type: ignore[attr-defined]
-            old = self._pub
-            self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchanges.clear()  # exchange objects belong to the old channel
             try:
-                await old.close()
-            except Exception:
+                await asyncio.wait_for(self._pub.ready(),  # type: ignore[attr-defined]
+                                       timeout=max(0.1, min(5.0, deadline - loop.time())))
+                if not self._pub.is_closed:
+                    return
+            except (asyncio.TimeoutError, *RECOVERABLE):
                 pass
-        except (asyncio.TimeoutError, *RECOVERABLE):
-            await asyncio.sleep(0.5)
+            try:
+                await asyncio.wait_for(self.connection.ready(),  # type: ignore[attr-defined]
+                                       timeout=max(0.1, deadline - loop.time()))
+                old = self._pub
+                self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._exchanges.clear()  # exchange objects belong to the old channel
+                try:
+                    await old.close()
+                except Exception:
+                    pass
+            except (asyncio.TimeoutError, *RECOVERABLE):
+                await asyncio.sleep(0.5)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """Park an unprocessable message in <ns>.dead with the reason, before acking the original."""
