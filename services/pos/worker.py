@@ -51,26 +51,25 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
         except Exception as exc:
             raise Poison(str(exc)) from None
         structlog.contextvars.bind_contextvars(visit_id=cmd.visit_id)
+        ids = None
         if not admission.locked():  # nobody waiting: try at once
             ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
-            if ids is not None:
-                worker.stats["open_high_water"] = service.open_high_water
-                return ids
-        # Admission control: too many visits open. Hold the command (unacked; the broker keeps the rest
-        # queued) rather than start a visit whose deadline would run out while the bureau works through a
-        # backlog. Waiters line up on the lock (first come, first served); the head one tries again when a
-        # visit finishes here, or every 200 ms (a replica may have finished one).
-        worker.stats["admission_waits"] += 1
-        async with admission:
-            while True:
-                slot_freed.clear()
-                ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
-                if ids is not None:
-                    break
-                try:
-                    await asyncio.wait_for(slot_freed.wait(), 0.2)
-                except asyncio.TimeoutError:
-                    pass
+        if ids is None:
+            # Admission control: too many visits open. Hold the command (unacked; the broker keeps the rest
+            # queued) rather than start a visit whose deadline would run out while the bureau works through
+            # a backlog. Waiters line up on the lock (first come, first served); the head one tries again
+            # when a visit finishes here, or every 200 ms (a replica may have finished one).
+            worker.stats["admission_waits"] += 1
+            async with admission:
+                while True:
+                    slot_freed.clear()  # before trying: a visit finishing meanwhile is not missed
+                    ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+                    if ids is not None:
+                        break
+                    try:
+                        await asyncio.wait_for(slot_freed.wait(), 0.2)
+                    except asyncio.TimeoutError:
+                        pass
         worker.stats["open_high_water"] = service.open_high_water
         return ids
 
