@@ -1,9 +1,10 @@
-"""The broker adapter survives what aio-pika's robust recovery does not always cover.
+"""The broker adapter keeps publishing and consuming when a channel is closed under it.
 
-After a broker restart, aio-pika restores each channel once; if that restore itself fails mid-outage
-(CI saw "ChannelInvalidStateError: No active transport in channel"), the channel stays closed for good.
-These tests put a channel in exactly that state, against the real broker, and check that publishing and
-consuming carry on.
+After a broker restart, aio-pika's robust connection restored each channel once; when that restore failed
+mid-outage (stop 7's CI: "ChannelInvalidStateError: No active transport in channel"), the channel stayed
+closed for good. gongji now makes its own connections and channels again (services/shared/broker.py). These
+tests close a live publishing channel and a live consumer channel, against the real broker, and check that
+publishing and consuming carry on; tests/test_broker_restart.py restarts the broker itself.
 """
 from __future__ import annotations
 

@@ -27,7 +27,12 @@ DELIVERY_LIMIT = 20
 # Errors that mean "the connection or channel is going or gone". A channel closed by the broker for a
 # reason (access refused, no such exchange: subclasses of ChannelClosed) is not among them.
 RECOVERABLE: tuple[type[BaseException], ...] = (aiormq.exceptions.ChannelInvalidStateError,
-                                                 aiormq.exceptions.AMQPConnectionError, ConnectionError)
+                                                 aiormq.exceptions.AMQPConnectionError, ConnectionError,
+                                                 TimeoutError)
+# Every step of connecting or recovering is bounded: a step that hangs (a broker half-way through a restart)
+# becomes a failure and a retry, never a worker that waits forever.
+STEP_S = 10.0
+PUBLISH_S = 30.0  # a confirm not back by then counts as lost: publish again (the receiver's inbox dedups)
 
 
 def recoverable(exc: BaseException) -> bool:
@@ -50,30 +55,102 @@ def work_queue_args(names: Names) -> dict[str, Any]:
 class Broker:
     """passive=True (env GONGJI_DECLARE=passive): the topology was loaded into the broker beforehand (the
     definitions file of deploy/rabbitmq) and this process only checks that it is there, so that it can run
-    as a user without `configure` permission."""
+    as a user without `configure` permission.
+
+    Reconnection is gongji's own, on a plain aio-pika connection. aio-pika's robust connection restores each
+    channel once after a reconnect; a restore that fails or hangs mid-restart was never tried again and left
+    a worker that looked healthy and served nothing (stop 7's CI). Here, when the connection goes, a fresh one
+    is made (backing off 0.5 s to 5 s), then the publishing channel and every consumer are opened on it, each
+    step with a timeout; any failure throws the new connection away and starts over. Publishers wait for it
+    (up to `publish_retry_s`)."""
 
     def __init__(self, url: str, names: Names, name: str = "gongji", passive: bool | None = None):
         self.url = url
         self.names = names
         self.name = name
         self.passive = os.environ.get("GONGJI_DECLARE") == "passive" if passive is None else passive
-        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self.connection: aio_pika.abc.AbstractConnection | None = None
         self._pub: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._consumers: list[_Consumer] = []
         self._watchdog: asyncio.Task[None] | None = None
-        self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
+        self._reconnector: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._up = asyncio.Event()
         self._recovering = asyncio.Lock()
+        self._closing = False
+        self.reconnects = 0
+        self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
 
     async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(self.url, client_properties={"connection_name": self.name})
-        self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        await self._open()
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        self._closing = True
+        for task in (self._watchdog, self._reconnector):
+            if task is not None:
+                task.cancel()
         if self.connection is not None:
-            await self.connection.close()
+            try:
+                await asyncio.wait_for(self.connection.close(), STEP_S)
+            except Exception:
+                pass
+
+    async def _open(self) -> None:
+        """A new connection with the publishing channel and every registered consumer on it."""
+        conn = await asyncio.wait_for(
+            aio_pika.connect(self.url, client_properties={"connection_name": self.name}, timeout=STEP_S),
+            STEP_S + 1)
+        try:
+            pub = await asyncio.wait_for(conn.channel(publisher_confirms=True, on_return_raises=True), STEP_S)
+            channels = [await asyncio.wait_for(self._open_consumer(conn, c.queue, c.callback, c.prefetch), STEP_S)
+                        for c in self._consumers]
+        except BaseException:
+            self._discard(conn)
+            raise
+        for consumer, channel in zip(self._consumers, channels):
+            consumer.channel, consumer.strikes = channel, 0
+        self.connection, self._pub = conn, pub
+        self._exchanges.clear()  # exchange objects belong to a channel
+        conn.close_callbacks.add(self._on_connection_closed)
+        self._up.set()
+
+    def _on_connection_closed(self, conn: Any, exc: BaseException | None = None) -> None:
+        self._lost(conn)
+
+    def _lost(self, conn: Any) -> None:
+        """This connection is unusable (closed by the broker, dropped, or failing): make a new one."""
+        if self._closing or conn is not self.connection:
+            return
+        self._up.clear()
+        if self._reconnector is None or self._reconnector.done():
+            self._discard(conn)
+            self._reconnector = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._open()
+            except Exception as exc:
+                log.warning("reconnecting to the broker failed; retrying", error=repr(exc), retry_in_s=delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.reconnects += 1
+            log.warning("reconnected to the broker", reconnects=self.reconnects)
+            return
+
+    def _discard(self, closable: Any) -> None:
+        """Close a connection or channel we no longer use, in the background and bounded."""
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(closable.close(), STEP_S)
+            except BaseException:
+                pass
+        task = asyncio.create_task(close())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def declare_topology(self) -> None:
         """The fixed part of the topology. Every process declares it, so start order never matters."""
@@ -142,9 +219,9 @@ class Broker:
     async def publish(self, msg: OutMessage) -> None:
         """Returns once the broker has confirmed the message; raises Unroutable if no queue took it.
 
-        While the connection is being recovered (a broker restart, a dropped connection) the publish is
-        retried for up to `publish_retry_s`. A retried message may reach the broker twice; every consumer's
-        inbox absorbs that, which is what the msgid is for."""
+        While the connection is being recovered (a broker restart, a dropped connection) the publish waits and
+        is retried for up to `publish_retry_s`. A retried message may reach the broker twice; every
+        consumer's inbox absorbs that, which is what the msgid is for."""
         message = aio_pika.Message(
             msg.body,
             content_type="application/json",
@@ -157,49 +234,48 @@ class Broker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_s
         while True:
+            if not self._up.is_set():
+                try:
+                    await asyncio.wait_for(self._up.wait(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise ConnectionError(f"no broker connection for {self.publish_retry_s:.0f} s") from None
             channel = self._pub
             try:
-                exchange = await self._exchange(msg.exchange)
-                await exchange.publish(message, msg.routing_key, mandatory=True)
+                await asyncio.wait_for(self._publish_on_current(msg, message), PUBLISH_S)
                 return
             except aiormq.exceptions.PublishError as exc:
                 raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
             except Exception as exc:
-                gone = self.connection is None or self.connection.is_closed  # closed on purpose
-                if not recoverable(exc) or gone or loop.time() > deadline:
+                if not recoverable(exc) or self._closing or loop.time() > deadline:
                     raise
                 log.warning("publish failed while the connection recovers; retrying", error=repr(exc))
-                await self._recover_publisher(channel, deadline)
+                await self._recover_publisher(channel)
 
-    async def _recover_publisher(self, failed: aio_pika.abc.AbstractChannel | None, deadline: float) -> None:
-        """Wait for aio-pika's robust recovery of the publishing channel; if it does not come back (its
-        restore can itself fail mid-outage and then never retries), open a fresh channel. Concurrent
-        publishers that failed on the same channel replace it once: the first in does it, the rest find
-        it done."""
-        assert self.connection is not None
-        loop = asyncio.get_running_loop()
+    async def _publish_on_current(self, msg: OutMessage, message: aio_pika.Message) -> None:
+        exchange = await self._exchange(msg.exchange)
+        await exchange.publish(message, msg.routing_key, mandatory=True)
+
+    async def _recover_publisher(self, failed: aio_pika.abc.AbstractChannel | None) -> None:
+        """The publishing channel failed. On a live connection, open another channel (the broker may close
+        a channel alone); otherwise, or if that fails, the connection is replaced. Concurrent publishers
+        that failed on the same channel recover it once: the first in does it, the rest find it done."""
         async with self._recovering:
-            if self._pub is not failed or self._pub is None:
+            conn = self.connection
+            if self._pub is not failed or not self._up.is_set():
+                return
+            if conn is None or conn.is_closed:
+                self._lost(conn)
                 return
             try:
-                await asyncio.wait_for(self._pub.ready(),  # type: ignore[attr-defined]
-                                       timeout=max(0.1, min(5.0, deadline - loop.time())))
-                if not self._pub.is_closed:
-                    return
-            except (asyncio.TimeoutError, *RECOVERABLE):
-                pass
-            try:
-                await asyncio.wait_for(self.connection.ready(),  # type: ignore[attr-defined]
-                                       timeout=max(0.1, deadline - loop.time()))
-                old = self._pub
-                self._pub = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-                self._exchanges.clear()  # exchange objects belong to the old channel
-                try:
-                    await old.close()
-                except Exception:
-                    pass
-            except (asyncio.TimeoutError, *RECOVERABLE):
-                await asyncio.sleep(0.5)
+                pub = await asyncio.wait_for(conn.channel(publisher_confirms=True, on_return_raises=True), STEP_S)
+            except Exception as exc:
+                log.warning("the broker connection is not usable; replacing it", error=repr(exc))
+                self._lost(conn)
+                return
+            self._pub = pub
+            self._exchanges.clear()
+            if failed is not None:
+                self._discard(failed)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """Park an unprocessable message in <ns>.dead with the reason, before acking the original."""
@@ -210,31 +286,32 @@ class Broker:
 
     async def consume(self, queue: str, callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
                       prefetch: int = 64) -> None:
-        consumer = _Consumer(queue, callback, prefetch, await self._open_consumer(queue, callback, prefetch))
-        self._consumers.append(consumer)
+        await asyncio.wait_for(self._up.wait(), STEP_S)
+        assert self.connection is not None
+        channel = await asyncio.wait_for(self._open_consumer(self.connection, queue, callback, prefetch), STEP_S)
+        self._consumers.append(_Consumer(queue, callback, prefetch, channel))
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch_consumers())
 
-    async def _open_consumer(self, queue: str, callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    @staticmethod
+    async def _open_consumer(conn: aio_pika.abc.AbstractConnection, queue: str,
+                             callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
                              prefetch: int) -> aio_pika.abc.AbstractChannel:
-        assert self.connection is not None
-        ch = await self.connection.channel(publisher_confirms=False)
+        ch = await conn.channel(publisher_confirms=False)
         await ch.set_qos(prefetch_count=prefetch)
         q = await ch.get_queue(queue, ensure=True)
         await q.consume(callback, no_ack=False)
         return ch
 
-    async def _watch_consumers(self, every: float = 1.0, strikes: int = 5) -> None:
-        """aio-pika restores channels after a reconnect, but a restore that fails mid-outage is not tried
-        again, and the consumer would be gone for good while the process looks healthy. So: a consumer
-        channel still closed `strikes` checks after the connection is back is replaced by a fresh one."""
-        while self.connection is not None and not self.connection.is_closed:
+    async def _watch_consumers(self, every: float = 1.0, strikes: int = 3) -> None:
+        """A consumer channel the broker closed on a live connection (the connection itself is handled by
+        the reconnect) is reopened after `strikes` checks, so a worker never goes on without its consumer."""
+        while not self._closing:
             await asyncio.sleep(every)
-            if not self.connection.connected.is_set():  # type: ignore[attr-defined]
-                for c in self._consumers:
-                    c.strikes = 0
+            conn = self.connection
+            if not self._up.is_set() or conn is None or conn.is_closed:
                 continue
-            for c in self._consumers:
+            for c in list(self._consumers):
                 if not c.channel.is_closed:
                     c.strikes = 0
                     continue
@@ -242,16 +319,16 @@ class Broker:
                 if c.strikes < strikes:
                     continue
                 try:
-                    fresh = await self._open_consumer(c.queue, c.callback, c.prefetch)
+                    fresh = await asyncio.wait_for(self._open_consumer(conn, c.queue, c.callback, c.prefetch),
+                                                   STEP_S)
                 except Exception as exc:
-                    log.warning("reopening a consumer failed; will retry", queue=c.queue, error=repr(exc))
-                    continue
+                    log.warning("reopening a consumer failed; replacing the connection", queue=c.queue,
+                                error=repr(exc))
+                    self._lost(conn)
+                    break
                 old, c.channel, c.strikes = c.channel, fresh, 0
-                log.warning("consumer channel was not restored after reconnect; reopened", queue=c.queue)
-                try:
-                    await old.close()
-                except Exception:
-                    pass
+                log.warning("consumer channel was closed; reopened", queue=c.queue)
+                self._discard(old)
 
 
 @dataclass
