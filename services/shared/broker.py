@@ -32,7 +32,6 @@ RECOVERABLE: tuple[type[BaseException], ...] = (aiormq.exceptions.ChannelInvalid
 # Every step of connecting or recovering is bounded: a step that hangs (a broker half-way through a restart)
 # becomes a failure and a retry, never a worker that waits forever.
 STEP_S = 10.0
-PUBLISH_S = 30.0  # a confirm not back by then counts as lost: publish again (the receiver's inbox dedups)
 
 
 def recoverable(exc: BaseException) -> bool:
@@ -241,7 +240,10 @@ class Broker:
                     raise ConnectionError(f"no broker connection for {self.publish_retry_s:.0f} s") from None
             channel = self._pub
             try:
-                await asyncio.wait_for(self._publish_on_current(msg, message), PUBLISH_S)
+                # No timeout of our own (a task per publish on the hot path): a connection that dies fails its
+                # pending confirms, and heartbeats find one that hangs.
+                exchange = await self._exchange(msg.exchange)
+                await exchange.publish(message, msg.routing_key, mandatory=True)
                 return
             except aiormq.exceptions.PublishError as exc:
                 raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
@@ -250,10 +252,6 @@ class Broker:
                     raise
                 log.warning("publish failed while the connection recovers; retrying", error=repr(exc))
                 await self._recover_publisher(channel)
-
-    async def _publish_on_current(self, msg: OutMessage, message: aio_pika.Message) -> None:
-        exchange = await self._exchange(msg.exchange)
-        await exchange.publish(message, msg.routing_key, mandatory=True)
 
     async def _recover_publisher(self, failed: aio_pika.abc.AbstractChannel | None) -> None:
         """The publishing channel failed. On a live connection, open another channel (the broker may close
