@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
                    help="bureau only: comma-separated admdvs to serve (default: every policy file)")
     w.add_argument("--prefetch", type=int, default=64)
+    w.add_argument("--bureau-url", default=os.environ.get("GONGJI_POS_BUREAU_URL"),
+                   help="pos only: send national transactions over HTTP to this gateway URL (…/callService) "
+                        "instead of RabbitMQ, signed per facility from GONGJI_PAAS_SECRET (env GONGJI_POS_BUREAU_URL)")
 
     d = sub.add_parser("demo", help="load the demo population and settle a few visits")
     _common(d)
@@ -79,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
                                                      "latency, CPU and memory against the raw broker ceiling"))
 
+    from services.gateway import main as gateway
+    gateway.add_arguments(sub.add_parser("gateway", help="serve the national interface over HTTP "
+                                                         "(/fsi/api/rsfComIfsService/callService) in front of the bureau"))
+    cr = sub.add_parser("credentials", help="print a facility's x-tif paasid and paasToken (from GONGJI_PAAS_SECRET)")
+    cr.add_argument("fixmedins_code", help="the facility code (= paasid), or gongji-admin for the G-codes")
+    cr.add_argument("--json", action="store_true")
+    from simulator import observe
+    observe.add_arguments(sub.add_parser("observe", help="watch outcome and conformance events (e.g. of gateway "
+                                                         "traffic) and write report.json, report.html and a CSV"))
+
     from simulator import compare, runner
     runner.add_arguments(sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
                                                     "audit the invariants, write report.json and report.html"))
@@ -109,14 +122,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from simulator import runner
         return runner.main(args)
+    if args.command == "gateway":
+        from services.gateway import main as gateway
+        return gateway.main(args)
+    if args.command == "credentials":
+        return _credentials(args)
+    if args.command == "observe":
+        from simulator import observe
+        return observe.main(args)
     if args.command == "compare":
         from simulator import compare
         return compare.main(args)
     return 2
 
 
+def _credentials(args: argparse.Namespace) -> int:
+    from contracts import credentials
+    token = credentials.paas_token(args.fixmedins_code)
+    if args.json:
+        print(json.dumps({"paasid": args.fixmedins_code, "paasToken": token}))
+    else:
+        print(f"paasid {args.fixmedins_code}\npaasToken {token}")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from services.shared.entry import run
+    if args.bureau_url:
+        if args.service != "pos":
+            raise SystemExit("--bureau-url is a setting of the pos worker")
+        os.environ["GONGJI_POS_BUREAU_URL"] = args.bureau_url  # read by services.pos.worker
     cfg = WorkerConfig(amqp_url=args.amqp_url, namespace=args.namespace, data_dir=Path(args.data_dir),
                        regions=[r for r in args.regions.split(",") if r], prefetch=args.prefetch)
     if args.service == "bureau":
