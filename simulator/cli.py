@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
                    help="bureau only: comma-separated admdvs to serve (default: every policy file)")
     w.add_argument("--prefetch", type=int, default=64)
-    w.add_argument("--bureau-url", default=os.environ.get("GONGJI_POS_BUREAU_URL"),
+    w.add_argument("--bureau-url", default=None,
                    help="pos only: send national transactions over HTTP to this gateway URL (…/callService) "
                         "instead of RabbitMQ, signed per facility from GONGJI_PAAS_SECRET (env GONGJI_POS_BUREAU_URL)")
 
