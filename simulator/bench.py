@@ -1000,8 +1000,16 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         what = f"concurrency {concurrency}" if closed_loop else f"rate {args.rate}/s (Poisson)"
         print(f"visits: {what}, warm-up {warmup:g} s, measured {args.duration:g} s ...", flush=True)
+        visits: Any = client
+        if args.via_gateway:  # HTTP client → gateway → bureau → accounts (simulator/bench_http.py)
+            from .bench_http import HttpVisits, start_gateway
+            gateway, gateway_url = await start_gateway(args.amqp_url, ns, data_dir / "logs")
+            workers.procs["gateway"] = gateway
+            watched["gateway"] = gateway.pid
+            visits = HttpVisits(gateway_url)
+            result["via"] = "gateway"
         t_measure, t_end, unfinished = await drive(
-            client, mix, records, concurrency=concurrency, rate=args.rate, warmup=warmup, duration=args.duration,
+            visits, mix, records, concurrency=concurrency, rate=args.rate, warmup=warmup, duration=args.duration,
             seed=args.seed, on_window=on_window, drain_timeout=args.visit_timeout * 3 + 30,
             max_outstanding=args.max_outstanding)
         got = records
@@ -1098,7 +1106,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def render(r: dict[str, Any]) -> str:
     lines = [
         "",
-        f"gongji bench  {r['mode']} loop  " + (f"concurrency {r['concurrency']}" if r["mode"] == "closed"
+        f"gongji bench  {'via the HTTP gateway  ' if r.get('via') == 'gateway' else ''}{r['mode']} loop  " + (f"concurrency {r['concurrency']}" if r["mode"] == "closed"
                                               else f"rate {r['rate']}/s") +
         f"  accounts {r['accounts']}  measured {r['duration_s']:g} s (+{r['warmup_s']:g} s warm-up)",
         f"  settlements/s        {r['settlements_per_s']:>10}   ({r['settlements']} settled in the window)",
@@ -1157,6 +1165,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                      "--duration/2, 3..15)")
     p.add_argument("--raw-concurrency", type=int, default=None,
                    help="echo round trips outstanding (default: --concurrency, or 32 with --rate)")
+    p.add_argument("--via-gateway", action="store_true",
+                   help="send the visits as a HIS does, over HTTP through `gongji gateway` (2101 + 2102, signed), "
+                        "instead of as commands to the POS worker")
     p.add_argument("--seed", type=int, default=6, help="population, mix and arrivals (default %(default)s)")
     p.add_argument("--prefetch", type=int, default=64, help="the workers' --prefetch (default %(default)s)")
     p.add_argument("--visit-timeout", type=float, default=30.0,
