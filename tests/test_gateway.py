@@ -58,9 +58,11 @@ async def wait_line(proc: subprocess.Popen[bytes], word: str, timeout: float = 6
     raise RuntimeError(f"no {word!r} from {proc.args}: {lines[-20:]}")
 
 
-async def start_gateway(amqp_url: str, ns: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+async def start_gateway(amqp_url: str, ns: str, *extra: str,
+                        env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """docker-compose's `gateway` service command (["gateway"], tests/test_compose.py) with test flags."""
     proc = gongji("gateway", "--namespace", ns, "--amqp-url", amqp_url, "--host", "127.0.0.1", "--port", "0",
-                  *extra)
+                  *extra, env=env)
     lines = await wait_line(proc, "ready")
     port = next(m.group(1) for text in lines if (m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)))
     return proc, f"http://127.0.0.1:{port}"
