@@ -397,3 +397,47 @@ async def test_openapi_has_the_schema_of_every_transaction(gw: tuple[Stack, str]
     assert "medfee_sumamt" in doc["components"]["schemas"]["SettleInput"]["properties"]
     assert {p["name"] for p in op["parameters"]} >= {"x-tif-paasid", "x-tif-signature"}
     assert f"{PATH}/9001" in doc["paths"] and f"{PATH}/2601" in doc["paths"]
+
+
+# ---- an outsider's probes: refused in the national shape, nothing changes, the gateway keeps serving ------------
+async def test_hostile_requests_are_refused_and_the_gateway_keeps_serving(gw: tuple[Stack, str]) -> None:
+    stack, base = gw
+    c = stack.client
+    assert c is not None
+    his = His(base, PHARMACY, HZ)
+    try:
+        when = "2026-07-01 08:00:00"
+
+        async def raw(content: bytes, headers: dict[str, str] | None = None, url: str | None = None) -> dict[str, Any]:
+            resp = await his.http.post(url or his.url, content=content,
+                                       headers={"content-type": "application/json",
+                                                **(headers or x_tif(PHARMACY, his.token))})
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        national_refusal(await raw(b"{not json"), "E_BAD_MESSAGE")
+        national_refusal(await raw(b"[1, 2, 3]"), "E_BAD_MESSAGE")
+        national_refusal(await raw(b"{" + b" " * 1_100_000 + b"}"), "E_BAD_MESSAGE")  # larger than 1 MB
+        bad_ts = {**x_tif(PHARMACY, his.token), "x-tif-timestamp": "yesterday"}
+        national_refusal(await raw(b"{}", bad_ts), "E_SIGNATURE_INVALID")
+        national_refusal(await his.call("9999", {}, when), "E_UNKNOWN_INFNO")
+        # gongji's admin channel (loading people and money) is not open to a facility's credentials
+        mint = {"psn_no": "MINT1", "insuplc_admdvs": HZ, "insutype": "310", "opening_balc": "99999.00"}
+        national_refusal(await his.call("G101", mint, when), "E_PAASID_MISMATCH")
+        # the URL's infno and the envelope's must agree
+        national_refusal(await his.call("9001", {"opter_no": "x"}, when, url=f"{his.url}/2102"), "E_BAD_MESSAGE")
+        # one msgid, two different contents: the bureau's inbox says so
+        assert (await his.sign_in(when))["infcode"] == 0
+        msgid = his.msgid(when)
+        first = await his.call("2103", {"psn_no": "NOBODY1", "setl_id": "NO-SUCH-1"}, when, msgid=msgid)
+        assert first["infcode"] == -1 and first["err_code"] == "E_SETTLEMENT_NOT_FOUND", first
+        again = await his.call("2103", {"psn_no": "NOBODY1", "setl_id": "NO-SUCH-1"}, when, msgid=msgid)
+        assert again == first  # the same msgid and content: the original reply
+        national_refusal(await his.call("2103", {"psn_no": "NOBODY1", "setl_id": "NO-SUCH-2"}, when, msgid=msgid),
+                         "E_MSGID_CONFLICT")
+        # still serving, and no account was minted
+        assert (await his.sign_in("2026-07-02 08:00:00"))["infcode"] == 0
+        missing = await c.accounts_admin(c.envelope("G121", {"psn_no": "MINT1"}, insuplc_admdvs=HZ))
+        assert missing.infcode == -1
+    finally:
+        await his.close()
