@@ -83,7 +83,7 @@ async def gw(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
     ns = f"gw{uuid.uuid4().hex[:8]}"
     stack = Stack(amqp_url, ns, tmp_path_factory.mktemp("gw"))
     await stack.start()
-    proc, url = await start_gateway(amqp_url, ns, "--reply-timeout", "20")
+    proc, url = await start_gateway(amqp_url, ns, "--reply-timeout", "20", "--compensate-grace", "2")
     try:
         yield stack, url
     finally:
@@ -303,21 +303,30 @@ async def test_observe_reports_invariants_and_a_sloppy_clients_findings(gw: tupl
         national_refusal(await sloppy.call("2103", {"psn_no": child, "setl_id": "NO-SUCH-SETL"}, f"{d2} 10:03:00"),
                          "E_SETTLEMENT_NOT_FOUND")
         # sloppy: a settle that times out (the accounts service is paused), and no 2601 afterwards
-        late = bill(child, [("XA01", "7.00")])
+        late, gone = bill(child, [("XA01", "7.00")]), bill(child, [("XA01", "5.00")])
         assert (await sloppy.call("2101", late, f"{d2} 10:04:00"))["infcode"] == 0
+        good.sign_no = sloppy.sign_no  # the same facility, today's sign-in
+        assert (await good.call("2101", gone, f"{d2} 10:05:00"))["infcode"] == 0
+        hang_up = good.envelope("2102", gone, f"{d2} 10:05:05")
         stack.kill("accounts", signal.SIGSTOP)
         try:
+            # the gateway gives up (--reply-timeout 2) ...
             timed_out = await sloppy.call("2102", late, f"{d2} 10:04:05")
+            # ... and a client that hangs up itself (through the other gateway, which would wait 20 s)
+            with pytest.raises(httpx.TimeoutException):
+                await good.http.post(good.url, json=hang_up, headers=x_tif(PHARMACY, good.token), timeout=3)
         finally:
             stack.kill("accounts", signal.SIGCONT)
         national_refusal(timed_out, "E_TIMEOUT")
-        # The late settle completes by itself; the gateway publishes its outcome when the reply comes.
+        # Both settles complete by themselves; the gateways publish their outcomes when the replies come.
         for _ in range(100):
-            if await balance(c, mother) == D("200.00") - D("11.00") - D("7.00"):
+            if await balance(c, mother) == D("200.00") - D("11.00") - D("7.00") - D("5.00"):
                 break
             await asyncio.sleep(0.2)
-        assert await balance(c, mother) == D("182.00")
-        await asyncio.sleep(3)  # beyond --compensate-grace 1: the missing 2601 is reported
+        assert await balance(c, mother) == D("177.00")
+        await asyncio.sleep(4)  # beyond --compensate-grace (1 and 2 s): the missing 2601s are reported
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(base + "/healthz")).json()["hung_up"] >= 1
     finally:
         await good.close()
         await sloppy.close()
@@ -328,14 +337,15 @@ async def test_observe_reports_invariants_and_a_sloppy_clients_findings(gw: tupl
     rep = json.loads((report / "report.json").read_text())
     assert rep["invariants"] and all(v == "ok" for v in rep["invariants"].values()), (rep["invariants"], out)
     # settled 20.00 then reversed (two visits), the lone 11.00 and the late 7.00 settled; refused ones too
-    assert rep["outcomes"]["settled"] == 3 and rep["outcomes"]["reversed"] == 1, rep["outcomes"]
-    assert rep["totals"]["acct_mulaid_pay"] == "18.00"  # 20 - 20 + 11 + 7
+    assert rep["outcomes"]["settled"] == 4 and rep["outcomes"]["reversed"] == 1, rep["outcomes"]
+    assert rep["totals"]["acct_mulaid_pay"] == "23.00"  # 20 - 20 + 11 + 7 + 5
     kinds = rep["conformance"]["by_client"][PHARMACY]
     for kind in ("sign_no_missing", "malformed_msgid", "sign_no_expired", "float_money", "settle_without_presettle",
                  "reverse_unknown_setl_id", "missing_2601"):
         assert kinds.get(kind, 0) >= 1, (kind, kinds)
     listed = {f["kind"]: f for f in rep["conformance"]["list"]}
-    assert listed["missing_2601"]["msgid"] == timed_out["inf_refmsgid"]
+    assert {f["msgid"] for f in rep["conformance"]["list"] if f["kind"] == "missing_2601"} == \
+        {timed_out["inf_refmsgid"], hang_up["msgid"]}
     assert listed["settle_without_presettle"]["msgid"] == lone_settle["inf_refmsgid"]
     rows = (report / "settlements.csv").read_text(encoding="utf-8-sig").splitlines()
     assert rows[0].startswith("visit_id,status,") and len(rows) - 1 == rep["visits"]
@@ -441,3 +451,43 @@ async def test_hostile_requests_are_refused_and_the_gateway_keeps_serving(gw: tu
         assert missing.infcode == -1
     finally:
         await his.close()
+
+
+async def test_pos_over_http_compensates_when_the_gateway_does_not_know_the_outcome(amqp_url: str,
+                                                                                     tmp_path: Path) -> None:
+    """The gateway's E_TIMEOUT means "outcome unknown", not "refused": gongji's POS on HTTP must 冲正 (2601) at its
+    own deadline, as over AMQP, and nothing may remain of the settlement."""
+    from contracts.pos import SettleVisit
+    from simulator.client import Client
+    from tests.harness import register_facilities
+    ns = f"gt{uuid.uuid4().hex[:8]}"
+    gateway, url = await start_gateway(amqp_url, ns, "--reply-timeout", "3")
+    workers = WorkerStack(amqp_url, ns, tmp_path / "data", env={"GONGJI_POS_BUREAU_URL": url + PATH})
+    client = Client(amqp_url, ns, name="gwt", timeout=60)
+    try:
+        await workers.start()
+        await client.connect()
+        await register_facilities(client)
+        psn = await person(client, uid("gwt"), balance="100.00")
+        # signed in beforehand, so that the visit is only the settle (no pre-settle: presettle=False)
+        warm = await client.visit(visit(psn, PHARMACY, "41", "2026-08-01 09:00:00", [line("XA01", "1.00")]))
+        assert warm.status == "settled"
+        cmd = SettleVisit.model_validate({**visit(psn, PHARMACY, "41", "2026-08-01 10:00:00",
+                                                  [line("XA01", "30.00")]).model_dump(mode="json"),
+                                          "presettle": False, "timeout_ms": 10000})
+        workers.kill("accounts", signal.SIGSTOP)  # the bureau cannot finish the settlement: the gateway gives up
+        try:
+            await client.submit(cmd)
+            await asyncio.sleep(6)  # the gateway's 3 s are over; the POS's 10 s are not
+        finally:
+            workers.kill("accounts", signal.SIGCONT)
+        out = await client.outcome(cmd.visit_id, timeout=90)
+        assert out.status == "compensated", (out.status, out.err_code, out.err_msg)
+        assert await balance(client, psn) == D("99.00")  # 100.00 - the 1.00 of the first visit; the 30.00 undone
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url + "/healthz")).json()["timeouts"] >= 1
+    finally:
+        await client.close()
+        await workers.stop()
+        stop(gateway)
+        await cleanup_namespace(amqp_url, ns, workers.queues_used() + [f"{ns}.reply.gateway-1"])

@@ -88,7 +88,8 @@ class Gateway:
         self.link = BureauLink(settings.amqp_url, self.names, f"gateway-{_key_word(settings.instance)}")
         self.nonces = NonceCache(2 * credentials.MAX_SKEW_S + 60)
         self.tracker = Tracker(settings.compensate_grace_s)
-        self.counts = {"requests": 0, "refused_signature": 0, "forwarded": 0, "timeouts": 0, "findings": 0}
+        self.counts = {"requests": 0, "refused_signature": 0, "forwarded": 0, "timeouts": 0, "hung_up": 0,
+                       "findings": 0}
         self._scanner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -195,7 +196,7 @@ class Gateway:
             finally:
                 hung_up.cancel()
             if fut not in done:
-                self.counts["timeouts"] += 1
+                self.counts["hung_up" if hung_up in done else "timeouts"] += 1
                 self.tracker.gave_up(req, time.time())
                 # The reply may still come: its outcome event is published then.
                 asyncio.ensure_future(self._late(req, fut))

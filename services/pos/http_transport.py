@@ -73,6 +73,12 @@ class HttpBureau:
             self.stats["http_failures"] += 1
             log.warning("the bureau answered HTTP %s; the visit's deadline decides" % resp.status_code)
             return
+        if _unknown_outcome(resp.content):
+            # The gateway gave up waiting (E_TIMEOUT) or could not confirm the publish (E_INTERNAL): the request
+            # may still take effect. Not a refusal: the visit's deadline sends 2601 冲正 (or resends), as over AMQP.
+            self.stats["http_failures"] += 1
+            log.warning("the bureau's gateway does not know the outcome; the visit's deadline decides")
+            return
         if self.deliver is not None:
             try:
                 await self.deliver(resp.content)
@@ -83,3 +89,14 @@ class HttpBureau:
         for task in list(self._inflight):
             task.cancel()
         await self.http.aclose()
+
+
+UNKNOWN_OUTCOME = {"E_TIMEOUT", "E_INTERNAL"}
+
+
+def _unknown_outcome(body: bytes) -> bool:
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(reply, dict) and reply.get("infcode") != 0 and reply.get("err_code") in UNKNOWN_OUTCOME
