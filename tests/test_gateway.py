@@ -491,3 +491,22 @@ async def test_pos_over_http_compensates_when_the_gateway_does_not_know_the_outc
         await workers.stop()
         stop(gateway)
         await cleanup_namespace(amqp_url, ns, workers.queues_used() + [f"{ns}.reply.gateway-1"])
+
+
+# ---- `gongji bench --via-gateway` works (speed is measured in BENCHMARKS.md, never asserted) ----------------------
+async def test_bench_via_gateway_short_run(amqp_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "simulator.cli", "bench", "--via-gateway", "--duration", "5",
+                           "--concurrency", "8", "--accounts", "200", "--json", str(out), "--amqp-url", amqp_url],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "via the HTTP gateway" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["via"] == "gateway" and result["statuses"].get("settled", 0) > 0
+    assert set(result["statuses"]) == {"settled"}, result["statuses"]  # none refused on the way through HTTP
+    assert result["cpu"]["gateway"]["cpu_s"] > 0 and result["cpu"]["pos"]["cpu_s"] < result["cpu"]["gateway"]["cpu_s"]
+    accounts, bureau = result["audit"]["accounts"], result["audit"]["bureau"]
+    assert accounts["ledger_sum_fen"] == 0 and accounts["balance_mismatches"] == []
+    assert bureau["accumulator_mismatches"] == []
+    # every settlement went through the gateway: the bureau's settled count is the HTTP client's
+    assert bureau["states"] == {"settled": sum(result["statuses"].values())}

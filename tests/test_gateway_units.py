@@ -71,3 +71,37 @@ def test_bureau_refusals_become_findings() -> None:
         ["reverse_unknown_setl_id"]
     assert [f.kind for f in t.after(rev, Reply.fail(rev.msgid, "E_SIGN_NO_EXPIRED", "old"))] == ["sign_no_expired"]
     assert [f.kind for f in t.after(rev, Reply.fail(rev.msgid, "E_SIGN_NO_UNKNOWN", "none"))] == ["sign_no_missing"]
+
+
+def test_observe_invariants_catch_broken_identities_and_double_reversals() -> None:
+    from contracts.pos import VisitOutcome
+    from simulator.observe import Observed, invariants, parse_until
+
+    def outcome(visit: str, status: str, setl_id: str, amounts: dict[str, str], orig: str | None = None
+                ) -> VisitOutcome:
+        s = {"setl_id": setl_id, "psn_no": "P1", "insuplc_admdvs": "330100", "mdtrtarea_admvs": "330100",
+             "med_type": "41", "setl_time": "2026-03-02 10:00:00", "fulamt_ownpay_amt": "0.00",
+             "overlmt_selfpay": "0.00", "preselfpay_amt": "0.00", "inscp_scp_amt": amounts["medfee_sumamt"],
+             "act_pay_dedc": "0.00", "hifp_pay": "0.00", "fund_pay_sumamt": "0.00", "acct_mulaid_pay": "0.00",
+             "balc": "0.00", "orig_setl_id": orig, **amounts}
+        return VisitOutcome.model_validate({"visit_id": visit, "cmd": "settle" if status == "settled" else "reverse",
+                                            "status": status, "fixmedins_code": FAC, "psn_no": "P1", "msgid": visit,
+                                            "infcode": 0, "setlinfo": s, "biz_time": "2026-03-02 10:00:00"})
+
+    clean = {"ledger_sum_fen": 0, "negative_balances": 0, "cap_overruns": []}
+    obs = Observed()
+    # 60.00 = fund 0.00 + account 50.00 + cash 10.00; the reversal negates it
+    obs.add_outcome(outcome("v1", "settled", "S1", {"medfee_sumamt": "60.00", "psn_part_amt": "60.00",
+                                                    "acct_pay": "50.00", "psn_cash_pay": "10.00"}))
+    obs.add_outcome(outcome("v2", "reversed", "R1", {"medfee_sumamt": "-60.00", "psn_part_amt": "-60.00",
+                                                     "acct_pay": "-50.00", "psn_cash_pay": "-10.00"}, orig="S1"))
+    assert set(invariants(obs, clean, {"330100": {}}).values()) == {"ok"}
+    # 40.00 != 0.00 + 30.00 + 5.00; and S1 reversed a second time
+    obs.add_outcome(outcome("v3", "settled", "S3", {"medfee_sumamt": "40.00", "psn_part_amt": "35.00",
+                                                    "acct_pay": "30.00", "psn_cash_pay": "5.00"}))
+    obs.add_outcome(outcome("v4", "reversed", "R2", {"medfee_sumamt": "-60.00", "psn_part_amt": "-60.00",
+                                                     "acct_pay": "-50.00", "psn_cash_pay": "-10.00"}, orig="S1"))
+    inv = invariants(obs, {**clean, "ledger_sum_fen": 5}, {"330100": None})
+    assert "v3" in inv["settlement_identities"] and "S1 reversed 2 times" in inv["reversals_undo_settlements"]
+    assert "0.05" in inv["ledger_balanced"] and inv["accumulators_match_settlements"] != "ok"
+    assert parse_until("25") == (25, None) and parse_until("30s") == (None, 30.0)
