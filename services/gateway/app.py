@@ -180,14 +180,18 @@ class Gateway:
         try:
             try:
                 await self.link.send(req, body, headers)
-            except Unroutable:
+            except Unroutable:  # the broker took it nowhere: nothing was sent
+                self.link.forget(req.msgid)
                 return Reply.fail(req.msgid, ErrorCode.UNROUTABLE,
                                   f"no bureau serves region {req.insuplc_admdvs}").model_dump(mode="json")
             except Exception as exc:
+                # Not confirmed: it may or may not have reached the bureau (a confirm lost with the connection).
                 log.exception("publishing to the bureau failed")
+                self.link.forget(req.msgid)
+                self.tracker.gave_up(req, time.time())
                 return Reply.fail(req.msgid, ErrorCode.INTERNAL,
-                                  f"the bureau cannot be reached ({type(exc).__name__}); nothing was sent, "
-                                  "send the same msgid again").model_dump(mode="json")
+                                  f"the bureau cannot be reached ({type(exc).__name__}); the outcome is unknown: send "
+                                  "the same msgid again (or 2601 冲正 for a settle)").model_dump(mode="json")
             self.counts["forwarded"] += 1
             hung_up = asyncio.ensure_future(_disconnected(http))
             try:
