@@ -428,6 +428,14 @@ async def test_hostile_requests_are_refused_and_the_gateway_keeps_serving(gw: tu
         national_refusal(await raw(b"{not json"), "E_BAD_MESSAGE")
         national_refusal(await raw(b"[1, 2, 3]"), "E_BAD_MESSAGE")
         national_refusal(await raw(b"{" + b" " * 1_100_000 + b"}"), "E_BAD_MESSAGE")  # larger than 1 MB
+
+        async def chunked() -> Any:  # no content-length: refused while reading, not after buffering it all
+            for _ in range(40):
+                yield b" " * 100_000
+        national_refusal(await raw(chunked()), "E_BAD_MESSAGE")  # type: ignore[arg-type]
+        wrong_method = await his.http.get(his.url)
+        assert wrong_method.status_code == 405
+        national_refusal(wrong_method.json(), "E_BAD_MESSAGE")
         bad_ts = {**x_tif(PHARMACY, his.token), "x-tif-timestamp": "yesterday"}
         national_refusal(await raw(b"{}", bad_ts), "E_SIGNATURE_INVALID")
         national_refusal(await his.call("9999", {}, when), "E_UNKNOWN_INFNO")

@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HttpRequest
 
 from contracts import credentials
@@ -127,8 +128,8 @@ class Gateway:
         declared = http.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return Reply.fail("", BAD_MESSAGE, f"body larger than {MAX_BODY} bytes").model_dump(mode="json")
-        body = await http.body()
-        if len(body) > MAX_BODY:
+        body = await _read_capped(http, MAX_BODY)  # a chunked body has no content-length to refuse it by
+        if body is None:
             return Reply.fail("", BAD_MESSAGE, f"body larger than {MAX_BODY} bytes").model_dump(mode="json")
         paasid = http.headers.get(credentials.PAASID, "")
         refusal, why = credentials.check(http.headers, secret=self.s.secret)
@@ -268,6 +269,17 @@ def _bill_key(req: Request) -> tuple[str, ...]:
     return _bill(req)
 
 
+async def _read_capped(http: HttpRequest, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past `limit` (never buffering more than that)."""
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _disconnected(http: HttpRequest) -> None:
     """Returns when the client hangs up (the body is read: the next ASGI message is the disconnect)."""
     while True:
@@ -313,6 +325,12 @@ def create_app(settings: Settings) -> FastAPI:
                       openapi_extra=_operation(None, None))
     app.add_api_route(PATH + "/{infno}", with_infno, methods=["POST"], summary="any transaction, infno in the URL",
                       openapi_extra=_operation(None, None), include_in_schema=False)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def national_shape(request: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
+        """Wrong path or method: still the national reply shape (with the HTTP status), so a HIS can log it."""
+        return JSONResponse(Reply.fail("", BAD_MESSAGE, f"HTTP {exc.status_code}: {exc.detail}; POST the envelope "
+                                       f"to {PATH}").model_dump(mode="json"), status_code=exc.status_code)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
