@@ -518,3 +518,43 @@ async def test_bench_via_gateway_short_run(amqp_url: str, tmp_path: Path) -> Non
     assert bureau["accumulator_mismatches"] == []
     # every settlement went through the gateway: the bureau's settled count is the HTTP client's
     assert bureau["states"] == {"settled": sum(result["statuses"].values())}
+
+
+async def test_the_clients_x_tif_headers_travel_to_the_bureau_as_amqp_headers(gw: tuple[Stack, str],
+                                                                              amqp_url: str, tmp_path: Path) -> None:
+    """The bureau checks 9001's credentials itself (rights are checked where the money is): the gateway forwards
+    the client's four x-tif headers with the request. A listener bound like a bureau sees them."""
+    import aio_pika
+    stack, base = gw
+    names = stack.names
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        ch = await conn.channel()
+        q = await ch.declare_queue(f"{names.ns}.observe.xtif-{uuid.uuid4().hex[:6]}", exclusive=True)
+        await q.bind(names.bureau_exchange, "registry")  # 9001 goes to every bureau
+        his = His(base, PHARMACY, HZ)
+        headers = x_tif(PHARMACY, his.token)
+        try:
+            rep = await his.post(his.envelope("9001", {"opter_no": "his01"}, "2026-09-01 08:00:00"), headers)
+            assert rep["infcode"] == 0, rep
+        finally:
+            await his.close()
+        seen = None
+        for _ in range(50):
+            msg = await q.get(no_ack=True, fail=False)
+            if msg is not None and msg.message_id == rep["inf_refmsgid"]:
+                seen = msg
+                break
+            if msg is None:
+                await asyncio.sleep(0.1)
+        assert seen is not None
+        assert {k: seen.headers.get(k) for k in headers} == headers
+    finally:
+        await conn.close()
+    # `gongji observe --until 1s` stops by itself and writes its report (nothing observed: nothing wrong)
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "simulator.cli", "observe", "--report-dir",
+                                                    str(tmp_path / "r"), "--until", "1s", "--namespace", stack.ns,
+                                                    "--amqp-url", amqp_url], cwd=REPO, capture_output=True,
+                                   text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["ok"] is True
