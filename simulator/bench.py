@@ -1008,10 +1008,14 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             watched["gateway"] = gateway.pid
             visits = HttpVisits(gateway_url)
             result["via"] = "gateway"
-        t_measure, t_end, unfinished = await drive(
-            visits, mix, records, concurrency=concurrency, rate=args.rate, warmup=warmup, duration=args.duration,
-            seed=args.seed, on_window=on_window, drain_timeout=args.visit_timeout * 3 + 30,
-            max_outstanding=args.max_outstanding)
+        try:
+            t_measure, t_end, unfinished = await drive(
+                visits, mix, records, concurrency=concurrency, rate=args.rate, warmup=warmup, duration=args.duration,
+                seed=args.seed, on_window=on_window, drain_timeout=args.visit_timeout * 3 + 30,
+                max_outstanding=args.max_outstanding)
+        finally:
+            if visits is not client:
+                await visits.close()
         got = records
         result["unfinished_visits"] = unfinished
         if not workers.alive():

@@ -48,7 +48,7 @@ from contracts.settlement import Cumulative, PersonInfo, SetlInfo, SignInOutput
 from services.shared.broker import Unroutable
 from services.shared.inbox import decode_input, short_error
 
-from .conformance import Tracker, finding, raw_findings
+from .conformance import Tracker, bill_key, finding, raw_findings
 from .link import BureauLink
 from .nonces import NonceCache
 
@@ -256,17 +256,12 @@ class Gateway:
                 "psn_no": inp.get("psn_no"), "msgid": msgid, "infcode": reply.infcode, "err_code": reply.err_code,
                 "err_msg": reply.err_msg,
                 "setlinfo": reply.output if status in ("settled", "reversed") else None,
-                "presettle": self.tracker.presettled.get(_bill_key(req)) if cmd == "settle" and status != "compensated"
+                "presettle": self.tracker.presettled.get(bill_key(req)) if cmd == "settle" and status != "compensated"
                 else None,
                 "biz_time": req.inf_time})
         except ValidationError as exc:
             log.warning("no outcome event for this reply", error=short_error(exc))
             return None
-
-
-def _bill_key(req: Request) -> tuple[str, ...]:
-    from .conformance import _bill
-    return _bill(req)
 
 
 async def _read_capped(http: HttpRequest, limit: int) -> bytes | None:

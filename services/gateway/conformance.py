@@ -70,7 +70,7 @@ def raw_findings(obj: dict[str, Any], who: str) -> list[ConformanceFinding]:
     return out
 
 
-def _bill(req: Request) -> tuple[str, ...]:
+def bill_key(req: Request) -> tuple[str, ...]:
     inp = req.input
     return (req.fixmedins_code, str(inp.get("psn_no")), str(inp.get("med_type")), str(inp.get("medfee_sumamt")))
 
@@ -91,7 +91,7 @@ class Tracker:
     def before(self, req: Request) -> list[ConformanceFinding]:
         """A well-formed request, about to be forwarded."""
         out = []
-        if req.infno in codes.SETTLE and _bill(req) not in self.presettled:
+        if req.infno in codes.SETTLE and bill_key(req) not in self.presettled:
             out.append(finding("settle_without_presettle", req.fixmedins_code,
                                f"{req.infno} for {req.input.get('psn_no')} ({req.input.get('medfee_sumamt')}) with "
                                f"no successful pre-settlement of the same bill before it", req.msgid, req.infno))
@@ -105,7 +105,7 @@ class Tracker:
         """The bureau's answer to it."""
         out = []
         if reply.infcode == 0 and req.infno in codes.PRESETTLE:
-            self._remember(self.presettled, _bill(req), reply.output)
+            self._remember(self.presettled, bill_key(req), reply.output)
         if reply.err_code == ErrorCode.SIGN_NO_UNKNOWN:
             out.append(finding("sign_no_missing", req.fixmedins_code, reply.err_msg or "", req.msgid, req.infno))
         elif reply.err_code == ErrorCode.SIGN_NO_EXPIRED:
