@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from contracts.base import SHANGHAI
-from contracts.money import from_fen, to_fen
+from contracts.money import from_fen, line_total, round_fen, to_fen
 
 from .scenario import BindingSpec, Facility, Generator, Item, LoadedScenario, MoneyDist, Person, scaled_families
 
@@ -82,7 +82,7 @@ def draw_fen(rng: random.Random, dist: MoneyDist) -> int:
     if dist.zero_share > 0 and rng.random() < float(dist.zero_share):
         return 0
     value = rng.lognormvariate(math.log(float(dist.median)), float(dist.spread))
-    fen = int(round(value * 100))
+    fen = round_fen(Decimal(repr(value)) * 100)
     fen = max(fen, to_fen(dist.min))
     if dist.max is not None:
         fen = min(fen, to_fen(dist.max))

@@ -29,7 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from contracts.base import SHANGHAI
 from contracts.envelope import Reply, make_msgid
-from contracts.money import from_fen, to_fen
+from contracts.money import from_fen, line_total, round_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
 from contracts.settlement import FeeDetail
 from services.shared.broker import Unroutable
@@ -499,7 +499,7 @@ class Runner:
         region = person.region if person else self.regions[0]
         details = [FeeDetail.model_validate({
             "feedetl_sn": str(i + 1), "med_list_codg": it.code, "med_list_name": it.name, "cnt": it.cnt,
-            "pric": it.price, "det_item_fee_sumamt": (it.price * it.cnt).quantize(Decimal("0.01")),
+            "pric": it.price, "det_item_fee_sumamt": line_total(it.price, it.cnt),
             "chrgitm_lv": it.lv, "selfpay_prop": it.prop, "pric_uplmt_amt": it.limit,
             **({"item_scope": it.scope} if it.scope is not None else {})}) for i, it in enumerate(items)]
         extra = {"proxy_psn_no": m.psn(proxy)} if proxy is not None else {}

@@ -396,6 +396,8 @@ def wallet_claim(svc: Any, conn: sqlite3.Connection, req: Request, c: admin.Wall
 def resident_contribution(svc: Any, conn: sqlite3.Connection, req: Request, r: admin.ResidentContribution,
                           outbox: list[int]) -> dict:
     acct = _account(conn, r.authorizer_psn_no, "authorizer")
+    if acct["status"] != "normal":  # as settlement, binding and wallet transfers refuse it
+        raise fail(ErrorCode.ACCOUNT_NOT_NORMAL, f"authorizer account {r.authorizer_psn_no} is {acct['status']}")
     member = _person(conn, r.member_psn_no, "member")
     if not svc.rules(acct["insuplc_admdvs"]).resident_contribution:
         raise fail(ErrorCode.CONTRIBUTION_NOT_ALLOWED, f"region {acct['insuplc_admdvs']} does not let the shared "

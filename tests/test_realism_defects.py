@@ -1,0 +1,117 @@
+"""Issue 10, defects found by black-box cases: line totals half-up everywhere, the shared part of a
+cross-region binding under the AUTHORIZER's region rules, and G141 from a suspended authorizer account."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from contracts.base import SHANGHAI
+from contracts.money import line_total
+from simulator import cli, demo
+from simulator.runner import Mapper, Runner
+from simulator.scenario import Item
+from tests.harness import (BJ, HK, HK_HOSPITAL2, HOSPITAL3, HZ, PHARMACY, WH, Stack, admin_call, balance, bind,
+                           line, ok, person, uid, visit)
+
+D = Decimal
+
+
+# ---- defect 1: price x cnt rounds half-up (12.25 x 0.5 = 6.125 -> 6.13; half-even would give 6.12) -------------
+def test_line_total_rounds_half_up() -> None:
+    assert line_total(D("12.25"), "0.5") == D("6.13")
+    assert line_total(D("0.05"), "0.5") == D("0.03")  # 0.025 -> 0.03 (half-even: 0.02)
+    assert line_total(D("3.33"), "3") == D("9.99")
+
+
+def test_every_line_builder_rounds_half_up() -> None:
+    assert cli._parse_item("X1:12.25:0.5", 1)["det_item_fee_sumamt"] == "6.13"
+    assert demo.line("X1", "12.25", "0.5").det_item_fee_sumamt == D("6.13")
+    assert line("X1", "12.25", "0.5")["det_item_fee_sumamt"] == "6.13"
+    # The scenario runner builds the visits of every scenario: a bare object stands in for its state.
+    fake = SimpleNamespace(data=SimpleNamespace(people={}, facilities={}), mapper=Mapper(), regions=[HZ])
+    cmd = Runner.settle_command(fake, "v1", "p1", PHARMACY, "41", "offline",  # type: ignore[arg-type]
+                                datetime(2026, 3, 1, 10, tzinfo=SHANGHAI),
+                                [Item(code="X1", price=D("12.25"), cnt=D("0.5"))])
+    assert cmd.details[0].det_item_fee_sumamt == D("6.13")
+
+
+# ---- defect 2: the shared part follows the authorizer's region ---------------------------------------------
+pytestmark_e2e = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytestmark_e2e
+async def test_cross_region_scope_is_the_authorizers(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # A Wuhan son (420100: mutual_aid_scope pharmacy + outpatient) shares with his Haikou mother (460100:
+    # scope includes inpatient). Her inpatient stay: the son's region says no inpatient -> he pays nothing.
+    son = await person(c, uid("son"), region=WH, balance="5000.00")
+    mother = await person(c, uid("mom"), region=HK, insutype="390", balance=None)
+    await bind(c, son, mother, relation="parent", region=WH)
+    stay = await c.visit(visit(mother, HK_HOSPITAL2, "21", "2026-03-02 09:00:00", [line("BED", "2000.00")],
+                               region=HK, insutype="390"))
+    s = stay.setlinfo
+    assert s is not None and stay.status == "settled"
+    assert s.psn_part_amt > 0
+    assert s.acct_mulaid_pay == D("0.00") and s.psn_cash_pay == s.psn_part_amt
+    assert any("authorizer's region 420100" in n for n in s.notes)
+    assert await balance(c, son) == D("5000.00")
+    # A Haikou daughter (scope includes inpatient) shares with her Wuhan father (whose own region excludes
+    # it): the daughter's rule applies, she pays his whole share of the stay.
+    daughter = await person(c, uid("dau"), region=HK, balance="5000.00")
+    father = await person(c, uid("fa"), region=WH, insutype="390", balance=None)
+    await bind(c, daughter, father, relation="parent", region=HK)
+    stay2 = await c.visit(visit(father, HOSPITAL3, "21", "2026-03-03 09:00:00", [line("BED", "2000.00")],
+                                region=WH, insutype="390"))
+    s2 = stay2.setlinfo
+    assert s2 is not None and stay2.status == "settled"
+    assert s2.psn_part_amt > 0 and s2.acct_mulaid_pay == s2.psn_part_amt and s2.psn_cash_pay == D("0.00")
+    assert await balance(c, daughter) == D("5000.00") - s2.psn_part_amt
+
+
+@pytestmark_e2e
+async def test_cross_region_fulamt_ownpay_is_the_authorizers(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # Pharmacy purchase (not pooled without a prescription): 甲类 50.00 + a declared 丙类 30.00 (全自费).
+    # psn_part = 80.00, of it 全自费 30.00.
+    lines = [line("XA01", "50.00"), line("ZZ03", "30.00", lv="03")]
+    # Beijing authorizer (pay_fulamt_ownpay: false) for a Hangzhou member (true): Beijing's rule binds the
+    # shared part -> 80.00 - 30.00 = 50.00 shared, 30.00 cash.
+    bj_mum = await person(c, uid("bjm"), region=BJ, balance="1000.00")
+    hz_kid = await person(c, uid("hzk"), region=HZ, insutype="390", balance=None)
+    await bind(c, bj_mum, hz_kid, region=BJ)
+    a = await c.visit(visit(hz_kid, PHARMACY, "41", "2026-03-04 09:00:00", lines, region=HZ, insutype="390"))
+    assert a.setlinfo is not None and a.setlinfo.psn_part_amt == D("80.00")
+    assert a.setlinfo.fulamt_ownpay_amt == D("30.00")
+    assert a.setlinfo.acct_mulaid_pay == D("50.00") and a.setlinfo.psn_cash_pay == D("30.00")
+    # Hangzhou authorizer (true) for a Beijing member (false): Hangzhou's rule -> the whole 80.00 shared.
+    hz_mum = await person(c, uid("hzm"), region=HZ, balance="1000.00")
+    bj_kid = await person(c, uid("bjk"), region=BJ, insutype="390", balance=None)
+    await bind(c, hz_mum, bj_kid, region=HZ)
+    b = await c.visit(visit(bj_kid, PHARMACY, "41", "2026-03-04 10:00:00", lines, region=BJ, insutype="390"))
+    assert b.setlinfo is not None and b.setlinfo.psn_part_amt == D("80.00")
+    assert b.setlinfo.acct_mulaid_pay == D("80.00") and b.setlinfo.psn_cash_pay == D("0.00")
+    assert await balance(c, hz_mum) == D("920.00")
+
+
+# ---- defect 3: G141 from a suspended authorizer account -------------------------------------------------------
+@pytestmark_e2e
+async def test_resident_contribution_refused_from_a_suspended_account(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    parent = await person(c, uid("par"), balance="1000.00")
+    kid = await person(c, uid("kid"), insutype="390", balance=None)
+    await bind(c, parent, kid)
+    await ok(admin_call(c, "G105", {"psn_no": parent, "status": "suspended"}))
+    reply = await admin_call(c, "G141", {"authorizer_psn_no": parent, "member_psn_no": kid, "amount": "100.00",
+                                         "year": 2026})
+    assert reply.infcode == -1 and reply.err_code == "E_ACCOUNT_NOT_NORMAL", (reply.err_code, reply.err_msg)
+    await ok(admin_call(c, "G105", {"psn_no": parent, "status": "normal"}))
+    assert await balance(c, parent) == D("1000.00")  # nothing moved
+    out = await ok(admin_call(c, "G141", {"authorizer_psn_no": parent, "member_psn_no": kid, "amount": "100.00",
+                                          "year": 2026}))
+    assert out["authorizer_balc"] == "900.00"
