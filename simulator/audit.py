@@ -112,6 +112,12 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             why.append("a negative amount")
         if sum(_fen(p["amount"]) for p in s.get("mulaid_detail", [])) != f["acct_mulaid_pay"]:
             why.append("mulaid_detail does not add up to acct_mulaid_pay")
+        lines = s.get("setldetail", [])
+        if lines and sum(_fen(x["fund_payamt"]) for x in lines) != f["fund_pay_sumamt"]:
+            why.append("setldetail does not add up to fund_pay_sumamt")
+        basic = sum(_fen(x["fund_payamt"]) for x in lines if x["fund_pay_type"] in ("310100", "390100"))
+        if (lines or f["fund_pay_sumamt"] != f["hifp_pay"]) and basic != f["hifp_pay"]:
+            why.append("hifp_pay is not the basic fund's setldetail line")
         if sign == 1 and isinstance(o.cmd, SettleVisit):
             billed = sum(to_fen(d.det_item_fee_sumamt) for d in o.cmd.details)
             if billed != f["medfee_sumamt"]:
@@ -174,10 +180,16 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
     for (psn, year), fen in sorted(hifp.items()):
         policy = data.policies[data.people[mapper.unmap_text(psn)].region] if mapper.unmap_text(psn) in data.people \
             else None
-        if policy is not None and fen > to_fen(policy.annual_cap):
+        who = data.people.get(mapper.unmap_text(psn))
+        benefits = policy.benefits if policy is not None else None
+        if policy is not None and who is not None and who.insutype == "390" and policy.resident_benefits:
+            benefits = policy.resident_benefits
+        annual = (benefits.annual_cap if benefits is not None and benefits.annual_cap is not None
+                  else policy.annual_cap if policy is not None else None)
+        if annual is not None and fen > to_fen(annual):
             problems.append(f"{mapper.unmap_text(psn)} {year}: pooled fund paid {from_fen(fen)} > annual cap "
-                            f"{policy.annual_cap}")
-        cap = policy.benefits.outpatient.annual_cap if policy is not None else None
+                            f"{annual}")
+        cap = benefits.outpatient.annual_cap if benefits is not None else None
         if cap is not None and outp.get((psn, year), 0) > to_fen(cap):
             problems.append(f"{mapper.unmap_text(psn)} {year}: outpatient pooled {from_fen(outp[(psn, year)])} > "
                             f"{cap}")

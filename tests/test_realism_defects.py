@@ -13,10 +13,11 @@ from contracts.money import line_total
 from simulator import cli, demo
 from simulator.runner import Mapper, Runner
 from simulator.scenario import Item
-from tests.harness import (BJ, HK, HK_HOSPITAL2, HOSPITAL3, HZ, PHARMACY, WH, Stack, admin_call, balance, bind,
+from tests.harness import (HK, HK_HOSPITAL2, HOSPITAL3, HZ, PHARMACY, WH, Stack, admin_call, balance, bind,
                            line, ok, person, uid, visit)
 
 D = Decimal
+NO_FULAMT = "989902"  # tests/policies: accounts never pay 全自费, cross-province allowed
 
 
 # ---- defect 1: price x cnt rounds half-up (12.25 x 0.5 = 6.125 -> 6.13; half-even would give 6.12) -------------
@@ -79,20 +80,22 @@ async def test_cross_region_fulamt_ownpay_is_the_authorizers(stack: Stack) -> No
     # Pharmacy purchase (not pooled without a prescription): 甲类 50.00 + a declared 丙类 30.00 (全自费).
     # psn_part = 80.00, of it 全自费 30.00.
     lines = [line("XA01", "50.00"), line("ZZ03", "30.00", lv="03")]
-    # Beijing authorizer (pay_fulamt_ownpay: false) for a Hangzhou member (true): Beijing's rule binds the
-    # shared part -> 80.00 - 30.00 = 50.00 shared, 30.00 cash.
-    bj_mum = await person(c, uid("bjm"), region=BJ, balance="1000.00")
+    # An authorizer of the test region 989902 (pay_fulamt_ownpay: false, like Beijing) for a Hangzhou member
+    # (true): the authorizer's rule binds the shared part -> 80.00 - 30.00 = 50.00 shared, 30.00 cash.
+    bj_mum = await person(c, uid("bjm"), region=NO_FULAMT, balance="1000.00")
     hz_kid = await person(c, uid("hzk"), region=HZ, insutype="390", balance=None)
-    await bind(c, bj_mum, hz_kid, region=BJ)
+    await bind(c, bj_mum, hz_kid, region=NO_FULAMT)
     a = await c.visit(visit(hz_kid, PHARMACY, "41", "2026-03-04 09:00:00", lines, region=HZ, insutype="390"))
+    assert a.status == "settled", (a.err_code, a.err_msg)
     assert a.setlinfo is not None and a.setlinfo.psn_part_amt == D("80.00")
     assert a.setlinfo.fulamt_ownpay_amt == D("30.00")
     assert a.setlinfo.acct_mulaid_pay == D("50.00") and a.setlinfo.psn_cash_pay == D("30.00")
-    # Hangzhou authorizer (true) for a Beijing member (false): Hangzhou's rule -> the whole 80.00 shared.
+    # Hangzhou authorizer (true) for a 989902 member (false): Hangzhou's rule -> the whole 80.00 shared.
     hz_mum = await person(c, uid("hzm"), region=HZ, balance="1000.00")
-    bj_kid = await person(c, uid("bjk"), region=BJ, insutype="390", balance=None)
+    bj_kid = await person(c, uid("bjk"), region=NO_FULAMT, insutype="390", balance=None)
     await bind(c, hz_mum, bj_kid, region=HZ)
-    b = await c.visit(visit(bj_kid, PHARMACY, "41", "2026-03-04 10:00:00", lines, region=BJ, insutype="390"))
+    b = await c.visit(visit(bj_kid, PHARMACY, "41", "2026-03-04 10:00:00", lines, region=NO_FULAMT,
+                            insutype="390"))
     assert b.setlinfo is not None and b.setlinfo.psn_part_amt == D("80.00")
     assert b.setlinfo.acct_mulaid_pay == D("80.00") and b.setlinfo.psn_cash_pay == D("0.00")
     assert await balance(c, hz_mum) == D("920.00")

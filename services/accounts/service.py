@@ -73,11 +73,15 @@ class AccountsService:
             return [(f"psnp:{psn}", acct["prior_fen"])]
         return [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
 
-    @staticmethod
-    def own_pockets(acct: sqlite3.Row) -> list[tuple[str, int]]:
-        """The patient's own account: the current-year account first (Shanghai 门急诊), then the prior-year."""
+    def own_pockets(self, acct: sqlite3.Row, med_type: str | None = None) -> list[tuple[str, int]]:
+        """The patient's own account: the current-year account first where the region says so for this kind
+        of settlement (Shanghai: 门急诊 and pharmacy), else the prior-year account first."""
         psn = acct["psn_no"]
-        return [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
+        pockets = [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
+        category = MED_TYPE_CATEGORY.get(med_type or "")
+        if category is not None and category not in self.rules(acct["insuplc_admdvs"]).current_year_first:
+            pockets.reverse()
+        return pockets
 
     def sweep_transfers(self, conn: sqlite3.Connection, when: str, outbox: list[int]) -> None:
         """Unclaimed wallet transfers go back to the sender at the return time (business time)."""
@@ -247,7 +251,7 @@ class AccountsService:
         postings: list[tuple[str, int]] = []
         if alloc.own:
             assert own_row is not None
-            postings += [(a, -x) for a, x in split_pockets(alloc.own, self.own_pockets(own_row))]
+            postings += [(a, -x) for a, x in split_pockets(alloc.own, self.own_pockets(own_row, req.med_type))]
         for part in alloc.mulaid:
             postings += [(a, -x) for a, x in split_pockets(part.amount, self.shareable(rows[part.psn_no]))]
         if alloc.wallet:
