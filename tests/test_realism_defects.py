@@ -10,11 +10,12 @@ import pytest
 
 from contracts.base import SHANGHAI
 from contracts.money import line_total
+from contracts.pos import ReverseVisit
 from simulator import cli, demo
 from simulator.runner import Mapper, Runner
 from simulator.scenario import Item
-from tests.harness import (HK, HK_HOSPITAL2, HOSPITAL3, HZ, PHARMACY, WH, Stack, admin_call, balance, bind,
-                           line, ok, person, uid, visit)
+from tests.harness import (BJ, BJ_HOSPITAL3, HK, HK_HOSPITAL2, HOSPITAL3, HZ, PHARMACY, SH, SH_HOSPITAL3, WH,
+                           WH_PHARMACY, Stack, admin_call, balance, bind, line, ok, person, uid, visit)
 
 D = Decimal
 NO_FULAMT = "989902"  # tests/policies: accounts never pay 全自费, cross-province allowed
@@ -118,3 +119,73 @@ async def test_resident_contribution_refused_from_a_suspended_account(stack: Sta
     out = await ok(admin_call(c, "G141", {"authorizer_psn_no": parent, "member_psn_no": kid, "amount": "100.00",
                                           "year": 2026}))
     assert out["authorizer_balc"] == "900.00"
+
+
+# ---- decisions of issue 10, point 4 ------------------------------------------------------------------------------
+@pytestmark_e2e
+async def test_contribution_counts_toward_caps_where_the_region_says_so(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # Hangzhou (contribution_counts_toward_caps: true): a 4000.00 G141 uses 4000 of Zhejiang's 5000.00
+    # annual mutual-aid cap, so a later 2000.00 pharmacy purchase of the child gets only 1000.00 shared.
+    mother = await person(c, uid("mo"), balance="9000.00")
+    kid = await person(c, uid("kid"), insutype="390", balance=None)
+    await bind(c, mother, kid)
+    await ok(admin_call(c, "G141", {"authorizer_psn_no": mother, "member_psn_no": kid, "amount": "4000.00",
+                                    "year": 2026}, when="2026-02-01 10:00:00"))
+    over = await admin_call(c, "G141", {"authorizer_psn_no": mother, "member_psn_no": kid, "amount": "1000.01",
+                                        "year": 2026}, when="2026-02-01 10:05:00")
+    assert over.infcode == -1 and over.err_code == "E_CAP_EXCEEDED", (over.err_code, over.err_msg)
+    buy = await c.visit(visit(kid, PHARMACY, "41", "2026-02-02 09:00:00", [line("XA01", "2000.00")],
+                              insutype="390"))
+    assert buy.setlinfo is not None
+    assert buy.setlinfo.acct_mulaid_pay == D("1000.00") and buy.setlinfo.psn_cash_pay == D("1000.00")
+    assert await balance(c, mother) == D("9000.00") - D("4000.00") - D("1000.00")
+    # Wuhan (false): a contribution leaves the binding's year cap alone: 380.00 paid, then the child's
+    # 100.00 purchase is shared in full under a 100.00 year cap.
+    wmother = await person(c, uid("wmo"), region=WH, balance="1000.00")
+    wkid = await person(c, uid("wkid"), region=WH, insutype="390", balance=None)
+    await bind(c, wmother, wkid, region=WH, year_cap="100.00")
+    await ok(admin_call(c, "G141", {"authorizer_psn_no": wmother, "member_psn_no": wkid, "amount": "380.00",
+                                    "year": 2026}, region=WH, when="2026-02-01 10:00:00"))
+    wbuy = await c.visit(visit(wkid, WH_PHARMACY, "41", "2026-02-02 09:00:00", [line("XA01", "100.00")],
+                               region=WH, insutype="390"))
+    assert wbuy.setlinfo is not None and wbuy.setlinfo.acct_mulaid_pay == D("100.00")
+
+
+@pytestmark_e2e
+async def test_shanghai_current_year_first_only_in_outpatient(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # 当年账户 100.00, 历年账户 100.00. Outpatient 50.00 (under the 500.00 deductible: all his): current first
+    # -> current 50.00, prior 100.00. Inpatient 100.00 (under the 1500.00 deductible): prior first -> prior 0.00.
+    p = await person(c, uid("sh"), region=SH, balance="100.00", prior_balc="100.00")
+    o = await c.visit(visit(p, SH_HOSPITAL3, "11", "2026-03-01 09:00:00", [line("EXAM", "50.00")], region=SH))
+    assert o.setlinfo is not None and o.setlinfo.acct_pay == D("50.00")
+    acct = await ok(admin_call(c, "G121", {"psn_no": p}, region=SH, when="2026-03-01 12:00:00"))
+    assert (acct["current_balc"], acct["prior_balc"]) == ("50.00", "100.00")
+    i = await c.visit(visit(p, SH_HOSPITAL3, "21", "2026-03-02 09:00:00", [line("BED", "100.00")], region=SH))
+    assert i.setlinfo is not None and i.setlinfo.acct_pay == D("100.00")
+    acct = await ok(admin_call(c, "G121", {"psn_no": p}, region=SH, when="2026-03-02 12:00:00"))
+    assert (acct["current_balc"], acct["prior_balc"]) == ("50.00", "0.00")
+
+
+@pytestmark_e2e
+async def test_inpatient_stay_order_is_settlement_order(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # Beijing employee: stay A (first: deductible 1300.00), stay B (later: 650.00); A reversed and settled
+    # again after B counts as a later stay (settlement order, the decision documented in the README):
+    # deductible 650.00, fund (2000 - 650) * 0.85 = 1147.50.
+    p = await person(c, uid("bj"), region=BJ, balance="0.00")
+    a = await c.visit(visit(p, BJ_HOSPITAL3, "21", "2026-03-01 09:00:00", [line("BED", "2000.00")], region=BJ))
+    b = await c.visit(visit(p, BJ_HOSPITAL3, "21", "2026-03-10 09:00:00", [line("BED", "2000.00")], region=BJ))
+    assert a.setlinfo is not None and b.setlinfo is not None
+    assert a.setlinfo.act_pay_dedc == D("1300.00") and b.setlinfo.act_pay_dedc == D("650.00")
+    rev = await c.visit(ReverseVisit(visit_id=uid("rev"), fixmedins_code=BJ_HOSPITAL3, insuplc_admdvs=BJ,
+                                     mdtrtarea_admvs=BJ, psn_no=p, med_type="21", setl_id=a.setlinfo.setl_id,
+                                     biz_time="2026-03-11 09:00:00"))  # type: ignore[arg-type]
+    assert rev.status == "reversed"
+    again = await c.visit(visit(p, BJ_HOSPITAL3, "21", "2026-03-11 10:00:00", [line("BED", "2000.00")], region=BJ))
+    assert again.setlinfo is not None
+    assert again.setlinfo.act_pay_dedc == D("650.00") and again.setlinfo.hifp_pay == D("1147.50")
