@@ -163,6 +163,10 @@ def adjudicate(*, policy: RegionPolicy, catalog: RegionPolicy, med_type: str, ps
     annual_cap = benefits.annual_cap if benefits.annual_cap is not None else policy.annual_cap
     benefit = getattr(benefits, category)
     pooled_as = category
+    chronic = med_type == "14" and benefits.chronic is not None
+    if chronic:
+        benefit = benefits.chronic
+        notes.append("门诊慢特病 (14): the scheme's chronic-disease table")
     if category == "pharmacy" and benefit.pooled_with_prescription:
         if rx_flag:
             benefit, pooled_as = benefits.outpatient, "outpatient"
@@ -195,10 +199,10 @@ def adjudicate(*, policy: RegionPolicy, catalog: RegionPolicy, med_type: str, ps
                      f"consumed {_yuan(dedc)}")
         ratio = benefit.ratio[key].for_level(hosp_lv)
         notes.append(f"ratio {ratio} ({key}, {hosp_lv}) on {_yuan(inscp - dedc)}")
-        own_cap = to_fen(benefit.annual_cap) if benefit.annual_cap is not None else None
+        own_cap = to_fen(benefit.annual_cap) if benefit.annual_cap is not None and not chronic else None
         raw = round_fen((inscp - dedc) * ratio)
         hifp = _capped(raw, annual_cap, acc, own_cap, notes)
-        delta = replace(delta, outpatient_dedc=dedc, outpatient_hifp_pay=hifp)
+        delta = replace(delta, outpatient_dedc=dedc, outpatient_hifp_pay=0 if chronic else hifp)
     if benefit.pooled and hifp < raw and to_fen(annual_cap) - acc.hifp_pay - hifp <= 0:
         # The annual cap (not an outpatient cap) cut the payment: the in-scope amount beyond what the basic
         # fund's payment covers at its ratio is "above the cap".

@@ -86,12 +86,18 @@ class InpatientBenefit(_Model):
 class Benefits(_Model):
     pharmacy: OutpatientBenefit = OutpatientBenefit(pooled=False)
     outpatient: OutpatientBenefit
+    # 门诊慢特病 (med_type 14, e.g. dialysis) where the scheme pays it apart from ordinary outpatient pooling:
+    # its own deductible (counted with the outpatient one) and ratios; its payments count toward the annual cap,
+    # not the outpatient cap. Absent: the outpatient table.
+    chronic: OutpatientBenefit | None = None
     inpatient: InpatientBenefit
     annual_cap: Money | None = None  # this scheme's 封顶线 where it differs from the region's annual_cap
 
     def check_keys(self, keys: set[str], where: str) -> None:
         self.pharmacy.check_keys(keys, f"{where}.pharmacy")
         self.outpatient.check_keys(keys, f"{where}.outpatient")
+        if self.chronic is not None:
+            self.chronic.check_keys(keys, f"{where}.chronic")
         missing = keys - set(self.inpatient.ratio) if self.inpatient.pooled else set()
         if missing:
             raise ValueError(f"{where}.inpatient: a pooled benefit needs ratio for {sorted(missing)}")
