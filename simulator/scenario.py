@@ -169,6 +169,12 @@ class Generator(Model):
         "retired": MoneyDist(median=Decimal("4000.00"), spread=Decimal("0.7"), max=Decimal("80000.00"),
                              zero_share=Decimal("0.02"))}
     bind_share: Dec = Decimal("0.85")  # families that set up mutual aid
+    # Resident-insured (居民医保) members among the working-age and retired ones who could be either; children
+    # are always residents. Nationally ~70% of the insured are residents (rural people weigh in), in Beijing and
+    # Hangzhou about 20-30% (secondary figures, to verify): these defaults give ~27% of the generated people.
+    # low_income_share: residents registered 特困/低保 (医疗救助), ~1% of the generated people.
+    resident_share: dict[PsnType, Dec] = {"employed": Decimal("0.25"), "retired": Decimal("0.35")}
+    low_income_share: Dec = Decimal("0.04")
     month_caps: list[Money | None] = [None, None, Decimal("500.00"), Decimal("1000.00")]
     facilities_per_region: dict[Literal["pharmacy", "community", "level2", "level3"], int] = {
         "pharmacy": 4, "community": 2, "level2": 1, "level3": 1}

@@ -167,3 +167,18 @@ def test_every_shipped_region_has_resident_tables_and_states_its_decisions() -> 
         for key in ("cross_province", "reorder_allowed", "contribution_counts_toward_caps"):
             assert key in raw["accounts"], f"{admdvs} does not state {key}"
         assert any("居民" in s or "Resident" in s for s in policy.sources), admdvs
+
+
+def test_generated_month_has_residents_and_low_income_people() -> None:
+    from pathlib import Path
+
+    from simulator.generate import generate
+    from simulator.scenario import load_scenario
+    pop = generate(load_scenario(Path("scenarios/generated_month.yaml"), scale="0.1"))
+    people = pop.people
+    residents = [p for p in people if p.insutype == "390"]
+    # ~27% residents (children, non-employed adults, elderly), ~1% low-income: the shares of the two cities
+    assert 0.15 < len(residents) / len(people) < 0.40
+    assert {p.resident_group for p in residents} == {"child", "adult", "elderly"}
+    low = [p for p in people if p.low_income]
+    assert low and all(p.insutype == "390" for p in low) and len(low) / len(people) < 0.03
