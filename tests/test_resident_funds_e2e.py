@@ -174,3 +174,22 @@ async def test_pharmacy_purchase_with_and_without_prescription(stack: Stack) -> 
     assert fund_lines(rx) == {"390100": D("120.00")}
     cum = await cumulative(c, kid, "2026-06-01 12:00:00")
     assert cum["outpatient_dedc"] == "300.00" and cum["outpatient_hifp_pay"] == "120.00"
+
+
+async def test_report_shows_where_each_yuan_came_from_by_fund(amqp_url: str, tmp_path) -> None:  # type: ignore
+    from pathlib import Path
+
+    from simulator.runner import Progress, RunOptions, run_loaded
+    from simulator.scenario import load_scenario
+    repo = Path(__file__).resolve().parents[1]
+    # scenarios/low_income_assistance.yaml: two stays of 10000.00; basic 6900.00 each, 医疗救助 2170.00 for
+    # the low-income one; cash 930.00 + 3100.00.
+    loaded = load_scenario(repo / "scenarios" / "low_income_assistance.yaml")
+    result = await run_loaded(loaded, RunOptions(amqp_url=amqp_url, report_dir=tmp_path, progress=False),
+                              Progress(enabled=False))
+    src = result.report["sources"]
+    assert src["pooled fund 统筹基金"] == "13800.00"
+    assert src["医疗救助 (610100)"] == "2170.00"
+    assert src["cash 现金"] == "4030.00"
+    assert "大病保险 (390200)" not in src  # a fund that paid nothing is left out
+    assert all(v == "ok" for v in result.report["invariants"].values()), result.report["invariants"]
