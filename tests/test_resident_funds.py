@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from contracts.money import from_fen
 from contracts.settlement import FeeDetail
 from services.bureau.domain import Accumulators, Adjudication, adjudicate
 from services.shared.policy import load_policies
@@ -182,3 +183,54 @@ def test_generated_month_has_residents_and_low_income_people() -> None:
     assert {p.resident_group for p in residents} == {"child", "adult", "elderly"}
     low = [p for p in people if p.low_income]
     assert low and all(p.insutype == "390" for p in low) and len(low) / len(people) < 0.03
+
+
+# ---- properties over every shipped region, scheme and fund ---------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def any_case(draw):  # type: ignore[no-untyped-def]
+    policy = POLICIES[draw(st.sampled_from(sorted(POLICIES)))]
+    fen = draw(st.integers(min_value=0, max_value=100_000_000))
+    lv = draw(st.sampled_from(["01", "02", "03"]))
+    line = FeeDetail(feedetl_sn="1", med_list_codg="ZZ09", cnt=Decimal("1"), pric=from_fen(fen),
+                     det_item_fee_sumamt=from_fen(fen), chrgitm_lv=lv, selfpay_prop=Decimal("0.10"))
+    acc = Accumulators(outpatient_dedc=draw(st.integers(0, 300_000)), inpatient_stays=draw(st.integers(0, 3)),
+                       hifp_pay=draw(st.integers(0, 70_000_000)), outpatient_hifp_pay=draw(st.integers(0, 3_000_000)),
+                       large_amount_pay=draw(st.integers(0, 30_000_000)), crit_burden=draw(st.integers(0, 5_000_000)),
+                       crit_pay=draw(st.integers(0, 1_000_000)), assist_pay=draw(st.integers(0, 10_000_000)))
+    return dict(policy=policy, catalog=policy, med_type=draw(st.sampled_from(["11", "13", "14", "21", "41"])),
+                psn_type=draw(st.sampled_from(["employed", "retired"])),
+                hosp_lv=draw(st.sampled_from(["community", "level1", "level2", "level3"])), lines=[line], acc=acc,
+                insutype=draw(st.sampled_from(["310", "390"])),
+                resident_group=draw(st.sampled_from([None, "child", "adult", "elderly"])),
+                low_income=draw(st.booleans()), rx_flag=draw(st.booleans()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_case())
+def test_property_funds_add_up_and_stay_within_their_caps(case: dict) -> None:
+    adj = adjudicate(**case)
+    policy, acc = case["policy"], case["acc"]
+    assert adj.fund_pay_sumamt + adj.psn_part == adj.medfee
+    assert all(f.pay > 0 for f in adj.funds) and adj.psn_part >= 0
+    # the funds pay only in-scope money: 全自费, 超限价 and 先行自付 stay the person's
+    assert adj.psn_part >= adj.fulamt_ownpay + adj.overlmt_selfpay + adj.preselfpay
+    assert adj.fund_pay_sumamt <= adj.inscp
+    d = adj.delta
+    assert (d.large_amount_pay, d.crit_pay, d.assist_pay) == tuple(
+        sum(f.pay for f in adj.funds if f.fund_pay_type == t) for t in ("330100", "390200", "610100"))
+    if policy.funds.large_amount is not None:
+        assert acc.large_amount_pay + d.large_amount_pay <= max(acc.large_amount_pay,
+                                                                 int(policy.funds.large_amount.annual_cap * 100))
+    if policy.funds.medical_assistance is not None:
+        assert acc.assist_pay + d.assist_pay <= max(acc.assist_pay,
+                                                     int(policy.funds.medical_assistance.annual_cap * 100))
+    if not case["low_income"]:
+        assert d.assist_pay == 0
+    if case["insutype"] == "310":
+        assert d.crit_pay == 0
+    else:
+        assert d.large_amount_pay == 0
