@@ -234,3 +234,21 @@ def test_property_funds_add_up_and_stay_within_their_caps(case: dict) -> None:
         assert d.crit_pay == 0
     else:
         assert d.large_amount_pay == 0
+
+
+def test_an_older_bureau_database_gets_the_new_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from services.bureau import store as db
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("CREATE TABLE persons (psn_no TEXT PRIMARY KEY, name TEXT NOT NULL, insutype TEXT NOT NULL, "
+                 "psn_type TEXT NOT NULL, insuplc_admdvs TEXT NOT NULL)")
+    conn.execute("CREATE TABLE accumulators (psn_no TEXT NOT NULL, year INTEGER NOT NULL, outpatient_dedc INTEGER, "
+                 "inpatient_dedc INTEGER, inpatient_stays INTEGER, hifp_pay INTEGER, outpatient_hifp_pay INTEGER, "
+                 "settlements INTEGER, PRIMARY KEY (psn_no, year))")
+    conn.execute("INSERT INTO accumulators VALUES ('P1', 2026, 1, 2, 1, 3, 1, 1)")
+    db.migrate(conn)
+    db.migrate(conn)  # twice is harmless
+    assert db.load_acc(conn, "P1", 2026) == Accumulators(1, 2, 1, 3, 1, 1)
+    assert {r[1] for r in conn.execute("PRAGMA table_info(persons)")} >= {"resident_group", "low_income"}

@@ -65,6 +65,22 @@ ACC_COLUMNS = ("outpatient_dedc", "inpatient_dedc", "inpatient_stays", "hifp_pay
                "settlements", "large_amount_pay", "crit_burden", "crit_pay", "assist_pay")  # Accumulators' order
 
 
+# Columns added after the first release (issue 10): a data directory of an older gongji gets them on start.
+ADDED_COLUMNS = {"accumulators": [(c, "INTEGER NOT NULL DEFAULT 0") for c in ACC_COLUMNS[6:]],
+                 "persons": [("resident_group", "TEXT"), ("low_income", "INTEGER NOT NULL DEFAULT 0")]}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the missing columns, once, under the write lock (replicas may start together)."""
+    from services.shared.store import transaction
+    with transaction(conn):
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+
+
 def load_acc(conn: sqlite3.Connection, psn_no: str, year: int) -> Accumulators:
     row = conn.execute(f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?",
                        (psn_no, year)).fetchone()
