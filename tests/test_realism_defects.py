@@ -189,3 +189,21 @@ async def test_inpatient_stay_order_is_settlement_order(stack: Stack) -> None:
     again = await c.visit(visit(p, BJ_HOSPITAL3, "21", "2026-03-11 10:00:00", [line("BED", "2000.00")], region=BJ))
     assert again.setlinfo is not None
     assert again.setlinfo.act_pay_dedc == D("650.00") and again.setlinfo.hifp_pay == D("1147.50")
+
+
+@pytestmark_e2e
+async def test_cross_region_pilots_are_the_authorizers(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # A Wuhan mother (420100: no pilots) shares with her Hangzhou daughter (330100 runs the vaccination pilot).
+    # The daughter's HPV vaccine XV01 (100.00, 全自费, scope vaccination in the Hangzhou catalog): her own
+    # region's pilot does not let the Wuhan account pay it -> 0.00 shared, 100.00 cash.
+    mother = await person(c, uid("whm"), region=WH, balance="1000.00")
+    daughter = await person(c, uid("hzd"), region=HZ, insutype="390", balance=None)
+    await bind(c, mother, daughter, region=WH)
+    out = await c.visit(visit(daughter, PHARMACY, "41", "2026-03-05 09:00:00", [line("XV01", "100.00", lv="03")],
+                              region=HZ, insutype="390"))
+    s = out.setlinfo
+    assert s is not None and out.status == "settled"
+    assert s.acct_mulaid_pay == D("0.00") and s.psn_cash_pay == D("100.00")
+    assert await balance(c, mother) == D("1000.00")
