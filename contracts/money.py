@@ -64,3 +64,9 @@ def yuan(text: str) -> Decimal:
 def round_fen(value: Decimal) -> int:
     """Round a fractional fen amount half-up to whole fen (the national rule for 分)."""
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def line_total(pric: Decimal, cnt: Decimal | str) -> Decimal:
+    """A line's det_item_fee_sumamt: pric x cnt rounded half-up to the fen (12.25 x 0.5 = 6.13, not 6.12).
+    The one helper every builder of fee lines uses (runner, settle CLI, demo, generator)."""
+    return from_fen(round_fen(Decimal(pric) * Decimal(cnt) * 100))

@@ -26,6 +26,7 @@ class SettleVisit(Strict):
     acct_used_flag: Literal["0", "1"] = "1"
     setl_chnl: SetlChannel = "offline"
     proxy_psn_no: PsnNo | None = None  # 亲情账户: who presents the patient's e-voucher
+    rx_circ_flag: Literal["0", "1"] = "0"  # 外配处方 (pharmacy purchase on an external prescription)
     biz_time: BizTime
     details: list[FeeDetail] = Field(min_length=1, max_length=500)
     presettle: bool = True

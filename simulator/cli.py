@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from contracts.money import line_total
 from services.shared.entry import DEFAULT_AMQP_URL, WorkerConfig
 
 WORKERS = ("bureau", "accounts", "pos")
@@ -214,7 +215,7 @@ def _parse_item(text: str, n: int) -> dict[str, Any]:
     cnt = parts[2] if len(parts) > 2 else "1"
     lv = parts[3] if len(parts) > 3 else "01"
     prop = parts[4] if len(parts) > 4 else None
-    total = (Decimal(price) * Decimal(cnt)).quantize(Decimal("0.01"))
+    total = line_total(Decimal(price), cnt)
     item = {"feedetl_sn": str(n), "med_list_codg": code, "cnt": cnt, "pric": price,
             "det_item_fee_sumamt": f"{total}", "chrgitm_lv": lv}
     if prop is not None:

@@ -169,7 +169,9 @@ class BureauService:
         catalog = self.policies.get(req.mdtrtarea_admvs, policy)
         acc = db.load_acc(conn, inp.psn_no, insurance_year(policy, req.inf_time))
         return adjudicate(policy=policy, catalog=catalog, med_type=inp.med_type, psn_type=person["psn_type"],
-                          hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc)
+                          hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc, insutype=person["insutype"],
+                          resident_group=person["resident_group"], low_income=bool(person["low_income"]),
+                          rx_flag=inp.rx_circ_flag == "1")
 
     # ---- settle, reverse, 冲正 --------------------------------------------------------------------
     def _settle(self, conn: sqlite3.Connection, req: Request, inp: SettleInput, reply_to: str | None,
@@ -330,6 +332,8 @@ class BureauService:
         if row["state"] == "reversing":
             info = json.loads(row["setlinfo"])
             negated = {**info, **{f: f"{-Decimal(info[f]):.2f}" for f in MONEY_FIELDS}}
+            negated["setldetail"] = [{**d, "fund_payamt": f"{-Decimal(d['fund_payamt']):.2f}"}
+                                     for d in info.get("setldetail", [])]
             negated.update(setl_id=f"R{row['rev_msgid']}", orig_setl_id=row["setl_id"], setl_time=row["rev_time"],
                            balc=f"{rep.balc:.2f}", notes=[f"reversal of {row['setl_id']}"] + rep.notes,
                            mulaid_detail=[p.model_dump(mode="json") for p in rep.mulaid_detail])
@@ -365,7 +369,11 @@ class BureauService:
                 "fulamt_ownpay_amt": f"{f(adj.fulamt_ownpay)}", "overlmt_selfpay": f"{f(adj.overlmt_selfpay)}",
                 "preselfpay_amt": f"{f(adj.preselfpay)}", "inscp_scp_amt": f"{f(adj.inscp)}",
                 "act_pay_dedc": f"{f(adj.act_pay_dedc)}", "hifp_pay": f"{f(adj.hifp_pay)}",
-                "fund_pay_sumamt": f"{f(adj.hifp_pay)}", "psn_part_amt": f"{f(adj.psn_part)}",
+                "fund_pay_sumamt": f"{f(adj.fund_pay_sumamt)}", "psn_part_amt": f"{f(adj.psn_part)}",
+                "setldetail": [{"fund_pay_type": x.fund_pay_type, "fund_pay_type_name": x.name,
+                                "inscp_scp_amt": f"{f(x.base)}", "fund_payamt": f"{f(x.pay)}",
+                                "crt_payb_lmt_amt": None if x.limit_left is None else f"{f(x.limit_left)}",
+                                "setl_proc_info": x.info} for x in adj.funds],
                 "notes": list(adj.notes)}
 
     @staticmethod
@@ -408,9 +416,10 @@ class BureauService:
             for p in people:
                 if p.insuplc_admdvs not in self.served:
                     raise GongjiError(ErrorCode.REGION_NOT_SERVED, f"this bureau does not serve {p.insuplc_admdvs}")
-            conn.executemany("INSERT OR REPLACE INTO persons (psn_no, name, insutype, psn_type, insuplc_admdvs) "
-                             "VALUES (?,?,?,?,?)",
-                             [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs) for p in people])
+            conn.executemany("INSERT OR REPLACE INTO persons (psn_no, name, insutype, psn_type, insuplc_admdvs, "
+                             "resident_group, low_income) VALUES (?,?,?,?,?,?,?)",
+                             [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs, p.resident_group,
+                               int(p.low_income)) for p in people])
             return {"registered": len(people)}
         return db.audit(conn)
 
@@ -422,7 +431,9 @@ class BureauService:
         return Cumulative(psn_no=inp.psn_no, cum_year=year, outpatient_dedc=from_fen(acc.outpatient_dedc),
                           inpatient_dedc=from_fen(acc.inpatient_dedc), inpatient_stays=acc.inpatient_stays,
                           hifp_pay=from_fen(acc.hifp_pay), outpatient_hifp_pay=from_fen(acc.outpatient_hifp_pay),
-                          settlements=acc.settlements).model_dump(mode="json")
+                          settlements=acc.settlements, large_amount_pay=from_fen(acc.large_amount_pay),
+                          crit_burden=from_fen(acc.crit_burden), crit_pay=from_fen(acc.crit_pay),
+                          assist_pay=from_fen(acc.assist_pay)).model_dump(mode="json")
 
     def _reconcile(self, conn: sqlite3.Connection, req: Request, inp: ReconcileInput) -> dict[str, Any]:
         """3201 对总账: the bureau's totals of the facility's standing settlements of that day, against the POS's."""

@@ -245,6 +245,8 @@ def settle_input_of(cmd: SettleVisit) -> dict[str, Any]:
             "details": [d.model_dump(mode="json", exclude_none=True) for d in cmd.details]}
     if cmd.proxy_psn_no is not None:
         data["proxy_psn_no"] = cmd.proxy_psn_no
+    if cmd.rx_circ_flag == "1":
+        data["rx_circ_flag"] = "1"
     return data
 
 
