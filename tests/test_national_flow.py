@@ -337,12 +337,18 @@ async def test_idempotent_and_swept(stack: Stack) -> None:
     ok(await send(stack, "2204", {"feedetail": [fee("1", mdtrt_id, psn, "XA01", "10", "1", t)]}, t))
     _, bureau = await audit(c)
     assert mdtrt_id in {v["mdtrt_id"] for v in bureau["visits"]["open"]}  # reported open
-    # Four business days later a registration in the region sweeps it (outpatient: 3 days without activity).
-    later = "2026-08-05 09:00:00"
-    await register(stack, psn, later)
+    # The facility's 3201 of a later day sweeps it (outpatient: not finished on its day). A visit of that very
+    # day stays open.
+    later = "2026-08-02 18:00:00"
+    today = await register(stack, psn, "2026-08-02 09:00:00")
+    rec = ok(await send(stack, "3201", {"fixmedins_code": HOSPITAL3, "stmt_date": "2026-08-02", "fixmedins_setl_cnt": 0,
+                                        "medfee_sumamt": "0.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+                                        "psn_cash_pay": "0.00"}, later))
+    assert rec["visits_swept"] >= 1
     refused(await send(stack, "2207", settle_data(psn, mdtrt_id, "10.00"), later), "E_VISIT_CANCELLED")
     _, bureau = await audit(c)
     assert mdtrt_id not in {v["mdtrt_id"] for v in bureau["visits"]["open"]}
+    assert today in {v["mdtrt_id"] for v in bureau["visits"]["open"]}
     assert bureau["visits"]["states"].get("expired", 0) >= 1
 
 

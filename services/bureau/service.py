@@ -456,10 +456,11 @@ class BureauService:
                   **{f: to_fen(getattr(inp, f)) for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                           "psn_cash_pay")}}
         differ = [f for f in mine if mine[f] != theirs[f]]
+        swept = self.visits.sweep(conn, inp.fixmedins_code, region, inp.stmt_date)
         bureau = {f: (v if f == "fixmedins_setl_cnt" else f"{from_fen(v)}") for f, v in mine.items()}
         return {"fixmedins_code": inp.fixmedins_code, "stmt_date": inp.stmt_date, "setl_optins": region,
                 "stmt_rslt": "1" if differ else "0",
                 "stmt_rslt_dscr": ("平 (balanced)" if not differ else "不平: " + ", ".join(
                     f"{f} bureau {bureau[f]} vs facility {theirs[f] if f == 'fixmedins_setl_cnt' else from_fen(theirs[f])}"
                     for f in differ)),
-                "bureau": bureau, "differences": differ}
+                "bureau": bureau, "differences": differ, "visits_swept": swept}

@@ -57,8 +57,9 @@ END;
 """
 
 OPEN_STATES = ("registered", "admitted", "discharged")
-# A visit with no transaction for this long (business time) is closed by the sweep as abandoned.
-SWEEP_AFTER_DAYS = {"outpatient": 3, "inpatient": 180}
+# A visit with no transaction for this long (business time) before the end of the day a 3201 reconciles is
+# closed by the sweep as abandoned: an outpatient visit not finished on its day, a stay untouched for 180 days.
+SWEEP_AFTER_DAYS = {"outpatient": 1, "inpatient": 180}
 
 
 def summary(conn: sqlite3.Connection) -> dict[str, Any]:

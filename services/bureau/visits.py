@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +160,6 @@ class VisitDesk:
     def _new_visit(self, conn: sqlite3.Connection, req: Request, *, psn_no: str, insutype: str, med_type: str,
                    kind: str, ipt_otp_no: str, begntime: Any, info: dict[str, Any] | None) -> dict[str, Any]:
         self.b._region(req)
-        self.sweep(conn, req)
         person = self.b._person(conn, psn_no, req.insuplc_admdvs)
         if person["insutype"] != insutype:
             raise GongjiError(ErrorCode.WRONG_INSUTYPE, f"{psn_no} is insured under {person['insutype']}, "
@@ -370,15 +369,19 @@ class VisitDesk:
         return {"mdtrt_id": row["mdtrt_id"], "state": row["state"], "feedetail": out}
 
     # ---- the reconciliation sweep ----------------------------------------------------------------------------------
-    def sweep(self, conn: sqlite3.Connection, req: Request) -> int:
-        """Close the visits of the request's region left open too long (business time of this request: a
-        registration or admission sweeps its region). Only visits with nothing settled; their details are kept."""
+    @staticmethod
+    def sweep(conn: sqlite3.Connection, fixmedins_code: str, region: str, stmt_date: str) -> int:
+        """The reconciliation sweep, run by the facility's 3201 对总账 of a day (business time, never the wall
+        clock): its visits in the region still open with no transaction for SWEEP_AFTER_DAYS before the end of
+        that day are closed as abandoned ('expired'; nothing was paid, their details are kept for 5204).
+        Not on registrations: visits of different business days may be in flight at once."""
         n = 0
+        end = datetime.strptime(stmt_date, "%Y-%m-%d") + timedelta(days=1)
         for kind, days in SWEEP_AFTER_DAYS.items():
-            cutoff = format_biz_time(req.inf_time - timedelta(days=days))
-            cur = conn.execute(f"UPDATE visits SET state='expired' WHERE rowid IN (SELECT rowid FROM visits WHERE "
-                               f"insuplc_admdvs=? AND kind=? AND state IN ({','.join('?' * len(OPEN_STATES))}) "
-                               f"AND last_time < ? LIMIT 200)", (req.insuplc_admdvs, kind, *OPEN_STATES, cutoff))
+            cutoff = (end - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
+            cur = conn.execute(f"UPDATE visits SET state='expired' WHERE fixmedins_code=? AND insuplc_admdvs=? AND "
+                               f"kind=? AND state IN ({','.join('?' * len(OPEN_STATES))}) AND last_time < ?",
+                               (fixmedins_code, region, kind, *OPEN_STATES, cutoff))
             n += cur.rowcount
         return n
 
