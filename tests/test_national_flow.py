@@ -408,3 +408,46 @@ async def test_national_example_accepted_field_for_field(stack: Stack) -> None:
                      when="2026-09-01 09:00:00", fixmedins_code=HOSPITAL3, sign_no=sn)
     raw = await c.call_raw(c.names.bureau_exchange, HZ, req.model_dump_json().encode(), req.msgid)
     assert raw.output is not None and isinstance(raw.output["setlinfo"]["hifp_pay"], Decimal)
+
+
+# ---- visit state survives a restart of the bureau; 冲正 on deadline works on the national sequence ----------------
+async def test_visit_survives_bureau_restart(stack: Stack) -> None:
+    import asyncio
+    import signal
+    psn = await person(stack.client, uid("rst"), balance="100.00")  # type: ignore[arg-type]
+    t = "2026-10-01 09:00:00"
+    mdtrt_id = await register(stack, psn, t)
+    ok(await send(stack, "2204", {"feedetail": [fee("1", mdtrt_id, psn, "XA01", "10", "1", t)]}, t))
+    stack.kill("bureau", signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    await stack.start_worker("bureau")
+    # Employed, deductible 600: the 10.00 in scope goes to the deductible; the account pays 10.00.
+    s = ok(await send(stack, "2207", settle_data(psn, mdtrt_id, "10.00"), "2026-10-01 09:10:00"))["setlinfo"]
+    assert (s["act_pay_dedc"], s["acct_pay"], s["balc"]) == (D("10.00"), D("10.00"), D("90.00"))
+
+
+async def test_pos_national_outpatient_compensated_on_deadline(stack: Stack) -> None:
+    """The POS plays 2201 → 2203 → 2204 → 2207 (no pre-settle); the accounts service is frozen, so 2207 cannot
+    be answered in time: the POS sends 2601 冲正 for the 2207's msgid; the bureau undoes it once the payment is
+    answered, and its visit goes back to registered (open, reported as such)."""
+    import asyncio
+    import signal
+    from tests.harness import line, visit
+    c = stack.client
+    assert c is not None
+    psn = await person(c, uid("cz"), balance="200.00")
+    cmd = visit(psn, HOSPITAL3, "11", "2026-10-02 10:00:00", [line("XA01", "80.00")], presettle=False,
+                timeout_ms=5000, uploads=1)
+    stack.kill("accounts", signal.SIGSTOP)
+    try:
+        await c.submit(cmd)
+        await asyncio.sleep(9.0)  # 2201, 2203, 2204 answered by the bureau; 2207 waits on the accounts → 2601
+    finally:
+        stack.kill("accounts", signal.SIGCONT)
+    outcome = await c.outcome(cmd.visit_id, timeout=60)
+    assert outcome.status == "compensated", (outcome.err_code, outcome.err_msg)
+    assert outcome.mdtrt_id is not None and outcome.round_trips == 5  # 2201 2203 2204 2207 2601
+    assert await balance(c, psn) == D("200.00")
+    _, bureau = await audit(c)
+    assert outcome.mdtrt_id in {v["mdtrt_id"]: v for v in bureau["visits"]["open"]}
+    assert {v["mdtrt_id"]: v["state"] for v in bureau["visits"]["open"]}[outcome.mdtrt_id] == "registered"
