@@ -159,7 +159,7 @@ class FeeLine(Strict):
 
 def _check_line(total: Decimal, pric: Decimal, cnt: Decimal) -> None:
     if total < 0 or pric < 0:
-        raise ValueError("det_item_fee_sumamt must not be negative")
+        raise ValueError("det_item_fee_sumamt and pric must not be negative")
     if total > MAX_BILL:
         raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
     expected = (pric * cnt).quantize(Decimal("0.01"))

@@ -9,6 +9,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 
 def loads(data: bytes | str) -> Any:
     return json.loads(data, parse_float=Decimal)
@@ -29,4 +31,6 @@ def dumps(obj: Any) -> str:
         return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in obj.items()) + "}"
     if isinstance(obj, (list, tuple)):
         return "[" + ",".join(dumps(v) for v in obj) + "]"
-    return json.dumps(obj, ensure_ascii=False)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return json.dumps(obj, ensure_ascii=False)
+    return json.dumps(to_jsonable_python(obj), ensure_ascii=False)  # dates, enums, models: as pydantic writes them
