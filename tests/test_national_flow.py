@@ -451,3 +451,9 @@ async def test_pos_national_outpatient_compensated_on_deadline(stack: Stack) -> 
     _, bureau = await audit(c)
     assert outcome.mdtrt_id in {v["mdtrt_id"]: v for v in bureau["visits"]["open"]}
     assert {v["mdtrt_id"]: v["state"] for v in bureau["visits"]["open"]}[outcome.mdtrt_id] == "registered"
+    # The undone settlement no longer claims the visit's lines (5204), and the visit can be settled again.
+    q = ok(await send(stack, "5204", {"data": {"psn_no": psn, "mdtrt_id": outcome.mdtrt_id}}, "2026-10-02 11:00:00"))
+    assert [(x["feedetl_sn"], x["setl_id"], x["vali_flag"]) for x in q["feedetail"]] == [("1", "", "1")]
+    s = ok(await send(stack, "2207", settle_data(psn, outcome.mdtrt_id, "80.00", bchno="B1"),
+                      "2026-10-02 11:01:00"))["setlinfo"]
+    assert (s["acct_pay"], s["balc"]) == (D("80.00"), D("120.00"))  # 80.00 in scope, all to the deductible

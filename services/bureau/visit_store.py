@@ -53,6 +53,8 @@ BEGIN
             WHEN 'reversing' THEN 'reversed' WHEN 'reversed' THEN 'reversed'
             ELSE pre_state END
         WHERE setl_id = NEW.setl_id AND state IN ('settling', 'settled', 'reversed');
+    UPDATE visit_details SET setl_id = NULL
+        WHERE setl_id = NEW.setl_id AND NEW.state IN ('failed', 'compensating', 'compensated');
 END;
 """
 
