@@ -38,6 +38,8 @@ class SettleVisit(Strict):
     uploads: int = Field(default=1, ge=1, le=20)  # fee-detail uploads the details are spread over
     cancel: list[FeeDetail] = Field(default=[], max_length=50)  # uploaded, then cancelled before settlement
     abandon: bool = False  # register and upload, then walk away: never settled (the bureau's sweep closes it)
+    # timeout_ms is the deadline of the money stages (a settle not answered in time → 2601 冲正); the preparatory
+    # national transactions (2201, 2203, 2204, …) wait at least 30 s.
 
     @model_validator(mode="after")
     def _flow(self) -> "SettleVisit":

@@ -28,6 +28,17 @@ from .national_flow import plan, stage_input, stage_infno
 COMMAND = TypeAdapter(PosCommand)
 
 FINAL = ("settle", "reverse", "compensate")  # stages whose answer ends the visit
+PREPARATORY_MIN_S = 30.0  # 2201/2203/2204/2205/2401/2301/2302/2402: bureau-only, idempotent, no money
+
+
+def stage_timeout(cmd: SettleVisit | ReverseVisit, stage: str) -> float:
+    """Seconds to wait for a stage's answer. `timeout_ms` is the deadline of the money stages (the one that
+    triggers 2601 冲正 for a settle); the preparatory national transactions wait at least 30 s, so that a short
+    timeout races the settlement, not the registration."""
+    kind = stage.split(":")[0]
+    if kind in ("register", "admit", "info", "upload", "cancel", "discharge"):
+        return max(cmd.timeout_ms / 1000, PREPARATORY_MIN_S)
+    return cmd.timeout_ms / 1000
 
 
 def setlinfo_of(output: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -106,7 +117,7 @@ class PosService:
                          " deadline, round_trips) VALUES (?,?, 'open', ?,?,?,?,?,?,?)",
                          (cmd.visit_id, cmd.model_dump_json(), stage, next_stage, request.msgid,
                           request.msgid if stage == "settle" else None, encode(request),
-                          time.time() + cmd.timeout_ms / 1000, 0 if stage == "signin" else 1))
+                          time.time() + stage_timeout(cmd, stage), 0 if stage == "signin" else 1))
             outbox.append(self._send(conn, request))
         return outbox
 
@@ -208,7 +219,7 @@ class PosService:
         conn.execute("UPDATE visits SET stage=?, next_stage=NULL, msgid=?, settle_msgid=COALESCE(?, settle_msgid), "
                      "request=?, deadline=?, round_trips=round_trips+1 WHERE visit_id=?",
                      (stage, request.msgid, request.msgid if stage == "settle" else None, encode(request),
-                      time.time() + cmd.timeout_ms / 1000, cmd.visit_id))
+                      time.time() + stage_timeout(cmd, stage), cmd.visit_id))
         return self._send(conn, request)
 
     def _finish(self, conn: sqlite3.Connection, row: sqlite3.Row, cmd: SettleVisit | ReverseVisit, status: str,
