@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import Admdvs, BizTime, FixmedinsCode, PsnNo, Quantity, Ratio, ShortText, Strict
-from .money import Money, line_total
+from .money import Money, Price, line_total
 
 MedType = Literal["11", "13", "14", "21", "41"]  # 门诊 急诊 门诊慢特病 住院 定点药店购药
 Insutype = Literal["310", "390"]  # 职工基本医疗保险 / 城乡居民基本医疗保险
@@ -34,12 +34,12 @@ class FeeDetail(Strict):
     med_list_codg: str = Field(min_length=1, max_length=50)
     med_list_name: ShortText = ""
     cnt: Quantity
-    pric: Money
+    pric: Price  # 数值型 16,6
     det_item_fee_sumamt: Money
     # Declared by the POS; the region catalog overrides them when it lists the code.
     chrgitm_lv: ChrgitmLv | None = None
     selfpay_prop: Ratio | None = None
-    pric_uplmt_amt: Money | None = None
+    pric_uplmt_amt: Price | None = None
     item_scope: ItemScope | None = None  # gongji extension, for items the catalog does not list
 
     @model_validator(mode="after")

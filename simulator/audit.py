@@ -15,6 +15,8 @@ from contracts.base import format_biz_time
 from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
 
+from . import visit_audit
+
 if TYPE_CHECKING:
     from .runner import Obs, RunData, Runner
 
@@ -412,6 +414,11 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             if bur.get("states", {}).get(state):
                 problems.append(f"{bur['states'][state]} settlements still {state}")
     inv["nothing_in_flight"] = _verdict(problems)
+
+    # 11. visits: every registered visit ends settled, cancelled or reported open (after the 3201 sweep above)
+    after = await runner.call("bureau", "G199", {}, when, region)
+    problems, figures["visits"] = visit_audit.check(data, after.output or {} if after.infcode == 0 else None)
+    inv["every_visit_settled_cancelled_or_open"] = _verdict(problems)
     # settlements the bureau had taken in (adjudicated, maybe paid) and then undid for a 2601 冲正
     figures["bureau_compensated"] = (bur.get("states", {}).get("compensated", 0)
                                      if bur is not None and not data.mapper.tag else None)  # --external: not ours alone

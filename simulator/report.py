@@ -124,6 +124,8 @@ def build(data: "RunData", invariants: dict[str, str], *, scale: str) -> dict[st
                          "failures": failures},
         "invariants": dict(invariants),
         "reconciliation": rec,
+        # the national flow: visits registered (2201/2401), how they ended, what the bureau still has open
+        "national_visits": (data.figures or {}).get("visits"),
         "admin": dict(sorted(data.admin_counts.items())),
         "steps": [m.unmap(row) for row in data.steps],
     }

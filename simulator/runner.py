@@ -494,19 +494,24 @@ class Runner:
     def settle_command(self, visit_id: str, psn_no: str, facility: str, med_type: str, channel: str,
                        at: datetime, items: list[Item], *, insutype: str | None = None, mdtrtarea: str | None = None,
                        acct_used: bool = True, cert_type: str = "01", presettle: bool = True,
-                       timeout_ms: int = 30000, proxy: str | None = None, rx: bool = False) -> SettleVisit:
+                       timeout_ms: int = 30000, proxy: str | None = None, rx: bool = False,
+                       flow: dict[str, Any] | None = None) -> SettleVisit:
         d, m = self.data, self.mapper
         person = d.people.get(psn_no)
         fac = d.facilities.get(facility)
         region = person.region if person else self.regions[0]
-        details = [FeeDetail.model_validate({
-            "feedetl_sn": str(i + 1), "med_list_codg": it.code, "med_list_name": it.name, "cnt": it.cnt,
-            "pric": it.price, "det_item_fee_sumamt": line_total(it.price, it.cnt),
-            "chrgitm_lv": it.lv, "selfpay_prop": it.prop, "pric_uplmt_amt": it.limit,
-            **({"item_scope": it.scope} if it.scope is not None else {})}) for i, it in enumerate(items)]
+        def fee_details(its: list[Item]) -> list[FeeDetail]:
+            return [FeeDetail.model_validate({
+                "feedetl_sn": str(i + 1), "med_list_codg": it.code, "med_list_name": it.name, "cnt": it.cnt,
+                "pric": it.price, "det_item_fee_sumamt": line_total(it.price, it.cnt),
+                "chrgitm_lv": it.lv, "selfpay_prop": it.prop, "pric_uplmt_amt": it.limit,
+                **({"item_scope": it.scope} if it.scope is not None else {})}) for i, it in enumerate(its)]
+        details = fee_details(items)
         extra: dict[str, Any] = {"proxy_psn_no": m.psn(proxy)} if proxy is not None else {}
         if rx:
             extra["rx_circ_flag"] = "1"
+        if flow:  # the national flow's shape: uploads, cancelled lines, abandon; or the flat shortcut
+            extra.update({k: v for k, v in flow.items() if k != "cancel"}, cancel=fee_details(flow.get("cancel", [])))
         return SettleVisit.model_validate({
             "visit_id": m.visit(visit_id), "fixmedins_code": m.fac(facility), "insuplc_admdvs": region,
             "mdtrtarea_admvs": mdtrtarea or (fac.region if fac else region), "psn_no": m.psn(psn_no),
@@ -609,7 +614,9 @@ class Runner:
                 cmd = self.settle_command(fs.name, ev.person, ev.facility, med, chnl, fs.at, ev.items,
                                           insutype=ev.insutype, mdtrtarea=ev.mdtrtarea, acct_used=ev.acct_used,
                                           cert_type=ev.cert_type, presettle=ev.presettle, timeout_ms=ev.timeout_ms,
-                                          proxy=ev.proxy, rx=ev.prescription)
+                                          proxy=ev.proxy, rx=ev.prescription,
+                                          flow={"uploads": ev.uploads, "cancel": ev.cancel,
+                                                "abandon": ev.abandon, "flow": ev.flow})
                 obs = Obs(order=(1, f"{fs.index:06d}", fs.name), step=fs.name, generated=False,
                           family=d.family_of.get(ev.person), cmd=cmd, kind=ev.kind or med,
                           category=MED_TYPE_CATEGORY[med])

@@ -215,6 +215,13 @@ class VisitEvent(Model):
     prescription: bool = False  # 外配处方 (rx_circ_flag 1): a pharmacy purchase on a hospital's prescription
     timeout_ms: int = Field(default=30000, ge=1, le=600000)
     items: list[Item] = Field(min_length=1, max_length=500)
+    # The national flow a HIS speaks (contracts/pos.py SettleVisit): details over several uploads (2204 / 2301),
+    # lines uploaded and then cancelled (2205 / 2302), a visit abandoned after its uploads; `flow: flat` is
+    # gongji's one-message shortcut.
+    uploads: int = Field(default=1, ge=1, le=20)
+    cancel: list[Item] = Field(default=[], max_length=50)
+    abandon: bool = False
+    flow: Literal["national", "flat"] = "national"
 
     @model_validator(mode="after")
     def _kind(self) -> "VisitEvent":

@@ -11,7 +11,7 @@ from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
-from contracts import admin, infno
+from contracts import admin, infno, national
 from contracts.base import SHANGHAI, format_biz_time
 from contracts.envelope import Reply, Request
 from contracts.errors import ErrorCode, GongjiError
@@ -28,6 +28,8 @@ from services.shared.store import OutMessage, inbox_put, inbox_set_reply, outbox
 
 from . import store as db
 from .domain import Adjudication, adjudicate
+from .visits import PRESETTLE as NATIONAL_PRESETTLE
+from .visits import VisitDesk, national_output
 
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
@@ -45,6 +47,7 @@ class BureauService:
         self.policies = policies
         self.served = set(served)
         self.reply_key = reply_key
+        self.visits = VisitDesk(self)
 
     # ---- national transactions ----------------------------------------------------------------
     def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
@@ -56,6 +59,13 @@ class BureauService:
                     return []
                 with transaction(conn):
                     return [self._reply(conn, reply_to, req.msgid, refusal)]
+        if national.is_national(req.infno, req.input):  # the national visit flow (services/bureau/visits.py)
+            if req.infno in NATIONAL_PRESETTLE:
+                return self._read_only(conn, req, reply_to, national=True)
+            return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
+                                     reply_to=reply_to, reply_exchange=self.names.reply_exchange,
+                                     effect=lambda outbox: self.visits.effect(conn, req, reply_to, outbox),
+                                     refusal=envelope_refusal(req.msgid))
         if req.infno in infno.PRESETTLE or req.infno == infno.PERSON_INFO:
             return self._read_only(conn, req, reply_to)
         return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
@@ -104,13 +114,16 @@ class BureauService:
             return Reply.ok(req.msgid, self._reconcile(conn, req, inp)).model_dump_json().encode()
         raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")
 
-    def _read_only(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
+    def _read_only(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+                   national: bool = False) -> list[int]:
         """Pre-settlement and person info change nothing: no inbox, the accounts service fills in balances."""
         outbox: list[int] = []
         with transaction(conn):
             try:
-                inp = decode_input(req, infno.BUREAU_INPUTS)
-                if isinstance(inp, SettleInput):
+                inp = None if national else decode_input(req, infno.BUREAU_INPUTS)
+                if national:
+                    self.visits.presettle(conn, req, reply_to, outbox)
+                elif isinstance(inp, SettleInput):
                     person, policy, facility = self._check_settle(conn, req, inp)
                     adj = self._adjudicate(conn, req, inp, person, policy, facility)
                     context = {"msgid": req.msgid, "reply_to": reply_to, "infno": req.infno,
@@ -277,7 +290,8 @@ class BureauService:
         with transaction(conn):
             if rep.kind == "preview":
                 ctx = rep.context
-                reply = (Reply.ok(ctx["msgid"], self._final_setlinfo(ctx["setlinfo"], rep)) if rep.ok
+                reply = (Reply.ok(ctx["msgid"], national_output(ctx, self._final_setlinfo(ctx["setlinfo"], rep)))
+                         if rep.ok
                          else Reply.fail(ctx["msgid"], rep.err_code or ErrorCode.INTERNAL, rep.err_msg or ""))
                 if ctx.get("reply_to"):
                     outbox.append(self._reply(conn, ctx["reply_to"], ctx["msgid"], reply))
@@ -315,7 +329,7 @@ class BureauService:
         info = self._final_setlinfo(adj["base"], rep)
         conn.execute("UPDATE settlements SET state='settled', setlinfo=? WHERE setl_id=?",
                      (json.dumps(info), row["setl_id"]))
-        reply = Reply.ok(row["msgid"], info)
+        reply = Reply.ok(row["msgid"], national_output(adj, info))
         inbox_set_reply(conn, row["msgid"], reply.model_dump_json())
         if row["cancel_msgid"]:
             # 冲正 arrived while we waited for the payment: undo at once; the POS gave up on this reply.
@@ -339,7 +353,7 @@ class BureauService:
                            mulaid_detail=[p.model_dump(mode="json") for p in rep.mulaid_detail])
             SetlInfo.model_validate(negated)  # the reversal answer must be as valid as any settlement
             conn.execute("UPDATE settlements SET state='reversed' WHERE setl_id=?", (row["setl_id"],))
-            reply = Reply.ok(row["rev_msgid"], negated)
+            reply = Reply.ok(row["rev_msgid"], national_output(json.loads(row["adjudication"]), negated))
             inbox_set_reply(conn, row["rev_msgid"], reply.model_dump_json())
             if row["rev_reply_to"]:
                 outbox.append(self._reply(conn, row["rev_reply_to"], row["rev_msgid"], reply))
@@ -453,10 +467,11 @@ class BureauService:
                   **{f: to_fen(getattr(inp, f)) for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                           "psn_cash_pay")}}
         differ = [f for f in mine if mine[f] != theirs[f]]
+        swept = self.visits.sweep(conn, inp.fixmedins_code, region, inp.stmt_date)
         bureau = {f: (v if f == "fixmedins_setl_cnt" else f"{from_fen(v)}") for f, v in mine.items()}
         return {"fixmedins_code": inp.fixmedins_code, "stmt_date": inp.stmt_date, "setl_optins": region,
                 "stmt_rslt": "1" if differ else "0",
                 "stmt_rslt_dscr": ("平 (balanced)" if not differ else "不平: " + ", ".join(
                     f"{f} bureau {bureau[f]} vs facility {theirs[f] if f == 'fixmedins_setl_cnt' else from_fen(theirs[f])}"
                     for f in differ)),
-                "bureau": bureau, "differences": differ}
+                "bureau": bureau, "differences": differ, "visits_swept": swept}

@@ -9,6 +9,8 @@ from decimal import Decimal
 from contracts.money import to_fen
 
 from .domain import Accumulators
+from .visit_store import VISIT_SCHEMA
+from .visit_store import summary as visit_summary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facilities (
@@ -58,7 +60,7 @@ CREATE TABLE IF NOT EXISTS signins (
     sign_no TEXT PRIMARY KEY, fixmedins_code TEXT NOT NULL, opter_no TEXT NOT NULL,
     sign_time TEXT NOT NULL, valid_until TEXT NOT NULL
 );
-"""
+""" + VISIT_SCHEMA
 
 
 ACC_COLUMNS = ("outpatient_dedc", "inpatient_dedc", "inpatient_stays", "hifp_pay", "outpatient_hifp_pay",
@@ -134,4 +136,5 @@ def audit(conn: sqlite3.Connection) -> dict:
                           "FROM accumulators").fetchone()
     return {"accumulator_mismatches": mismatches, "states": states, "daily_totals": daily,
             "accumulator_totals": list(totals),
-            "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0]}
+            "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0],
+            "visits": visit_summary(conn)}

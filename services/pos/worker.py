@@ -80,7 +80,7 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
 
     async def on_reply(incoming: Incoming) -> list[int]:
         try:
-            reply = Reply.model_validate_json(incoming.body)
+            reply = Reply.model_validate(incoming.json())  # numbers → Decimal (contracts.wire)
         except ValidationError as exc:
             raise Poison(f"not a reply: {short_error(exc)}") from None
         structlog.contextvars.bind_contextvars(msgid=reply.inf_refmsgid)
