@@ -6,7 +6,6 @@ outcome event. Deadlines are real (wall-clock) transport timeouts; the business 
 visit's. Requests are kept and sent with money as JSON numbers (contracts.wire), never through a float."""
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from contracts import infno, wire
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.errors import ErrorCode, GongjiError
 from contracts.pos import PosCommand, ReverseVisit, SettleVisit, VisitOutcome
-from contracts.settlement import SetlInfo
+from contracts.settlement import setlinfo_of
 from contracts.base import format_biz_time
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.runtime import inbox_counters
@@ -41,12 +40,6 @@ def stage_timeout(cmd: SettleVisit | ReverseVisit, stage: str) -> float:
     return cmd.timeout_ms / 1000
 
 
-def setlinfo_of(output: dict[str, Any] | None) -> dict[str, Any] | None:
-    """gongji's SetlInfo out of a settlement answer (flat: the SetlInfo; national: its `setlinfo` node)."""
-    if not output:
-        return None
-    info = output.get("setlinfo", output)
-    return {k: v for k, v in info.items() if k in SetlInfo.model_fields}
 
 
 def encode(request: Request) -> str:
