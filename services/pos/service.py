@@ -6,7 +6,6 @@ outcome event. Deadlines are real (wall-clock) transport timeouts; the business 
 visit's. Requests are kept and sent with money as JSON numbers (contracts.wire), never through a float."""
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
