@@ -570,7 +570,11 @@ class Runner:
                 cmd = self.settle_command(v.id, v.psn_no, v.facility, med, chnl, v.at, v.items,
                                           timeout_ms=self.faults.race.timeout_ms, presettle=False)
             else:
-                cmd = self.settle_command(v.id, v.psn_no, v.facility, med, chnl, v.at, v.items, timeout_ms=120000)
+                # A hospital visit of several lines uploads them in two 2204 / 2301 batches, as a HIS does
+                # (the bill, and so every figure, is the same).
+                two = med != "41" and len(v.items) >= 2
+                cmd = self.settle_command(v.id, v.psn_no, v.facility, med, chnl, v.at, v.items, timeout_ms=120000,
+                                          flow={"uploads": 2} if two else None)
             obs = Obs(order=order, step=v.id, generated=True, family=v.family, cmd=cmd, kind=v.kind,
                       category=MED_TYPE_CATEGORY[med], race=race)
             self._gen_obs[v.id] = await self.send_visit(obs)

@@ -339,7 +339,7 @@ class VisitDesk:
         if not setl_id and d.mdtrt_id:
             setl_id = self._visit(conn, req, d.mdtrt_id, d.psn_no)["setl_id"] or ""
         row = db.settlement_by(conn, "setl_id", setl_id) if setl_id else None
-        if (row is None or row["psn_no"] != d.psn_no
+        if (row is None or row["psn_no"] != d.psn_no or row["fixmedins_code"] != req.fixmedins_code
                 or json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs):
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {setl_id or '(none)'} of {d.psn_no}")
         if row["setlinfo"] is None:
