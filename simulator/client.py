@@ -30,6 +30,7 @@ class Client:
         self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._outcome_waiters: dict[str, asyncio.Future[VisitOutcome]] = {}
         self.outcomes: dict[str, VisitOutcome] = {}
+        self.outcome_events: list[VisitOutcome] = []  # every event, repeats included (tests count them)
         self._seq = itertools.count(random.randrange(0, 5000))
 
     async def __aenter__(self) -> "Client":
@@ -67,6 +68,7 @@ class Client:
     async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
         outcome = VisitOutcome.model_validate_json(message.body)
         await message.ack()
+        self.outcome_events.append(outcome)
         self.outcomes.setdefault(outcome.visit_id, outcome)
         fut = self._outcome_waiters.get(outcome.visit_id)
         if fut is not None and not fut.done():

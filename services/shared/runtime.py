@@ -23,6 +23,7 @@ from contracts.envelope import Reply
 from contracts.errors import ErrorCode
 
 from .broker import Broker, Unroutable
+from .health import is_transient
 from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_load
 
 # Duplicates the handlers recognised and absorbed (inbox hits, stale answers); shared by this process.
@@ -65,8 +66,13 @@ class Worker:
         self.broker = broker
         self.store = store
         self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"handled": 0, "dead_lettered": 0, "redelivered": 0, "published": 0, "chaos_duplicates": 0,
-                      "chaos_delays": 0}
+        self.stats: dict[str, Any] = {"handled": 0, "dead_lettered": 0, "redelivered": 0, "published": 0,
+                                      "chaos_duplicates": 0, "chaos_delays": 0, "healthy": True,
+                                      "unhealthy_spells": 0, "transient_failures": 0, "transient_retries": 0}
+        # Cleared while the store or the broker fails (transient): deliveries are held, not nacked.
+        self.healthy = asyncio.Event()
+        self.healthy.set()
+        self._probing = asyncio.Lock()
         self.chaos = Chaos.from_env()
         # Called for an outbox message no queue would take, after it is parked in the dead-letter queue.
         self.on_unroutable: Callable[[OutMessage], Awaitable[None]] | None = None
@@ -79,7 +85,7 @@ class Worker:
             if incoming.redelivered:
                 self.stats["redelivered"] += 1
             try:
-                ids = await handler(incoming)
+                ids = await self._call(handler, incoming)
             except Poison as exc:
                 log.warning("dead-lettered", reason=str(exc))
                 await self.broker.dead_letter(message, str(exc), queue)
@@ -95,7 +101,8 @@ class Worker:
                 await message.ack()
                 return
             except Exception:
-                # Not acked: the broker redelivers; after DELIVERY_LIMIT tries it dead-letters it.
+                # A failure of the handler itself (a bug the message triggers), not of the store or the broker:
+                # not acked, the broker redelivers; after DELIVERY_LIMIT tries it dead-letters it.
                 log.exception("handler failed; message returned to the queue")
                 await asyncio.sleep(0.5)
                 await message.nack(requeue=True)
@@ -108,6 +115,53 @@ class Worker:
             self.stats["handled"] += 1
 
         await self.broker.consume(queue, on_message, prefetch=prefetch)
+
+    async def _call(self, handler: Handler, incoming: Incoming) -> list[int]:
+        """Run the handler; while the store (or the broker) fails, keep the delivery unacked and try again.
+
+        RabbitMQ counts a redelivery after a nack-requeue and after a channel close alike, so a transient
+        fault handled by either would use up the quorum queue's delivery limit and dead-letter valid work.
+        Instead the delivery stays with us: while unhealthy, one message at a time probes the store, backing
+        off 0.1 s → 5 s; the others wait for the all-clear, and the prefetch bounds how many deliveries the
+        broker hands us meanwhile (no new work is taken beyond them)."""
+        delay = 0.1
+        while True:
+            if not self.healthy.is_set():
+                async with self._probing:
+                    if not self.healthy.is_set():
+                        try:
+                            result = await handler(incoming)
+                        except Exception as exc:
+                            if not is_transient(exc):
+                                raise
+                            self.stats["transient_retries"] += 1
+                            await asyncio.sleep(delay)
+                            delay = min(delay * 2, 5.0)
+                            continue
+                        self._set_healthy(True, None)
+                        return result
+            try:
+                return await handler(incoming)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.stats["transient_failures"] += 1
+                self._set_healthy(False, exc)
+
+    def _set_healthy(self, healthy: bool, exc: BaseException | None) -> None:
+        if healthy == self.healthy.is_set():
+            return
+        if healthy:
+            self.healthy.set()
+            self.stats["healthy"] = True
+            log.warning("healthy again: the store works; consuming resumes")
+        else:
+            self.healthy.clear()
+            self.stats["healthy"] = False
+            self.stats["unhealthy_spells"] += 1
+            log.error("unhealthy: the store or the broker fails; holding deliveries and retrying",
+                      error=repr(exc))
+        self.write_stats()
 
     async def flush(self, ids: list[int] | None = None, older_than: float | None = None) -> int:
         """Publish outbox rows (these ids, or one bounded batch older than a time); returns how many.

@@ -1,0 +1,117 @@
+"""Local faults that are not the message's: a store that fails for 30 s must not sink valid work.
+
+RabbitMQ 3.10's quorum queues count a redelivery after a nack-requeue and after a channel close, so a worker
+that nacked on "disk I/O error" would dead-letter valid payments after 20 tries. The workers keep such
+deliveries unacked and retry in-process until the store works again (services/shared/runtime.py)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from simulator.stack import read_dead_letters
+from tests.harness import HOSPITAL3, PHARMACY, Stack, audit, balance, bind, cumulative, line, person, uid, visit
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+D = Decimal
+FAIL_S = 30
+
+
+async def test_store_failing_for_30s_sinks_nothing(amqp_url: str, run_id: str,
+                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = Path(tmp_path_factory.mktemp("transient"))
+    trigger = data / "store-fail"
+    s = Stack(amqp_url, f"tr{run_id}", data)
+    # Once `trigger` exists, every transaction of the accounts service's store raises
+    # sqlite3.OperationalError("disk I/O error") for FAIL_S seconds: the payments of every visit wait there,
+    # with the bureau's settlements pending, the accumulators reserved and the POS's admission slots taken.
+    s.env["GONGJI_CHAOS"] = json.dumps({"store_fail_s": FAIL_S, "store_fail_file": str(trigger),
+                                        "store_fail_stores": ["accounts"]})
+    await s.start()
+    try:
+        c = s.client
+        assert c is not None
+        opening = {"mother": D("300.00"), "kid": D("5.00")}
+        families = []
+        for _ in range(4):
+            mother = await person(c, uid("mo"), balance=f"{opening['mother']}")
+            kid = await person(c, uid("kid"), balance=f"{opening['kid']}")
+            await bind(c, mother, kid, day_cap="60.00")
+            families.append((mother, kid))
+        trigger.touch()  # the stores fail from the next transaction on, for FAIL_S seconds
+        cmds = []
+        for i in range(24):
+            mother, kid = families[i % 4]
+            who = kid if i % 2 else mother
+            # A third (settled without pre-settlement) time out after 3 s while the store fails: the POS sends
+            # 2601 冲正 of a settlement still pending, which must end cleanly too.
+            pharmacy = i % 3 == 0
+            cmds.append(visit(who, PHARMACY if pharmacy else HOSPITAL3, "41" if pharmacy else "11",
+                              f"2026-08-0{1 + i % 3} 10:{i:02d}:00", [line("XA01" if pharmacy else "EXAM",
+                                                                          f"{10 + i % 5}.00")],
+                              timeout_ms=3000 if i % 3 == 1 else 180000, presettle=i % 3 != 1))
+        await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
+        outcomes = await asyncio.gather(*(c.outcome(cmd.visit_id, timeout=FAIL_S + 120) for cmd in cmds))
+
+        # The fault really happened, and it was held, not nacked: nothing was dead-lettered by anyone.
+        await asyncio.sleep(1.5)  # stats files are rewritten every second
+        stats = [json.loads(p.read_text()) for p in (data / "stats").glob("*.json")]
+        by_service = {x["service"]: x for x in stats}
+        assert by_service["accounts"]["transient_failures"] > 0 and by_service["accounts"]["transient_retries"] > 0
+        assert by_service["accounts"]["unhealthy_spells"] >= 1 and all(x["healthy"] for x in stats)
+        assert sum(x["dead_lettered"] for x in stats) == 0
+        assert await read_dead_letters(amqp_url, s.ns) == []
+
+        # Every visit has exactly one outcome (repeated events, if any, say the same), and it is final.
+        seen: dict[str, set[str]] = defaultdict(set)
+        for o in c.outcome_events:
+            seen[o.visit_id].add(o.status)
+        assert {cmd.visit_id: len(seen[cmd.visit_id]) for cmd in cmds} == {cmd.visit_id: 1 for cmd in cmds}
+        statuses = [o.status for o in outcomes]
+        assert set(statuses) <= {"settled", "compensated"}, [(o.status, o.err_code, o.err_msg) for o in outcomes]
+        assert statuses.count("settled") > 0
+        # The 3 s visits: their payment waited 30 s in the failing store, so the POS gave up and 冲正'd them.
+        assert [o.status for i, o in enumerate(outcomes) if i % 3 == 1] == ["compensated"] * 8
+
+        # No money moved without a settlement: every balance is its opening minus what the settled visits took.
+        taken: dict[str, Decimal] = defaultdict(lambda: D("0.00"))
+        settled_count: dict[str, int] = defaultdict(int)
+        for o in outcomes:
+            if o.status != "settled":
+                continue
+            info = o.setlinfo
+            assert info is not None
+            assert info.fund_pay_sumamt + info.acct_pay + info.psn_cash_pay == info.medfee_sumamt
+            taken[o.psn_no] += info.acct_pay - info.acct_mulaid_pay
+            for part in info.mulaid_detail:
+                taken[part.authorizer_psn_no] += part.amount
+            settled_count[o.psn_no] += 1
+        for mother, kid in families:
+            assert await balance(c, mother) == opening["mother"] - taken[mother]
+            assert await balance(c, kid) == opening["kid"] - taken[kid]
+
+        # Accumulators: each person's yearly count is the number of its settled visits; the audit is clean.
+        accounts, bureau = await audit(c)
+        assert accounts["balance_mismatches"] == [] and accounts["ledger_sum_fen"] == 0
+        assert accounts["double_debits"] == 0 and accounts["cap_overruns"] == []
+        assert bureau["accumulator_mismatches"] == []
+        assert set(bureau["states"]) <= {"settled", "compensated", "failed"}, bureau["states"]
+        for mother, kid in families:
+            for who in (mother, kid):
+                assert (await cumulative(c, who, "2026-08-05 10:00:00"))["settlements"] == settled_count[who]
+
+        # Admission slots: no visit is left open in the POS's store.
+        pos = sqlite3.connect(data / "pos.db")
+        try:
+            assert pos.execute("SELECT COUNT(*) FROM visits WHERE state='open'").fetchone()[0] == 0
+            assert pos.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == len(cmds)
+        finally:
+            pos.close()
+    finally:
+        await s.stop()
+        await s.cleanup()
