@@ -212,6 +212,13 @@ class AccountQuery(Strict):
 
 
 class AuditQuery(Strict):
-    """G199 → a service: its own consistency figures (ledger sums, balances vs ledger, usage)."""
+    """G199 → a service: its own consistency figures (ledger sums, balances vs ledger, usage).
 
-    scope: Literal["all"] = "all"
+    scope "items": the detail for reconciliation item by item (like 3202 对明细账): the bureau's settlements
+    or the accounts service's payments by setl_id, a page of at most `limit` after the setl_id `after`,
+    only for the people insured in `regions` (all when empty)."""
+
+    scope: Literal["all", "items"] = "all"
+    after: str = Field(default="", max_length=64)
+    limit: int = Field(default=5000, ge=1, le=5000)
+    regions: list[str] = Field(default_factory=list, max_length=64)

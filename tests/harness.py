@@ -196,3 +196,19 @@ def when(day: str, hhmmss: str = "10:00:00") -> str:
 
 
 __all__ = ["VisitOutcome"]
+
+
+async def item_differences(client: Client, regions: list[str] | None = None) -> list[dict[str, Any]]:
+    """Bureau against accounts by setl_id (G199 scope=items on both sides, simulator.reconcile)."""
+    from simulator.reconcile import fetch_items, reconcile
+
+    def side(call: Any, region: str) -> Any:
+        async def one(data: dict[str, Any]) -> dict[str, Any]:
+            return await ok(call(client.envelope("G199", data, insuplc_admdvs=region)))
+        return one
+    regions = regions or [HZ]
+    bureau: dict[str, Any] = {}
+    for r in regions:
+        bureau.update(await fetch_items(side(client.bureau, r), [r]))
+    accounts = await fetch_items(side(client.accounts_admin, regions[0]), regions)
+    return reconcile(bureau, accounts)

@@ -447,6 +447,8 @@ def remove_proxy(svc: Any, conn: sqlite3.Connection, req: Request, p: admin.Prox
 
 
 def audit(svc: Any, conn: sqlite3.Connection, req: Request, q: admin.AuditQuery, outbox: list[int]) -> dict:
+    if q.scope == "items":
+        return db.audit_items(conn, q.after, q.limit, set(q.regions))
     return db.audit(conn)
 
 

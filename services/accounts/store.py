@@ -246,3 +246,20 @@ def audit(conn: sqlite3.Connection) -> dict[str, Any]:
         "total_balance_fen": conn.execute("SELECT COALESCE(SUM(balance_fen + prior_fen),0) FROM accounts").fetchone()[0],
         "total_wallet_fen": conn.execute("SELECT COALESCE(SUM(wallet_fen),0) FROM people").fetchone()[0],
     }
+
+
+def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[str]) -> dict[str, Any]:
+    """G199 scope=items: each payment by setl_id with what it took from the accounts (3202 对明细账)."""
+    items: dict[str, dict[str, Any]] = {}
+    last = None
+    for row in conn.execute("SELECT p.setl_id, p.state, p.medfee_fen, p.psn_part_fen, p.cash_fen, e.insuplc_admdvs "
+                            "FROM payments p LEFT JOIN people e ON e.psn_no = p.psn_no WHERE p.setl_id > ? "
+                            "ORDER BY p.setl_id LIMIT ?", (after, limit)):
+        last = row["setl_id"]
+        if regions and row["insuplc_admdvs"] not in regions:
+            continue
+        items[row["setl_id"]] = {"state": row["state"], "medfee_fen": row["medfee_fen"],
+                                 "taken_fen": row["psn_part_fen"] - row["cash_fen"], "cash_fen": row["cash_fen"]}
+    more = last is not None and conn.execute("SELECT 1 FROM payments WHERE setl_id > ? LIMIT 1",
+                                             (last,)).fetchone() is not None
+    return {"items": items, "next": last if more else None}

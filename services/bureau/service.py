@@ -412,6 +412,9 @@ class BureauService:
                              "VALUES (?,?,?,?,?)",
                              [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs) for p in people])
             return {"registered": len(people)}
+        if inp.scope == "items":
+            regions = set(inp.regions) & self.served if inp.regions else self.served
+            return {**db.audit_items(conn, inp.after, inp.limit, regions), "regions": sorted(regions)}
         return db.audit(conn)
 
     def _cumulative(self, conn: sqlite3.Connection, req: Request, inp: CumulativeInput) -> dict[str, Any]:

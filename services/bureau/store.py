@@ -111,3 +111,24 @@ def audit(conn: sqlite3.Connection) -> dict:
     return {"accumulator_mismatches": mismatches, "states": states, "daily_totals": daily,
             "accumulator_totals": list(totals),
             "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0]}
+
+
+def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[str]) -> dict:
+    """G199 scope=items: each settlement by setl_id with what it says was taken from the accounts (3202)."""
+    items: dict[str, dict] = {}
+    last = None
+    for row in conn.execute("SELECT setl_id, state, adjudication, setlinfo FROM settlements WHERE setl_id > ? "
+                            "ORDER BY setl_id LIMIT ?", (after, limit)):
+        last = row["setl_id"]
+        adj = json.loads(row["adjudication"])
+        if regions and adj.get("insuplc_admdvs") not in regions:
+            continue
+        item: dict = {"state": row["state"]}
+        if row["setlinfo"]:
+            info = json.loads(row["setlinfo"])
+            part, cash = to_fen(Decimal(info["psn_part_amt"])), to_fen(Decimal(info["psn_cash_pay"]))
+            item.update(medfee_fen=to_fen(Decimal(info["medfee_sumamt"])), taken_fen=part - cash, cash_fen=cash)
+        items[row["setl_id"]] = item
+    more = last is not None and conn.execute("SELECT 1 FROM settlements WHERE setl_id > ? LIMIT 1",
+                                             (last,)).fetchone() is not None
+    return {"items": items, "next": last if more else None}
