@@ -15,7 +15,7 @@ from services.accounts.store import SCHEMA as ACCOUNTS_SCHEMA
 from services.shared.store import Store
 from tests.harness import (HOSPITAL3, PHARMACY, REPO, Stack, direct, item_differences, line, person, settle_input,
                            uid)
-from simulator.stack import cleanup_namespace
+from simulator.stack import WorkerStack, cleanup_namespace
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -54,7 +54,7 @@ async def test_damaged_database_refuses_to_start(amqp_url: str, run_id: str, tmp
         err = proc.stderr.decode(errors="replace")
         assert str(path) in err and ("damaged" in err or "cannot be used" in err), err[-2000:]
     finally:
-        await cleanup_namespace(amqp_url, ns, [])
+        await cleanup_namespace(amqp_url, ns, WorkerStack(amqp_url, ns).queues_used())
 
 
 async def test_sound_database_passes_the_check(amqp_url: str, run_id: str, tmp_path: Path) -> None:

@@ -69,9 +69,13 @@ class BureauService:
             return Reply.fail(req.msgid, ErrorCode.SIGN_NO_UNKNOWN,
                               f"sign_no {req.sign_no or '(none)'} is not a sign-in of {req.fixmedins_code}; sign in "
                               "with 9001 first")
-        if row["valid_until"] < format_biz_time(req.inf_time):
+        when = format_biz_time(req.inf_time)
+        if row["valid_until"] < when:
             return Reply.fail(req.msgid, ErrorCode.SIGN_NO_EXPIRED,
                               f"sign_no {req.sign_no} expired at {row['valid_until']}; sign in again with 9001")
+        if row["valid_until"][:10] != when[:10]:  # valid the one business day it was issued for, not before
+            return Reply.fail(req.msgid, ErrorCode.SIGN_NO_WRONG_DAY,
+                              f"sign_no {req.sign_no} is valid on {row['valid_until'][:10]} only, not on {when[:10]}")
         return None
 
     def _sign_in(self, conn: sqlite3.Connection, req: Request, inp: SignInInput) -> dict[str, Any]:
@@ -201,6 +205,9 @@ class BureauService:
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {inp.setl_id} in {req.insuplc_admdvs}")
         if row["psn_no"] != inp.psn_no:
             raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"settlement {inp.setl_id} is not {inp.psn_no}'s")
+        if row["fixmedins_code"] != req.fixmedins_code:  # only the facility that settled may reverse it
+            raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT,
+                              f"settlement {inp.setl_id} was not made by {req.fixmedins_code}")
         if req.infno != infno.TRIPLES[row["med_type"]][2]:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"settlement {inp.setl_id} (med_type {row['med_type']}) "
                                                            f"is reversed with {infno.TRIPLES[row['med_type']][2]}")
@@ -236,6 +243,10 @@ class BureauService:
 
     def _compensate(self, conn: sqlite3.Connection, req: Request, inp: CompensateInput, reply_to: str | None,
                     outbox: list[int]) -> bytes | None:
+        # A facility cancels only what it sent: a msgid begins with the sender's fixmedins_code (and a settlement
+        # records who made it), so B can neither undo A's settlement nor tombstone A's future msgids.
+        if not inp.omsgid.startswith(req.fixmedins_code):
+            raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
         original = conn.execute("SELECT kind FROM inbox WHERE msgid=?", (inp.omsgid,)).fetchone()
         if original is None:
             # Never arrived (yet): leave a tombstone so that, if it does arrive, it is refused and does nothing.
@@ -253,6 +264,8 @@ class BureauService:
             return self._ok(req, {"omsgid": inp.omsgid, "result": "the original changed nothing"})
         if row["psn_no"] != inp.psn_no:
             raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"msgid {inp.omsgid} is not {inp.psn_no}'s")
+        if row["fixmedins_code"] != req.fixmedins_code:
+            raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
         state = row["state"]
         if state == "pending":
             conn.execute("UPDATE settlements SET cancel_msgid=?, cancel_reply_to=? WHERE setl_id=?",

@@ -67,6 +67,11 @@ class PosService:
         with transaction(conn):
             row = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
             if row is not None:
+                if row["command"] != cmd.model_dump_json():
+                    # Like a msgid conflict: a visit_id names one visit; other content under it is refused
+                    # (never answered with the first visit's outcome).
+                    raise GongjiError(ErrorCode.VISIT_ID_CONFLICT,
+                                      f"visit_id {cmd.visit_id} was already used for a different visit")
                 inbox_counters["duplicates_absorbed"] += 1
                 if row["outcome"] is not None:  # a repeated command: repeat the outcome
                     outbox.append(self._event(conn, VisitOutcome.model_validate_json(row["outcome"])))

@@ -1,0 +1,114 @@
+"""Who may do what, checked where the money is (issue 13, attacks 4, 7 and 9): each attack is tried as the
+party who would try it, is refused, and changes nothing."""
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from contracts.admin import RegisterFacility
+from contracts.envelope import make_msgid
+from contracts.pos import SettleVisit
+from simulator.stack import read_dead_letters
+from tests.harness import (HOSPITAL3, HZ, PHARMACY, T0, Stack, balance, cumulative, direct, line, ok, person,
+                           settle_input, uid, visit)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+D = Decimal
+OTHER_PHARMACY = "PHZ000000077"  # facility B, a pharmacy of the same region as A (PHARMACY)
+
+
+async def _register_b(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    fac = RegisterFacility(fixmedins_code=OTHER_PHARMACY, fixmedins_name="B", fixmedins_type="pharmacy",
+                           hosp_lv="community", admdvs=HZ)  # type: ignore[arg-type]
+    await ok(c.bureau_registry(c.envelope("G001", fac.model_dump(mode="json"), insuplc_admdvs=HZ, when=T0)))
+
+
+async def test_only_the_facility_that_settled_may_reverse_or_compensate(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    await _register_b(stack)
+    p = await person(c, uid("p"), balance="100.00")
+    day = "2026-04-01"
+    _, s1 = await direct(c, "2102", settle_input(p, "41", [line("XA01", "40.00")]), when=f"{day} 10:00:00")
+    req2, s2 = await direct(c, "2102", settle_input(p, "41", [line("XA01", "30.00")]), when=f"{day} 10:01:00")
+    assert s1.infcode == 0 and s2.infcode == 0 and s1.output and s2.output
+    assert await balance(c, p) == D("30.00")  # 100.00 - 40.00 - 30.00
+
+    # B reverses A's 40.00 (2103) and 冲正s A's 30.00 (2601): both refused, nothing moves.
+    _, rev = await direct(c, "2103", {"psn_no": p, "setl_id": s1.output["setl_id"]}, when=f"{day} 10:02:00",
+                          facility=OTHER_PHARMACY)
+    assert (rev.infcode, rev.err_code) == (-1, "E_NOT_YOUR_SETTLEMENT")
+    _, comp = await direct(c, "2601", {"psn_no": p, "omsgid": req2.msgid, "oinfno": "2102"},
+                           when=f"{day} 10:03:00", facility=OTHER_PHARMACY)
+    assert (comp.infcode, comp.err_code) == (-1, "E_NOT_YOUR_MSGID")
+    assert await balance(c, p) == D("30.00")
+    assert (await cumulative(c, p, f"{day} 11:00:00"))["settlements"] == 2
+
+    # A may: its reversal gives the 40.00 back.
+    _, mine = await direct(c, "2103", {"psn_no": p, "setl_id": s1.output["setl_id"]}, when=f"{day} 10:04:00")
+    assert mine.infcode == 0, (mine.err_code, mine.err_msg)
+    assert await balance(c, p) == D("70.00")
+
+
+async def test_no_tombstone_for_another_facilitys_future_msgid(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    await _register_b(stack)
+    p = await person(c, uid("p"), balance="100.00")
+    when = "2026-04-02 10:00:00"
+    # A's next msgid is predictable (code + business time + sequence): B tries to block it.
+    future = make_msgid(PHARMACY, "20260402100000", 4321)
+    _, comp = await direct(c, "2601", {"psn_no": p, "omsgid": future, "oinfno": "2102"}, when=when,
+                           facility=OTHER_PHARMACY)
+    assert (comp.infcode, comp.err_code) == (-1, "E_NOT_YOUR_MSGID")
+    _, rep = await direct(c, "2102", settle_input(p, "41", [line("XA01", "25.00")]), when=when, msgid=future)
+    assert rep.infcode == 0, (rep.err_code, rep.err_msg)  # A's visit is not blocked
+    assert await balance(c, p) == D("75.00")
+
+
+async def test_a_sign_no_is_valid_only_on_its_own_business_day(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    p = await person(c, uid("p"), balance="100.00")
+    future_sn = await c.sign_in(PHARMACY, "2099-06-01 08:00:00", HZ)  # valid until 2099-06-01 23:59:59
+    for day in ("2026-04-03", "2020-04-03"):
+        req = c.envelope("2102", settle_input(p, "41", [line("XA01", "10.00")]), insuplc_admdvs=HZ,
+                         when=f"{day} 10:00:00", fixmedins_code=PHARMACY, sign_no=future_sn)
+        rep = await c.bureau(req)
+        assert (rep.infcode, rep.err_code) == (-1, "E_SIGN_NO_WRONG_DAY"), rep.err_msg
+    assert await balance(c, p) == D("100.00")
+    # ... and on its own day it works.
+    req = c.envelope("2102", settle_input(p, "41", [line("XA01", "10.00")]), insuplc_admdvs=HZ,
+                     when="2099-06-01 10:00:00", fixmedins_code=PHARMACY, sign_no=future_sn)
+    assert (await c.bureau(req)).infcode == 0
+    assert await balance(c, p) == D("90.00")
+
+
+async def test_a_reused_visit_id_with_other_content_is_refused(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    p = await person(c, uid("p"), balance="100.00")
+    first = visit(p, PHARMACY, "41", "2026-04-04 10:00:00", [line("XA01", "20.00")])
+    out = await c.visit(first, timeout=60)
+    assert out.status == "settled"
+    # Same visit_id, other content (a bigger bill): not answered with the first outcome, but refused and parked.
+    other = SettleVisit.model_validate({**first.model_dump(mode="json"),
+                                        "details": [line("XA01", "90.00")]})
+    await c.submit(other)
+    reasons: list[dict[str, str]] = []
+    for _ in range(100):
+        reasons += [d for d in await read_dead_letters(stack.amqp_url, stack.ns, consume=False) if d["message_id"] == first.visit_id]
+        if reasons:
+            break
+        await asyncio.sleep(0.2)
+    assert reasons and reasons[0]["reason"].startswith("E_VISIT_ID_CONFLICT")
+    # The same command again is a plain repeat: the first outcome again, and still one payment of 20.00.
+    await c.submit(first)
+    await asyncio.sleep(1.0)
+    statuses = {o.status for o in c.outcome_events if o.visit_id == first.visit_id}
+    assert statuses == {"settled"}
+    assert await balance(c, p) == D("80.00")
