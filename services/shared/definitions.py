@@ -20,7 +20,7 @@ from typing import Any
 
 from contracts.routing import REGISTRY_KEY, Names
 
-from .broker import DELIVERY_LIMIT, topology_exchanges
+from .broker import DELIVERY_LIMIT, dead_queue_args, topology_exchanges
 
 LOCAL_PASSWORDS = {"bureau": "bureau-local", "accounts": "accounts-local", "pos": "pos-local",
                    "simulator": "simulator-local", "admin": "admin-local"}
@@ -60,7 +60,7 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
     kinds = {n.bureau_exchange: "direct", n.accounts_exchange: "direct", n.pay_exchange: "direct",
              n.pos_exchange: "direct", n.reply_exchange: "direct", n.events_exchange: "topic", n.dlx: "fanout"}
     queues: dict[str, dict[str, Any]] = {
-        n.dead_queue: {"x-queue-type": "quorum"},
+        n.dead_queue: dead_queue_args(),
         n.bureau_queue(None): work, n.reply_queue("bureau-all"): work,
         n.accounts_pay_queue: work, n.accounts_admin_queue: work, n.pos_command_queue: work,
         n.reply_queue("pos"): work,

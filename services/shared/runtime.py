@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode
 
-from .broker import Broker, Unroutable
+from .broker import Broker, Unroutable, parked
 from .health import is_transient
 from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_load
 
@@ -177,9 +177,11 @@ class Worker:
             except Unroutable as exc:
                 # Nobody can receive it (e.g. a client that went away): park it with the reason.
                 log.warning("unroutable outbox message dead-lettered", error=str(exc))
-                await self.broker.publish(OutMessage(self.broker.names.dlx, "", msg.body, msg.message_id,
-                                                     msg.correlation_id, msg.reply_to,
-                                                     {**(msg.headers or {}), "x-gongji-reason": str(exc)}))
+                body, headers = parked(msg.body, {**(msg.headers or {}), "x-gongji-reason": str(exc),
+                                                  "x-gongji-exchange": msg.exchange,
+                                                  "x-gongji-routing-key": msg.routing_key})
+                await self.broker.publish(OutMessage(self.broker.names.dlx, "", body, msg.message_id,
+                                                     msg.correlation_id, msg.reply_to, headers))
                 if self.on_unroutable is not None:
                     await self.on_unroutable(msg)
                 return row_id
