@@ -112,3 +112,33 @@ async def test_a_reused_visit_id_with_other_content_is_refused(stack: Stack) -> 
     statuses = {o.status for o in c.outcome_events if o.visit_id == first.visit_id}
     assert statuses == {"settled"}
     assert await balance(c, p) == D("80.00")
+
+
+async def test_money_at_the_upper_bound_settles_or_is_refused_cleanly(stack: Stack) -> None:
+    """contracts.money.MAX_AMOUNT (999999999999.99, 12 digits of yuan) is the one limit of every hop."""
+    from contracts.money import MAX_AMOUNT
+    from contracts.settlement import MAX_BILL
+    from tests.harness import account, admin_call
+    c = stack.client
+    assert c is not None
+    rich = await person(c, uid("rich"), balance=f"{MAX_AMOUNT}")
+    assert await balance(c, rich) == MAX_AMOUNT
+    # A 13-digit balance never arises: a deposit of 0.01 more is refused before money moves ...
+    rep = await admin_call(c, "G102", {"psn_no": rich, "amount": "0.01"})
+    assert (rep.infcode, rep.err_code) == (-1, "E_AMOUNT_TOO_LARGE"), rep.err_msg
+    assert await balance(c, rich) == MAX_AMOUNT
+    # ... and so is a 13-digit opening balance (the wire format refuses it).
+    rep = await admin_call(c, "G101", {"psn_no": uid("x"), "insuplc_admdvs": HZ, "opening_balc": "1000000000000.00"})
+    assert (rep.infcode, rep.err_code) == (-1, "E_BAD_INPUT")
+    # The largest bill settles through the POS, bureau and accounts: a pharmacy purchase (not pooled in the
+    # shipped Hangzhou policy) paid wholly from the account: 999999999999.99 - 10000000.00 = 999989999999.99.
+    out = await c.visit(visit(rich, PHARMACY, "41", "2026-04-05 10:00:00", [line("XA01", f"{MAX_BILL}")]),
+                        timeout=60)
+    assert out.status == "settled", (out.err_code, out.err_msg)
+    assert out.setlinfo is not None and out.setlinfo.acct_pay == MAX_BILL
+    assert out.setlinfo.balc == D("999989999999.99") == await balance(c, rich)
+    # One fen more than the largest bill: refused at the bureau's door, nothing moves.
+    _, rep = await direct(c, "2102", settle_input(rich, "41", [line("XA01", f"{MAX_BILL + D('0.01')}")]),
+                          when="2026-04-05 11:00:00")
+    assert (rep.infcode, rep.err_code) == (-1, "E_BAD_INPUT")
+    assert (await account(c, rich))["balc"] == "999989999999.99"

@@ -14,6 +14,9 @@ import json
 import sqlite3
 from typing import Any
 
+from contracts.errors import ErrorCode, GongjiError
+from contracts.money import MAX_FEN, from_fen
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
     psn_no TEXT PRIMARY KEY,
@@ -154,6 +157,21 @@ def post(conn: sqlite3.Connection, txn_id: str, kind: str, biz_time: str, postin
             cur = conn.execute(f"UPDATE {table} SET {column} = {column} + ? WHERE psn_no=?", (amount, psn_no))
             if cur.rowcount != 1:
                 raise AssertionError(f"posting to unknown pocket {account}")
+            if amount > 0:
+                _within_wire(conn, prefix, psn_no)
+
+
+def _within_wire(conn: sqlite3.Connection, prefix: str, psn_no: str) -> None:
+    """A credit may not take a balance beyond what the wire can carry (balc = 当年 + 历年; the wallet): refused
+    here, in the transaction, so the caller's savepoint undoes it and nothing moves."""
+    if prefix == "wallet":
+        value = conn.execute("SELECT wallet_fen FROM people WHERE psn_no=?", (psn_no,)).fetchone()[0]
+    else:
+        value = balance(conn, psn_no)
+    if value > MAX_FEN:
+        raise GongjiError(ErrorCode.AMOUNT_TOO_LARGE,
+                          f"the {'wallet' if prefix == 'wallet' else 'account'} of {psn_no} would hold "
+                          f"{from_fen(value)}, beyond the largest amount the wire carries ({from_fen(MAX_FEN)})")
 
 
 def person_deltas(postings: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
