@@ -457,6 +457,8 @@ class BenchClient:
         """One admin transaction; resent with the same msgid (idempotent: a repeat gets the stored reply) if no
         answer comes in `timeout`, e.g. because the broker was restarted under us."""
         msgid = self.msgid()
+        if exchange == self.names.bureau_exchange and code.startswith("G"):
+            exchange = self.names.registry_exchange  # the bureau takes its admin transactions from there only
         env = {"infno": code, "msgid": msgid, "inf_time": LOAD_TIME, "fixmedins_code": LOADER_CODE,
                "insuplc_admdvs": region, "mdtrtarea_admvs": region, "opter": "bench", "input": data}
         body = json.dumps(env, ensure_ascii=False).encode()

@@ -15,6 +15,7 @@ from contracts.base import SHANGHAI
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
 from contracts.routing import REGISTRY_KEY, Names
+from services.shared.access import outcome_publisher_ok
 from services.shared.broker import Broker
 from services.shared.store import OutMessage
 
@@ -31,6 +32,7 @@ class Client:
         self._outcome_waiters: dict[str, asyncio.Future[VisitOutcome]] = {}
         self.outcomes: dict[str, VisitOutcome] = {}
         self.outcome_events: list[VisitOutcome] = []  # every event, repeats included (tests count them)
+        self.untrusted_outcomes = 0  # events not published by the POS user: ignored
         self._seq = itertools.count(random.randrange(0, 5000))
 
     async def __aenter__(self) -> "Client":
@@ -65,7 +67,17 @@ class Client:
             if fut is not None and not fut.done():
                 fut.set_result(reply)
 
+    def trusted_outcome(self, message: AbstractIncomingMessage) -> bool:
+        """Outcome events count only from the POS user (RabbitMQ's validated user_id)."""
+        if outcome_publisher_ok(message.user_id, self.broker.user):
+            return True
+        self.untrusted_outcomes += 1
+        return False
+
     async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
+        if not self.trusted_outcome(message):
+            await message.ack()
+            return
         outcome = VisitOutcome.model_validate_json(message.body)
         await message.ack()
         self.outcome_events.append(outcome)
@@ -89,6 +101,8 @@ class Client:
                        mdtrtarea_admvs=mdtrtarea_admvs or insuplc_admdvs, opter="cli", sign_no=sign_no, input=data)
 
     async def call(self, exchange: str, routing_key: str, req: Request, timeout: float | None = None) -> Reply:
+        if exchange == self.names.bureau_exchange and req.infno.startswith("G"):
+            exchange = self.names.registry_exchange  # the bureau takes its admin transactions from there only
         return await self.call_raw(exchange, routing_key, req.model_dump_json().encode(), req.msgid, timeout)
 
     async def call_raw(self, exchange: str, routing_key: str, body: bytes, msgid: str,

@@ -183,7 +183,8 @@ async def cleanup_namespace(amqp_url: str, ns: str, queues: list[str]) -> None:
                 await ch.queue_delete(q)
             except Exception:
                 pass
-        for ex in (names.bureau_exchange, names.accounts_exchange, names.pay_exchange, names.pos_exchange,
+        for ex in (names.bureau_exchange, names.registry_exchange, names.accounts_exchange, names.pay_exchange,
+                   names.pos_exchange,
                    names.reply_exchange,
                    names.events_exchange, names.dlx):
             ch = await conn.channel()

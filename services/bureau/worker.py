@@ -9,10 +9,12 @@ from services.shared.broker import Broker
 from services.shared.entry import WorkerConfig
 from services.shared.inbox import decode_envelope, short_error
 from services.shared.policy import load_policies
-from services.shared.runtime import Incoming, Poison, Worker
+from services.shared.runtime import Forbidden, Incoming, Poison, Worker
 from services.shared.store import Store
 
 from .service import BureauService
+
+REGISTRY_INFNOS = frozenset({"G001", "G002", "G003", "G199"})
 from .store import SCHEMA
 
 
@@ -36,6 +38,11 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     async def on_request(incoming: Incoming) -> list[int]:
         req = decode_envelope(incoming)
         structlog.contextvars.bind_contextvars(msgid=req.msgid, infno=req.infno)
+        if req.infno in REGISTRY_INFNOS and incoming.exchange != names.registry_exchange:
+            # Only the admin/simulator user may write to the registry exchange (broker permissions); the same
+            # transaction through the national exchange (which the POS may write) is someone pretending.
+            raise Forbidden(f"{req.infno} is accepted from {names.registry_exchange} only, "
+                            f"not {incoming.exchange or '(default)'}")
         return await store.run(lambda c: service.handle_request(c, req, incoming.reply_to))
 
     async def on_accounts_reply(incoming: Incoming) -> list[int]:

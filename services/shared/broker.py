@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -43,8 +44,8 @@ class Unroutable(Exception):
 
 
 def topology_exchanges(n: Names) -> list[str]:
-    return [n.bureau_exchange, n.accounts_exchange, n.pay_exchange, n.pos_exchange, n.reply_exchange,
-            n.events_exchange, n.dlx]
+    return [n.bureau_exchange, n.registry_exchange, n.accounts_exchange, n.pay_exchange, n.pos_exchange,
+            n.reply_exchange, n.events_exchange, n.dlx]
 
 
 def dead_queue_args() -> dict[str, Any]:
@@ -103,6 +104,9 @@ class Broker:
         self._closing = False
         self.reconnects = 0
         self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
+        # Every message names its sender; RabbitMQ refuses a user_id other than the connection's user, so the
+        # receiver can trust it (services.shared.access).
+        self.user = urllib.parse.unquote(urllib.parse.urlparse(url).username or "") or None
 
     async def connect(self) -> None:
         await self._open()
@@ -189,9 +193,9 @@ class Broker:
         dlx = await ch.declare_exchange(n.dlx, ExchangeType.FANOUT, durable=True)
         dead = await ch.declare_queue(n.dead_queue, durable=True, arguments=dead_queue_args())
         await dead.bind(dlx, "")
-        for name, kind in [(n.bureau_exchange, ExchangeType.DIRECT), (n.accounts_exchange, ExchangeType.DIRECT),
-                           (n.pay_exchange, ExchangeType.DIRECT),
-                           (n.pos_exchange, ExchangeType.DIRECT), (n.reply_exchange, ExchangeType.DIRECT),
+        for name, kind in [(n.bureau_exchange, ExchangeType.DIRECT), (n.registry_exchange, ExchangeType.DIRECT),
+                           (n.accounts_exchange, ExchangeType.DIRECT), (n.pay_exchange, ExchangeType.DIRECT),
+                           (n.pos_exchange, ExchangeType.DIRECT), (n.reply_exchange, ExchangeType.TOPIC),
                            (n.events_exchange, ExchangeType.TOPIC)]:
             self._exchanges[name] = await ch.declare_exchange(name, kind, durable=True)
         self._exchanges[n.dlx] = dlx
@@ -208,7 +212,8 @@ class Broker:
 
     async def declare_bureau_queue(self, regions: list[str] | None, served: list[str]) -> str:
         name = self.names.bureau_queue(regions)
-        bindings = [(self.names.bureau_exchange, r) for r in served] + [(self.names.bureau_exchange, REGISTRY_KEY)]
+        bindings = [(ex, key) for ex in (self.names.bureau_exchange, self.names.registry_exchange)
+                    for key in [*served, REGISTRY_KEY]]
         await self.declare_queue(name, bindings)
         return name
 
@@ -252,6 +257,7 @@ class Broker:
             correlation_id=msg.correlation_id,
             reply_to=msg.reply_to,
             headers=msg.headers or {},
+            user_id=self.user,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_s

@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode
 
+from .access import reply_allowed
 from .broker import Broker, Unroutable, parked
 from .health import is_transient
 from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_load
@@ -37,6 +38,15 @@ MAX_BODY = 1_000_000  # bytes; larger messages are refused before parsing
 class Poison(Exception):
     """The message can never be processed (not JSON, no envelope, too large): dead-letter it."""
 
+    reply = True  # tell the sender (its reply_to) too
+
+
+class Forbidden(Poison):
+    """The sender may not ask for this (wrong exchange, someone else's reply queue): parked with the reason,
+    and no answer is sent anywhere."""
+
+    reply = False
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -46,6 +56,8 @@ class Incoming:
     reply_to: str | None
     headers: dict[str, Any]
     redelivered: bool
+    exchange: str = ""  # where it was published (set by the broker)
+    user_id: str | None = None  # the authenticated sender (validated by the broker)
 
     def json(self) -> Any:
         if len(self.body) > MAX_BODY:
@@ -80,16 +92,19 @@ class Worker:
     async def serve(self, queue: str, handler: Handler, prefetch: int = 64) -> None:
         async def on_message(message: AbstractIncomingMessage) -> None:
             incoming = Incoming(message.body, message.message_id, message.correlation_id, message.reply_to,
-                                dict(message.headers or {}), bool(message.redelivered))
+                                dict(message.headers or {}), bool(message.redelivered), message.exchange or "",
+                                message.user_id)
             structlog.contextvars.bind_contextvars(msgid=message.message_id, queue=queue)
             if incoming.redelivered:
                 self.stats["redelivered"] += 1
             try:
+                if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
+                    raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user {incoming.user_id}")
                 ids = await self._call(handler, incoming)
             except Poison as exc:
                 log.warning("dead-lettered", reason=str(exc))
                 await self.broker.dead_letter(message, str(exc), queue)
-                if incoming.reply_to:  # tell the sender too, if it can be told; nothing changed
+                if incoming.reply_to and exc.reply:  # tell the sender too, if it can be told; nothing changed
                     ref = incoming.message_id or incoming.correlation_id or ""
                     body = Reply.fail(ref, ErrorCode.BAD_MESSAGE, str(exc)).model_dump_json().encode()
                     try:
