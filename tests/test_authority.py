@@ -142,3 +142,43 @@ async def test_money_at_the_upper_bound_settles_or_is_refused_cleanly(stack: Sta
                           when="2026-04-05 11:00:00")
     assert (rep.infcode, rep.err_code) == (-1, "E_BAD_INPUT")
     assert (await account(c, rich))["balc"] == "999989999999.99"
+
+
+async def test_a_planted_conflict_does_not_end_the_pos_visit(stack: Stack) -> None:
+    """Attack 6 with one shared broker user: a request reusing the POS's in-flight msgid with other content
+    makes the bureau answer E_MSGID_CONFLICT to reply_to "pos". The POS ignores it; the visit settles."""
+    import signal
+    import sqlite3
+    c = stack.client
+    assert c is not None
+    p = await person(c, uid("p"), balance="100.00")
+    stack.kill("accounts", signal.SIGSTOP)  # the payment waits: the settle msgid stays in flight
+    try:
+        cmd = visit(p, PHARMACY, "41", "2026-04-06 10:00:00", [line("XA01", "40.00")], presettle=False,
+                    timeout_ms=120000)
+        await c.submit(cmd)
+        msgid = None
+        for _ in range(100):
+            db = sqlite3.connect(stack.data_dir / "pos.db", timeout=30)
+            try:
+                row = db.execute("SELECT msgid FROM visits WHERE visit_id=? AND stage='settle'",
+                                 (cmd.visit_id,)).fetchone()
+            finally:
+                db.close()
+            if row:
+                msgid = row[0]
+                break
+            await asyncio.sleep(0.1)
+        assert msgid is not None
+        sn = await c.sign_in(PHARMACY, "2026-04-06 00:00:01", HZ)
+        planted = c.envelope("2102", settle_input(p, "41", [line("XA01", "1.00")]), insuplc_admdvs=HZ,
+                             when="2026-04-06 10:00:00", fixmedins_code=PHARMACY, msgid=msgid, sign_no=sn)
+        from services.shared.store import OutMessage
+        await c.broker.publish(OutMessage(stack.names.bureau_exchange, HZ, planted.model_dump_json().encode(),
+                                          message_id=msgid, reply_to="pos"))
+        await asyncio.sleep(1.0)  # the bureau answers the conflict to "pos" meanwhile
+    finally:
+        stack.kill("accounts", signal.SIGCONT)
+    out = await c.outcome(cmd.visit_id, timeout=60)
+    assert out.status == "settled", (out.err_code, out.err_msg)
+    assert await balance(c, p) == D("60.00")

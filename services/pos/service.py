@@ -154,6 +154,10 @@ class PosService:
             if row is None:
                 inbox_counters["duplicates_absorbed"] += 1
                 return outbox  # late (after 冲正 or a resend) or a duplicate: the visit has moved on
+            if reply.err_code == ErrorCode.MSGID_CONFLICT:
+                # We never send other content under one msgid (a resend is the very same request): this answers
+                # someone else's message that reused our msgid. Our own answer is still to come.
+                return outbox
             cmd = COMMAND.validate_json(row["command"])
             stage = row["stage"]
             if stage == "signin" and reply.infcode == 0 and reply.output:
