@@ -11,6 +11,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from contracts import credentials
 from contracts.base import SHANGHAI
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
@@ -33,6 +34,7 @@ class Client:
         self.outcomes: dict[str, VisitOutcome] = {}
         self.outcome_events: list[VisitOutcome] = []  # every event, repeats included (tests count them)
         self.untrusted_outcomes = 0  # events not published by the POS user: ignored
+        self.signed: dict[str, dict[str, str]] = {}  # msgid → x-tif headers of a 9001 about to be sent
         self._seq = itertools.count(random.randrange(0, 5000))
 
     async def __aenter__(self) -> "Client":
@@ -103,6 +105,8 @@ class Client:
     async def call(self, exchange: str, routing_key: str, req: Request, timeout: float | None = None) -> Reply:
         if exchange == self.names.bureau_exchange and req.infno.startswith("G"):
             exchange = self.names.registry_exchange  # the bureau takes its admin transactions from there only
+        if req.infno == "9001":  # sign-in carries the facility's credential (x-tif headers)
+            self.signed[req.msgid] = credentials.sign(req.fixmedins_code, credentials.paas_token(req.fixmedins_code))
         return await self.call_raw(exchange, routing_key, req.model_dump_json().encode(), req.msgid, timeout)
 
     async def call_raw(self, exchange: str, routing_key: str, body: bytes, msgid: str,
@@ -111,7 +115,8 @@ class Client:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._replies[msgid] = fut
         try:
-            await self.broker.publish(OutMessage(exchange, routing_key, body, message_id=msgid, reply_to=self.key))
+            await self.broker.publish(OutMessage(exchange, routing_key, body, message_id=msgid, reply_to=self.key,
+                                                 headers=self.signed.pop(msgid, None)))
             return await asyncio.wait_for(fut, timeout or self.timeout)
         finally:
             self._replies.pop(msgid, None)

@@ -150,7 +150,8 @@ class ObservingClient(Client):
         deadline = loop.time() + max(timeout, self.retry_window)
         fut: asyncio.Future[Reply] = loop.create_future()
         self._replies[msgid] = fut
-        msg = OutMessage(exchange, routing_key, body, message_id=msgid, reply_to=self.key)
+        msg = OutMessage(exchange, routing_key, body, message_id=msgid, reply_to=self.key,
+                         headers=self.signed.pop(msgid, None))
         try:
             while True:
                 await self._publish_retrying(msg, deadline)

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from contracts.admin import RegisterFacility
-from contracts.envelope import make_msgid
+from contracts.envelope import Reply, make_msgid
 from contracts.pos import SettleVisit
 from simulator.stack import read_dead_letters
 from tests.harness import (HOSPITAL3, HZ, PHARMACY, T0, Stack, balance, cumulative, direct, line, ok, person,
@@ -182,3 +182,49 @@ async def test_a_planted_conflict_does_not_end_the_pos_visit(stack: Stack) -> No
     out = await c.outcome(cmd.visit_id, timeout=60)
     assert out.status == "settled", (out.err_code, out.err_msg)
     assert await balance(c, p) == D("60.00")
+
+
+async def _sign_in_raw(stack: Stack, facility: str, day: str, headers: dict[str, str] | None) -> "Reply":
+    """A 9001 with exactly these AMQP headers (None: no credential at all)."""
+    from services.shared.store import OutMessage
+    c = stack.client
+    assert c is not None
+    req = c.envelope("9001", {"opter_no": "x"}, insuplc_admdvs=HZ, when=f"{day} 08:00:00", fixmedins_code=facility)
+    fut = asyncio.get_running_loop().create_future()
+    c._replies[req.msgid] = fut
+    try:
+        await c.broker.publish(OutMessage(stack.names.bureau_exchange, "registry", req.model_dump_json().encode(),
+                                          message_id=req.msgid, reply_to=c.key, headers=headers))
+        return await asyncio.wait_for(fut, 30)
+    finally:
+        c._replies.pop(req.msgid, None)
+
+
+async def test_sign_in_needs_the_facilitys_credential(stack: Stack) -> None:
+    """Attack 7: 9001 with no credential, someone else's, a forged one, an old one, or a replayed nonce."""
+    from contracts import credentials as cr
+    token = cr.paas_token(PHARMACY)
+    day = "2026-04-07"
+    cases = {
+        "E_SIGNATURE_MISSING": None,
+        "E_SIGNATURE_INVALID": cr.sign(PHARMACY, "0" * 32),  # a guessed token
+        "E_SIGNATURE_EXPIRED": cr.sign(PHARMACY, token, now=__import__("time").time() - 3600),
+    }
+    for code, headers in cases.items():
+        rep = await _sign_in_raw(stack, PHARMACY, day, headers)
+        assert (rep.infcode, rep.err_code) == (-1, code), rep.err_msg
+    # B's valid credential does not sign A in.
+    rep = await _sign_in_raw(stack, PHARMACY, day, cr.sign(OTHER_PHARMACY, cr.paas_token(OTHER_PHARMACY)))
+    assert (rep.infcode, rep.err_code) == (-1, "E_SIGNATURE_INVALID")
+    # The right credential works once; the same nonce again (a captured sign-in replayed) is refused.
+    good = cr.sign(PHARMACY, token)
+    first = await _sign_in_raw(stack, PHARMACY, day, good)
+    assert first.infcode == 0 and first.output is not None
+    again = await _sign_in_raw(stack, PHARMACY, day, good)
+    assert (again.infcode, again.err_code) == (-1, "E_NONCE_REUSED")
+    # A refused sign-in gave no sign_no that works: only the accepted one settles.
+    p = await person(stack.client, uid("p"), balance="50.00")  # type: ignore[arg-type]
+    req = stack.client.envelope("2102", settle_input(p, "41", [line("XA01", "5.00")]),  # type: ignore[union-attr]
+                                insuplc_admdvs=HZ, when=f"{day} 10:00:00", fixmedins_code=PHARMACY,
+                                sign_no=first.output["sign_no"])
+    assert (await stack.client.bureau(req)).infcode == 0  # type: ignore[union-attr]

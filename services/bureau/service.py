@@ -11,7 +11,7 @@ from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
-from contracts import admin, infno
+from contracts import admin, credentials, infno
 from contracts.base import SHANGHAI, format_biz_time
 from contracts.envelope import Reply, Request
 from contracts.errors import ErrorCode, GongjiError
@@ -24,7 +24,7 @@ from contracts.settlement import (CompensateInput, Cumulative, CumulativeInput, 
 from services.shared.inbox import decode_input, envelope_refusal, handle_idempotent
 from services.shared.policy import RegionPolicy
 from services.shared.runtime import inbox_counters
-from services.shared.store import OutMessage, inbox_put, inbox_set_reply, outbox_add, transaction
+from services.shared.store import OutMessage, inbox_get, inbox_put, inbox_set_reply, outbox_add, transaction
 
 from . import store as db
 from .domain import Adjudication, adjudicate
@@ -47,21 +47,58 @@ class BureauService:
         self.reply_key = reply_key
 
     # ---- national transactions ----------------------------------------------------------------
-    def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
-        if infno.needs_sign_in(req.infno):
+    def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+                       headers: dict[str, Any] | None = None) -> list[int]:
+        nonce = None
+        if req.infno == infno.SIGN_IN:
+            refusal, nonce = self._check_credential(conn, req, reply_to, headers or {})
+        elif infno.needs_sign_in(req.infno):
             refusal = self._check_sign_no(conn, req)
-            if refusal is not None:
-                # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
-                if not reply_to:
-                    return []
-                with transaction(conn):
-                    return [self._reply(conn, reply_to, req.msgid, refusal)]
+        else:
+            refusal = None
+        if refusal is not None:
+            # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
+            if not reply_to:
+                return []
+            with transaction(conn):
+                return [self._reply(conn, reply_to, req.msgid, refusal)]
         if req.infno in infno.PRESETTLE or req.infno == infno.PERSON_INFO:
             return self._read_only(conn, req, reply_to)
+        if nonce is not None:  # remembered in the sign-in's own transaction: a replay is refused
+            with transaction(conn):
+                db.remember_nonce(conn, req.fixmedins_code, nonce)
+                return self._idempotent(conn, req, reply_to)
+        return self._idempotent(conn, req, reply_to)
+
+    def _idempotent(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
         return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
                                  reply_to=reply_to, reply_exchange=self.names.reply_exchange,
                                  effect=lambda outbox: self._effect(conn, req, reply_to, outbox),
                                  refusal=envelope_refusal(req.msgid))
+
+    def _check_credential(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+                          headers: dict[str, Any]) -> tuple[Reply | None, str | None]:
+        """9001 needs the facility's credential (x-tif headers, contracts.credentials) as AMQP headers: a
+        signature by the facility's paasToken, fresh, with a nonce not seen before. A redelivery of the very
+        same message (same msgid, same reply queue) is replayed by the inbox; the same msgid to another reply
+        queue is a replay by someone else, refused (it would hand them the sign_no)."""
+        entry = inbox_get(conn, req.msgid)
+        if entry is not None:
+            if entry.reply_to != reply_to:
+                return Reply.fail(req.msgid, ErrorCode.NONCE_REUSED, f"9001 {req.msgid} was already signed in "
+                                                                    "from elsewhere; a replay is refused"), None
+            return None, None
+        h = {str(k).lower(): v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+             for k, v in headers.items()}
+        code, message = credentials.check(h)
+        if code is None and h.get(credentials.PAASID) != req.fixmedins_code:
+            code, message = ErrorCode.SIGNATURE_INVALID, (f"{credentials.PAASID} {h.get(credentials.PAASID)} "
+                                                          f"is not {req.fixmedins_code}")
+        if code is None and db.nonce_seen(conn, req.fixmedins_code, h[credentials.NONCE]):
+            code, message = ErrorCode.NONCE_REUSED, f"nonce {h[credentials.NONCE]} was already used"
+        if code is not None:
+            return Reply.fail(req.msgid, code, f"9001 of {req.fixmedins_code}: {message}"), None
+        return None, h[credentials.NONCE]
 
     def _check_sign_no(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
         row = conn.execute("SELECT * FROM signins WHERE sign_no=?", (req.sign_no,)).fetchone() if req.sign_no else None

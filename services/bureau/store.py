@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import asdict
 from decimal import Decimal
 
+from contracts import credentials
 from contracts.money import to_fen
 
 from .domain import Accumulators
@@ -48,6 +50,10 @@ CREATE TABLE IF NOT EXISTS settlements (
     cancel_msgid TEXT, cancel_reply_to TEXT
 );
 CREATE INDEX IF NOT EXISTS settlements_psn ON settlements(psn_no);
+CREATE TABLE IF NOT EXISTS signin_nonces (  -- x-tif-nonce of accepted 9001s (replays refused)
+    paasid TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (paasid, nonce)
+);
+CREATE INDEX IF NOT EXISTS signin_nonces_seen ON signin_nonces(seen_at);
 CREATE TABLE IF NOT EXISTS signins (
     sign_no TEXT PRIMARY KEY, fixmedins_code TEXT NOT NULL, opter_no TEXT NOT NULL,
     sign_time TEXT NOT NULL, valid_until TEXT NOT NULL
@@ -132,3 +138,15 @@ def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[s
     more = last is not None and conn.execute("SELECT 1 FROM settlements WHERE setl_id > ? LIMIT 1",
                                              (last,)).fetchone() is not None
     return {"items": items, "next": last if more else None}
+
+
+def nonce_seen(conn: sqlite3.Connection, paasid: str, nonce: str) -> bool:
+    return conn.execute("SELECT 1 FROM signin_nonces WHERE paasid=? AND nonce=?", (paasid, nonce)).fetchone() \
+        is not None
+
+
+def remember_nonce(conn: sqlite3.Connection, paasid: str, nonce: str) -> None:
+    """Kept twice as long as a signature is valid (older signatures are refused by their timestamp anyway)."""
+    now = time.time()
+    conn.execute("DELETE FROM signin_nonces WHERE seen_at < ?", (now - 2 * credentials.MAX_SKEW_S,))
+    conn.execute("INSERT OR IGNORE INTO signin_nonces (paasid, nonce, seen_at) VALUES (?,?,?)", (paasid, nonce, now))

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from contracts import infno
+from contracts import credentials, infno
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.errors import ErrorCode, GongjiError
 from contracts.pos import PosCommand, ReverseVisit, SettleVisit, VisitOutcome
@@ -141,9 +141,13 @@ class PosService:
     def _send(self, conn: sqlite3.Connection, request: Request) -> int:
         # 9001 goes to every bureau (each checks the sign_no of the requests it serves).
         key = REGISTRY_KEY if request.infno == infno.SIGN_IN else request.insuplc_admdvs
+        headers = {"gongji-kind": "bureau-request"}
+        if request.infno == infno.SIGN_IN:  # signed with the facility's credential (x-tif headers)
+            code = request.fixmedins_code
+            headers.update(credentials.sign(code, credentials.paas_token(code)))
         return outbox_add(conn, OutMessage(self.names.bureau_exchange, key,
                                            request.model_dump_json().encode(), message_id=request.msgid,
-                                           reply_to=self.reply_key, headers={"gongji-kind": "bureau-request"}))
+                                           reply_to=self.reply_key, headers=headers))
 
     # ---- answers from the bureau --------------------------------------------------------------------
     def handle_reply(self, conn: sqlite3.Connection, reply: Reply) -> list[int]:
