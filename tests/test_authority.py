@@ -228,3 +228,39 @@ async def test_sign_in_needs_the_facilitys_credential(stack: Stack) -> None:
                                 insuplc_admdvs=HZ, when=f"{day} 10:00:00", fixmedins_code=PHARMACY,
                                 sign_no=first.output["sign_no"])
     assert (await stack.client.bureau(req)).infcode == 0  # type: ignore[union-attr]
+
+
+async def test_business_time_per_facility_within_tolerance(amqp_url: str, run_id: str,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Attack 7: back-dating to spend a 50.00 day cap again on "yesterday" (tolerance 1 h back, 2 days ahead)."""
+    from pathlib import Path
+
+    from tests.harness import bind
+    s = Stack(amqp_url, f"bt{run_id}", Path(tmp_path_factory.mktemp("biztime")))
+    s.env.update({"GONGJI_BIZ_TIME_BACK_S": "3600", "GONGJI_BIZ_TIME_AHEAD_S": str(2 * 86400)})
+    await s.start()
+    try:
+        c = s.client
+        assert c is not None
+        mother = await person(c, uid("mo"), balance="500.00")
+        kid = await person(c, uid("kid"), balance="0.00")
+        await bind(c, mother, kid, day_cap="50.00")
+        _, rep = await direct(c, "2102", settle_input(kid, "41", [line("XA01", "80.00")]), when="2026-05-10 10:00:00")
+        assert rep.infcode == 0 and rep.output is not None and rep.output["acct_mulaid_pay"] == "50.00"
+        # Half an hour back is within the tolerance (messages may arrive out of order) ...
+        _, rep = await direct(c, "2102", settle_input(kid, "41", [line("XA01", "10.00")]), when="2026-05-10 09:30:00")
+        assert rep.infcode == 0 and rep.output is not None and rep.output["acct_mulaid_pay"] == "0.00"  # cap spent
+        # ... but yesterday is not: neither a sign-in for it nor a settlement stamped with it.
+        with pytest.raises(RuntimeError, match="E_BIZ_TIME_REFUSED"):
+            await c.sign_in(PHARMACY, "2026-05-09 10:00:00", HZ)
+        # Nor a jump ahead beyond 2 days (it would open future day windows, and push the facility's clock).
+        with pytest.raises(RuntimeError, match="E_BIZ_TIME_REFUSED"):
+            await c.sign_in(PHARMACY, "2026-05-20 10:00:00", HZ)
+        assert await balance(c, mother) == D("450.00")  # 500.00 - the one day's 50.00
+        # Each facility has its own clock: the hospital's first message (a week earlier) sets its own.
+        _, rep = await direct(c, "2207", settle_input(kid, "11", [line("EXAM", "20.00")]),
+                              when="2026-05-03 10:00:00", facility=HOSPITAL3)
+        assert rep.infcode == 0, (rep.err_code, rep.err_msg)
+    finally:
+        await s.stop()
+        await s.cleanup()

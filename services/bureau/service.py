@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from dataclasses import asdict
 from datetime import datetime, time
@@ -34,6 +35,10 @@ MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "presel
                 "psn_cash_pay", "wallet_pay")
 
 
+DEFAULT_TIME_BACK_S = 3600  # a facility's messages may arrive out of order by up to an hour of business time
+DEFAULT_TIME_AHEAD_S = 31 * 86400  # and resume after a closure of up to a month
+
+
 def insurance_year(policy: RegionPolicy, when: datetime) -> int:
     """The insurance year a business time falls in (Shanghai's starts on 1 July, most on 1 January)."""
     return when.year if when.month >= policy.year_start_month else when.year - 1
@@ -45,6 +50,10 @@ class BureauService:
         self.policies = policies
         self.served = set(served)
         self.reply_key = reply_key
+        # Business-time tolerances per facility (seconds; 0 = no bound). Scenarios keep their virtual clock:
+        # the simulator's own workers run with both off.
+        self.time_back_s = float(os.environ.get("GONGJI_BIZ_TIME_BACK_S", str(DEFAULT_TIME_BACK_S)))
+        self.time_ahead_s = float(os.environ.get("GONGJI_BIZ_TIME_AHEAD_S", str(DEFAULT_TIME_AHEAD_S)))
 
     # ---- national transactions ----------------------------------------------------------------
     def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
@@ -56,6 +65,8 @@ class BureauService:
             refusal = self._check_sign_no(conn, req)
         else:
             refusal = None
+        if refusal is None:  # only once the sender is who it says (else anyone could move a facility's clock)
+            refusal = self._check_clock(conn, req)
         if refusal is not None:
             # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
             if not reply_to:
@@ -75,6 +86,36 @@ class BureauService:
                                  reply_to=reply_to, reply_exchange=self.names.reply_exchange,
                                  effect=lambda outbox: self._effect(conn, req, reply_to, outbox),
                                  refusal=envelope_refusal(req.msgid))
+
+    def _check_clock(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
+        """Business time per facility: never more than `time_back_s` behind the latest time the facility had
+        accepted, never more than `time_ahead_s` ahead of it (0: no bound). Back-dating would reopen closed
+        day/month windows (a 50.00 day cap spent again on "yesterday"); running ahead would open future ones.
+        A repeat of a message already handled is not checked (the inbox answers it as before)."""
+        if not infno.needs_sign_in(req.infno) and req.infno != infno.SIGN_IN:
+            return None  # gongji's own G-transactions: the registry's business, not a facility's
+        if not (self.time_back_s or self.time_ahead_s) or inbox_get(conn, req.msgid) is not None:
+            return None
+        when = req.inf_time.astimezone(SHANGHAI).replace(tzinfo=None)
+        row = conn.execute("SELECT latest FROM facility_clock WHERE fixmedins_code=?", (req.fixmedins_code,)).fetchone()
+        if row is not None:
+            latest = datetime.strptime(row["latest"], "%Y-%m-%d %H:%M:%S")
+            behind, ahead = (latest - when).total_seconds(), (when - latest).total_seconds()
+            if self.time_back_s and behind > self.time_back_s:
+                return Reply.fail(req.msgid, ErrorCode.BIZ_TIME_REFUSED,
+                                  f"inf_time {format_biz_time(req.inf_time)} is {behind:.0f} s behind the latest time "
+                                  f"{row['latest']} of {req.fixmedins_code} (tolerance {self.time_back_s:.0f} s)")
+            if self.time_ahead_s and ahead > self.time_ahead_s:
+                return Reply.fail(req.msgid, ErrorCode.BIZ_TIME_REFUSED,
+                                  f"inf_time {format_biz_time(req.inf_time)} is {ahead:.0f} s ahead of the latest time "
+                                  f"{row['latest']} of {req.fixmedins_code} (tolerance {self.time_ahead_s:.0f} s)")
+            if ahead <= 0:
+                return None
+        with transaction(conn):
+            conn.execute("INSERT INTO facility_clock (fixmedins_code, latest) VALUES (?, ?) ON CONFLICT(fixmedins_code) "
+                         "DO UPDATE SET latest=excluded.latest WHERE excluded.latest > latest",
+                         (req.fixmedins_code, format_biz_time(req.inf_time)))
+        return None
 
     def _check_credential(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
                           headers: dict[str, Any]) -> tuple[Reply | None, str | None]:

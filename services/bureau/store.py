@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS settlements (
     cancel_msgid TEXT, cancel_reply_to TEXT
 );
 CREATE INDEX IF NOT EXISTS settlements_psn ON settlements(psn_no);
+CREATE TABLE IF NOT EXISTS facility_clock (  -- the latest business time each facility had accepted
+    fixmedins_code TEXT PRIMARY KEY, latest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS signin_nonces (  -- x-tif-nonce of accepted 9001s (replays refused)
     paasid TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (paasid, nonce)
 );
