@@ -100,6 +100,8 @@ class Worker:
             try:
                 if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
                     raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user {incoming.user_id}")
+                if self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug):
+                    raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
                 ids = await self._call(handler, incoming)
             except Poison as exc:
                 log.warning("dead-lettered", reason=str(exc))
@@ -280,6 +282,7 @@ class Chaos:
     duplicate: float = 0.0
     delay: float = 0.0
     delay_ms: int = 0
+    bug: tuple[str, ...] = ()  # queues (name suffixes) whose handler fails as a bug would (redrive tests)
 
     @classmethod
     def from_env(cls) -> "Chaos | None":
@@ -288,7 +291,7 @@ class Chaos:
             return None
         cfg = json.loads(raw)
         return cls(random.Random(f"{cfg.get('seed', 0)}:{os.getpid()}"), float(cfg.get("duplicate", 0)),
-                   float(cfg.get("delay", 0)), int(cfg.get("delay_ms", 0)))
+                   float(cfg.get("delay", 0)), int(cfg.get("delay_ms", 0)), tuple(cfg.get("bug", ())))
 
     def roll(self, kind: str) -> bool:
         return self.rng.random() < getattr(self, kind)
