@@ -47,11 +47,22 @@ Relation = Literal["spouse", "parent", "child", "sibling", "grandparent", "grand
 
 
 class Verify(Strict):
-    """Identity check (simulated): an SMS code from G110, or the result of a face check."""
+    """Identity check: an SMS code from G110, or the token of a face check the accounts service recorded (G109).
+    A bare claim ({"method": "face", "passed": true}) proves nothing and is refused for a binding (G111)."""
 
     method: Literal["sms", "face"]
     code: str | None = Field(default=None, max_length=12)
     passed: bool | None = None
+    token: str | None = Field(default=None, max_length=64)
+
+
+class FaceCheck(Strict):
+    """G109 → accounts: the result of a face check of the person (人脸识别, simulated: the caller plays the
+    device). A passed check is recorded and answered with a one-time token, valid 5 minutes, that a G111 of
+    that person presents as its identity check."""
+
+    psn_no: PsnNo
+    passed: bool
 
 
 class OpenAccount(Strict):

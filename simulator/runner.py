@@ -374,6 +374,18 @@ class Runner:
             return await self.client.bureau_registry(req, timeout)
         return await self.client.bureau(req, timeout)
 
+    async def _face_token(self, data: dict[str, Any], when: datetime, region: str) -> dict[str, Any]:
+        """A scenario's face check that passed ({method: face, passed: true}) is played as the device would:
+        a G109 recorded by the accounts service, whose token the binding presents (a bare claim is refused)."""
+        verify = data.get("verify")
+        if not (isinstance(verify, dict) and verify.get("method") == "face" and verify.get("passed") is True
+                and "token" not in verify):
+            return data
+        rep = await self.call("accounts", "G109", {"psn_no": data["authorizer_psn_no"], "passed": True}, when, region)
+        if rep.infcode != 0 or not rep.output:
+            return data  # the binding then says why
+        return {**data, "verify": {"method": "face", "token": rep.output["face_token"]}}
+
     async def sign_no_for(self, when: datetime) -> str:
         day = when.astimezone(SHANGHAI).strftime("%Y-%m-%d")
         async with self._sign_lock:
@@ -480,7 +492,9 @@ class Runner:
 
         async def bind(i: int, name: str, b: BindingSpec) -> None:
             async with sem:
-                rep = await self.call("accounts", "G111", _bind_input(m, b), when, d.people[b.member].region)
+                rep = await self.call("accounts", "G111", await self._face_token(_bind_input(m, b), when,
+                                                                                  d.people[b.member].region),
+                                      when, d.people[b.member].region)
                 if rep.infcode != 0:
                     raise SetupFailed(f"binding {name} ({b.authorizer} → {b.member}): {rep.err_code} {rep.err_msg}")
                 auth_id = str((rep.output or {}).get("auth_id"))
@@ -641,7 +655,8 @@ class Runner:
             if st.bind is not None:
                 b = st.bind
                 region = d.people[b.member].region if b.member in d.people else self.regions[0]
-                rep = await self.call("accounts", "G111", _bind_input(m, b, d.results), fs.at, region)
+                rep = await self.call("accounts", "G111", await self._face_token(_bind_input(m, b, d.results), fs.at,
+                                                                                  region), fs.at, region)
                 if rep.infcode == 0:
                     d.bindings.append((fs.name, BindingSpec(**b.model_dump()), str((rep.output or {})["auth_id"])))
                 return self._admin_actual(fs, "G111", rep)

@@ -264,3 +264,35 @@ async def test_business_time_per_facility_within_tolerance(amqp_url: str, run_id
     finally:
         await s.stop()
         await s.cleanup()
+
+
+async def test_a_binding_needs_a_recorded_identity_check_not_a_claim(stack: Stack) -> None:
+    """Attack 8: a stranger binds himself to a victim's account with {"method": "face", "passed": true}."""
+    from tests.harness import admin_call, bind_request, face
+    c = stack.client
+    assert c is not None
+    victim = await person(c, uid("victim"), balance="300.00")
+    stranger = await person(c, uid("stranger"), balance="0.00")
+    claim = bind_request(c, victim, stranger, relation="child", verify={"method": "face", "passed": True})
+    rep = await c.accounts_admin(claim)
+    assert (rep.infcode, rep.err_code) == (-1, "E_VERIFY_FAILED"), rep.err_msg
+    # His own face check's token is not the victim's, nor is a made-up token.
+    own = await face(c, stranger)
+    for verify in (own, {"method": "face", "token": "0" * 24}):
+        rep = await c.accounts_admin(bind_request(c, victim, stranger, relation="child", verify=verify))
+        assert (rep.infcode, rep.err_code) == (-1, "E_VERIFY_FAILED"), rep.err_msg
+    # A failed face check gives no token at all.
+    rep = await admin_call(c, "G109", {"psn_no": victim, "passed": False})
+    assert (rep.infcode, rep.err_code) == (-1, "E_VERIFY_FAILED")
+    # Nothing changed: no binding, and the stranger's visit is paid in cash, not from the victim's account.
+    listed = await admin_call(c, "G117", {"psn_no": victim})
+    assert listed.infcode == 0 and listed.output is not None and listed.output["as_authorizer"] == []
+    out = await c.visit(visit(stranger, PHARMACY, "41", "2026-04-08 10:00:00", [line("XA01", "200.00")]), timeout=60)
+    assert out.status == "settled" and out.setlinfo is not None and out.setlinfo.acct_mulaid_pay == D("0.00")
+    assert await balance(c, victim) == D("300.00")
+    # The victim's own recorded check binds; its token works once.
+    token = await face(c, victim)
+    assert (await c.accounts_admin(bind_request(c, victim, stranger, relation="child", verify=token))).infcode == 0
+    other = await person(c, uid("kid"), balance="0.00")
+    rep = await c.accounts_admin(bind_request(c, victim, other, relation="child", verify=token))
+    assert (rep.infcode, rep.err_code) == (-1, "E_VERIFY_FAILED")
