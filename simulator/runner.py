@@ -374,14 +374,17 @@ class Runner:
             return await self.client.bureau_registry(req, timeout)
         return await self.client.bureau(req, timeout)
 
-    async def _face_token(self, data: dict[str, Any], when: datetime, region: str) -> dict[str, Any]:
+    async def _face_token(self, data: dict[str, Any], when: datetime, region: str | None,
+                          who: str = "authorizer_psn_no") -> dict[str, Any]:
         """A scenario's face check that passed ({method: face, passed: true}) is played as the device would:
         a G109 recorded by the accounts service, whose token the binding presents (a bare claim is refused)."""
         verify = data.get("verify")
         if not (isinstance(verify, dict) and verify.get("method") == "face" and verify.get("passed") is True
                 and "token" not in verify):
             return data
-        rep = await self.call("accounts", "G109", {"psn_no": data["authorizer_psn_no"], "passed": True}, when, region)
+        if who not in data:
+            return data
+        rep = await self.call("accounts", "G109", {"psn_no": data[who], "passed": True}, when, region)
         if rep.infcode != 0 or not rep.output:
             return data  # the binding then says why
         return {**data, "verify": {"method": "face", "token": rep.output["face_token"]}}
@@ -664,6 +667,8 @@ class Runner:
                 ev = st.admin
                 people, facs = set(d.people), set(d.facilities)
                 data = m.map_values(substitute(ev.input, d.results), people, facs)
+                if ev.service == "accounts" and ev.infno in VERIFIED_BY:  # a face check that passed: its token
+                    data = await self._face_token(data, fs.at, ev.region, VERIFIED_BY[ev.infno])
                 rep = await self.call(ev.service, ev.infno, data, fs.at, ev.region)
                 d.admin_counts[ev.infno] = d.admin_counts.get(ev.infno, 0) + 1
                 if ev.infno not in KNOWN_ADMIN and rep.infcode == 0:
@@ -876,6 +881,10 @@ class Runner:
             self.fail("final", fieldname, want, got, loc)
         if not diffs:
             d.passed += 1
+
+
+# admin transactions with an identity check → whose identity (the face check's token is that person's)
+VERIFIED_BY = {"G111": "authorizer_psn_no", "G131": "from_psn_no", "G151": "proxy_psn_no"}
 
 
 class SetupFailed(Exception):

@@ -359,7 +359,7 @@ def wallet_transfer(svc: Any, conn: sqlite3.Connection, req: Request, t: admin.W
     when = _when(req)
     acct = _account(conn, t.from_psn_no, "sender")
     to = _person(conn, t.to_psn_no, "recipient")
-    verify_identity(conn, t.from_psn_no, t.verify, when)
+    verify_identity(conn, t.from_psn_no, t.verify, when, token_required=True)
     wrules = svc.rules(acct["insuplc_admdvs"]).wallet
     if t.relation not in ALL_RELATIONS:
         raise fail(ErrorCode.RELATION_NOT_ALLOWED, f"{t.relation} is not a near relative")
@@ -447,7 +447,7 @@ def resident_contribution(svc: Any, conn: sqlite3.Connection, req: Request, r: a
 def add_proxy(svc: Any, conn: sqlite3.Connection, req: Request, p: admin.Proxy, outbox: list[int]) -> dict:
     proxy = _person(conn, p.proxy_psn_no, "proxy")
     _person(conn, p.member_psn_no, "member")
-    verify_identity(conn, p.proxy_psn_no, p.verify, _when(req))
+    verify_identity(conn, p.proxy_psn_no, p.verify, _when(req), token_required=True)
     if p.relation not in ALL_RELATIONS:
         raise fail(ErrorCode.RELATION_NOT_ALLOWED, f"{p.relation} is not a family relation")
     limit = svc.rules(proxy["insuplc_admdvs"]).proxy_max_members
