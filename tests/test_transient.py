@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from simulator.stack import read_dead_letters
-from tests.harness import HOSPITAL3, PHARMACY, Stack, audit, balance, bind, cumulative, line, person, uid, visit
+from tests.harness import (HOSPITAL3, PHARMACY, Stack, audit, balance, bind, cumulative, item_differences, line,
+                           person, uid, visit)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 D = Decimal
@@ -112,6 +113,52 @@ async def test_store_failing_for_30s_sinks_nothing(amqp_url: str, run_id: str,
             assert pos.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == len(cmds)
         finally:
             pos.close()
+    finally:
+        await s.stop()
+        await s.cleanup()
+
+
+async def test_a_lost_payment_request_is_asked_again(amqp_url: str, run_id: str,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Reconciliation sweep: a payment request that never reaches the accounts service (purged from its queue)
+    leaves the settlement pending; the bureau asks again (GONGJI_PENDING_SWEEP_S) and the visit settles, once."""
+    import signal
+
+    import aio_pika
+    data = Path(tmp_path_factory.mktemp("sweep"))
+    s = Stack(amqp_url, f"sw{run_id}", data)
+    s.env["GONGJI_PENDING_SWEEP_S"] = "2"
+    await s.start()
+    try:
+        c = s.client
+        assert c is not None
+        p = await person(c, uid("p"), balance="100.00")
+        s.kill("accounts", signal.SIGTERM)
+        cmd = visit(p, PHARMACY, "41", "2026-07-01 10:00:00", [line("XA01", "35.00")], presettle=False,
+                    timeout_ms=180000)
+        await c.submit(cmd)
+        conn = await aio_pika.connect(amqp_url)
+        try:
+            ch = await conn.channel()
+            for _ in range(100):
+                q = await ch.declare_queue(s.names.accounts_pay_queue, passive=True)
+                if q.declaration_result.message_count >= 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert q.declaration_result.message_count >= 1
+            await q.purge()  # the request is lost
+        finally:
+            await conn.close()
+        await s.start_worker("accounts")
+        out = await c.outcome(cmd.visit_id, timeout=60)
+        assert out.status == "settled", (out.err_code, out.err_msg)
+        assert await balance(c, p) == D("65.00")  # 100.00 - 35.00, once
+        await asyncio.sleep(1.5)
+        stats = {x["service"]: x for x in (json.loads(f.read_text()) for f in (data / "stats").glob("*.json"))}
+        assert stats["bureau"].get("pending_resent", 0) >= 1
+        accounts, bureau = await audit(c)
+        assert bureau["states"] == {"settled": 1} and accounts["double_debits"] == 0
+        assert await item_differences(c) == []
     finally:
         await s.stop()
         await s.cleanup()

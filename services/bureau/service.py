@@ -364,6 +364,7 @@ class BureauService:
     def handle_accounts_reply(self, conn: sqlite3.Connection, rep: AccountsReply) -> list[int]:
         outbox: list[int] = []
         with transaction(conn):
+            db.awaiting_done(conn, rep.req_id)
             if rep.kind == "preview":
                 ctx = rep.context
                 reply = (Reply.ok(ctx["msgid"], self._final_setlinfo(ctx["setlinfo"], rep)) if rep.ok
@@ -480,9 +481,23 @@ class BureauService:
             medfee_sumamt=from_fen(adj.medfee), proxy_psn_no=inp.proxy_psn_no, context=context))
 
     def _send_accounts(self, conn: sqlite3.Connection, outbox: list[int], request: AccountsRequest) -> None:
-        outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay",
-                                                  request.model_dump_json().encode(), message_id=request.req_id,
+        body = request.model_dump_json().encode()
+        outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay", body, message_id=request.req_id,
                                                   reply_to=self.reply_key)))
+        if request.kind in ("pay", "refund"):  # money in flight: the sweep asks again until it is answered
+            db.awaiting_add(conn, request.req_id, request.setl_id or "", body)
+
+    def sweep_pending(self, conn: sqlite3.Connection, older_than_s: float) -> list[int]:
+        """Reconciliation sweep: a payment or refund the accounts service has not answered within `older_than_s`
+        (wall-clock transport time) is asked again, with the same req_id: its inbox answers a repeat with the
+        stored reply, so a lost request or a lost answer ends the same way (settled, failed, or, after a 2601,
+        compensated), and nothing is paid twice."""
+        outbox: list[int] = []
+        with transaction(conn):
+            for req_id, body in db.awaiting_due(conn, older_than_s):
+                outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay", body, message_id=req_id,
+                                                          reply_to=self.reply_key)))
+        return outbox
 
     def _reply(self, conn: sqlite3.Connection, reply_to: str, msgid: str, reply: Reply) -> int:
         return outbox_add(conn, OutMessage(self.names.reply_exchange, reply_to, reply.model_dump_json().encode(),

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS settlements (
     cancel_msgid TEXT, cancel_reply_to TEXT
 );
 CREATE INDEX IF NOT EXISTS settlements_psn ON settlements(psn_no);
+CREATE TABLE IF NOT EXISTS awaiting (  -- payments and refunds asked of the accounts service, not yet answered
+    req_id TEXT PRIMARY KEY, setl_id TEXT NOT NULL, body BLOB NOT NULL, asked_at REAL NOT NULL, asks INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS awaiting_asked ON awaiting(asked_at);
 CREATE TABLE IF NOT EXISTS facility_clock (  -- the latest business time each facility had accepted
     fixmedins_code TEXT PRIMARY KEY, latest TEXT NOT NULL
 );
@@ -153,3 +157,22 @@ def remember_nonce(conn: sqlite3.Connection, paasid: str, nonce: str) -> None:
     now = time.time()
     conn.execute("DELETE FROM signin_nonces WHERE seen_at < ?", (now - 2 * credentials.MAX_SKEW_S,))
     conn.execute("INSERT OR IGNORE INTO signin_nonces (paasid, nonce, seen_at) VALUES (?,?,?)", (paasid, nonce, now))
+
+
+def awaiting_add(conn: sqlite3.Connection, req_id: str, setl_id: str, body: bytes) -> None:
+    conn.execute("INSERT OR REPLACE INTO awaiting (req_id, setl_id, body, asked_at, asks) VALUES (?,?,?,?,1)",
+                 (req_id, setl_id, body, time.time()))
+
+
+def awaiting_done(conn: sqlite3.Connection, req_id: str) -> None:
+    conn.execute("DELETE FROM awaiting WHERE req_id=?", (req_id,))
+
+
+def awaiting_due(conn: sqlite3.Connection, older_than_s: float, limit: int = 500) -> list[tuple[str, bytes]]:
+    """Requests asked longer ago than `older_than_s`; each is marked as asked again now."""
+    now = time.time()
+    rows = conn.execute("SELECT req_id, body FROM awaiting WHERE asked_at < ? ORDER BY asked_at LIMIT ?",
+                        (now - older_than_s, limit)).fetchall()
+    for r in rows:
+        conn.execute("UPDATE awaiting SET asked_at=?, asks=asks+1 WHERE req_id=?", (now, r["req_id"]))
+    return [(r["req_id"], bytes(r["body"])) for r in rows]
