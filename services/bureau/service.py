@@ -321,9 +321,13 @@ class BureauService:
 
     def _compensate(self, conn: sqlite3.Connection, req: Request, inp: CompensateInput, reply_to: str | None,
                     outbox: list[int]) -> bytes | None:
-        # A facility cancels only what it sent: a msgid begins with the sender's fixmedins_code (and a settlement
-        # records who made it), so B can neither undo A's settlement nor tombstone A's future msgids.
-        if not inp.omsgid.startswith(req.fixmedins_code):
+        # A facility cancels only what it sent: a settlement records who made it, and any other msgid (one not
+        # received yet: a tombstone) must begin with the sender's fixmedins_code, so B can neither undo A's
+        # settlement nor tombstone A's future msgids.
+        made = db.settlement_by(conn, "msgid", inp.omsgid)
+        mine = made["fixmedins_code"] == req.fixmedins_code if made is not None \
+            else inp.omsgid.startswith(req.fixmedins_code)
+        if not mine:
             raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
         original = conn.execute("SELECT kind FROM inbox WHERE msgid=?", (inp.omsgid,)).fetchone()
         if original is None:
@@ -342,8 +346,6 @@ class BureauService:
             return self._ok(req, {"omsgid": inp.omsgid, "result": "the original changed nothing"})
         if row["psn_no"] != inp.psn_no:
             raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"msgid {inp.omsgid} is not {inp.psn_no}'s")
-        if row["fixmedins_code"] != req.fixmedins_code:
-            raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
         state = row["state"]
         if state == "pending":
             conn.execute("UPDATE settlements SET cancel_msgid=?, cancel_reply_to=? WHERE setl_id=?",
