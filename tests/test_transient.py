@@ -162,3 +162,58 @@ async def test_a_lost_payment_request_is_asked_again(amqp_url: str, run_id: str,
     finally:
         await s.stop()
         await s.cleanup()
+
+
+async def test_a_full_data_directory_sinks_nothing(amqp_url: str, run_id: str,
+                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The real thing: the accounts service's data directory is a small tmpfs, filled to the last byte while
+    visits are in flight ("database or disk is full"), then freed. Needs root (mount); skipped otherwise."""
+    import os
+    import subprocess as sp
+
+    from tests.harness import WORKERS  # noqa: F401
+    data = Path(tmp_path_factory.mktemp("fulldisk"))
+    small = data / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or sp.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)],
+                                   capture_output=True).returncode != 0:
+        pytest.skip("needs to mount a tmpfs (root)")
+
+    class SmallDiskStack(Stack):
+        def command(self, service: str) -> list[str]:
+            cmd = super().command(service)
+            if service == "accounts":
+                cmd[cmd.index("--data-dir") + 1] = str(small)
+            return cmd
+
+    s = SmallDiskStack(amqp_url, f"fd{run_id}", data)
+    try:
+        await s.start()
+        c = s.client
+        assert c is not None
+        people = [await person(c, uid("p"), balance="100.00") for _ in range(20)]
+        filler = small / "filler"
+        try:
+            with open(filler, "wb") as f:  # every last byte
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:
+            pass
+        cmds = [visit(p, PHARMACY, "41", "2026-07-02 10:00:00", [line("XA01", f"{5 + i % 7}.00")],
+                      presettle=False, timeout_ms=180000) for i, p in enumerate(people)]
+        await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
+        await asyncio.sleep(12)  # > 20 deliveries at the old half-second nack pace
+        filler.unlink()  # the operator frees the disk
+        outcomes = await asyncio.gather(*(c.outcome(cmd.visit_id, timeout=120) for cmd in cmds))
+        assert [o.status for o in outcomes] == ["settled"] * len(cmds)
+        assert await read_dead_letters(amqp_url, s.ns, consume=False) == []
+        for p, cmd in zip(people, cmds):
+            assert await balance(c, p) == D("100.00") - cmd.details[0].det_item_fee_sumamt
+        assert await item_differences(c) == []
+        stats = [json.loads(f.read_text()) for f in (small / "stats").glob("accounts-*.json")]
+        assert stats and stats[0]["transient_failures"] > 0  # the disk really was full for the store
+    finally:
+        await s.stop()
+        await s.cleanup()
+        sp.run(["umount", "-l", str(small)], capture_output=True)

@@ -247,8 +247,11 @@ class Worker:
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
                 "duplicates_absorbed": inbox_counters["duplicates_absorbed"]}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            tmp.replace(path)
+        except OSError:  # a full disk must not stop the worker (or turn a transient fault into a nack)
+            pass
 
     async def start_relay(self, every: float = 2.0, grace: float = 5.0) -> None:
         """Publishes what a crash left in the outbox now, then keeps an eye on rows older than `grace`."""
