@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from contracts import infno, wire
+from contracts import credentials, infno, wire
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.errors import ErrorCode, GongjiError
 from contracts.pos import PosCommand, ReverseVisit, SettleVisit, VisitOutcome
@@ -90,6 +90,11 @@ class PosService:
         with transaction(conn):
             row = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
             if row is not None:
+                if row["command"] != cmd.model_dump_json():
+                    # Like a msgid conflict: a visit_id names one visit; other content under it is refused
+                    # (never answered with the first visit's outcome).
+                    raise GongjiError(ErrorCode.VISIT_ID_CONFLICT,
+                                      f"visit_id {cmd.visit_id} was already used for a different visit")
                 inbox_counters["duplicates_absorbed"] += 1
                 if row["outcome"] is not None:  # a repeated command: repeat the outcome
                     outbox.append(self._event(conn, VisitOutcome.model_validate_json(row["outcome"])))
@@ -157,9 +162,13 @@ class PosService:
     def _send(self, conn: sqlite3.Connection, request: Request) -> int:
         # 9001 goes to every bureau (each checks the sign_no of the requests it serves).
         key = REGISTRY_KEY if request.infno == infno.SIGN_IN else request.insuplc_admdvs
+        headers = {"gongji-kind": "bureau-request"}
+        if request.infno == infno.SIGN_IN:  # signed with the facility's credential (x-tif headers)
+            code = request.fixmedins_code
+            headers.update(credentials.sign(code, credentials.paas_token(code)))
         return outbox_add(conn, OutMessage(self.names.bureau_exchange, key,
                                            encode(request).encode(), message_id=request.msgid,
-                                           reply_to=self.reply_key, headers={"gongji-kind": "bureau-request"}))
+                                           reply_to=self.reply_key, headers=headers))
 
     # ---- answers from the bureau --------------------------------------------------------------------
     def handle_reply(self, conn: sqlite3.Connection, reply: Reply) -> list[int]:
@@ -170,6 +179,10 @@ class PosService:
             if row is None:
                 inbox_counters["duplicates_absorbed"] += 1
                 return outbox  # late (after 冲正 or a resend) or a duplicate: the visit has moved on
+            if reply.err_code == ErrorCode.MSGID_CONFLICT:
+                # We never send other content under one msgid (a resend is the very same request): this answers
+                # someone else's message that reused our msgid. Our own answer is still to come.
+                return outbox
             cmd = COMMAND.validate_json(row["command"])
             stage = row["stage"]
             if stage == "signin" and reply.infcode == 0 and reply.output:
