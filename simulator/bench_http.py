@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from contracts import credentials
+from contracts import credentials, wire
 from contracts import infno as codes
 
 PATH = "/fsi/api/rsfComIfsService/callService"
@@ -57,7 +56,7 @@ class HttpVisits:
                                                           max_keepalive_connections=max_connections))
         self.tokens: dict[str, str] = {}
         self.sign_nos: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self.waiters: dict[str, asyncio.Future[tuple[str, bool]]] = {}
+        self.waiters: dict[str, asyncio.Future[tuple[str, bool, int]]] = {}
         self._seq = itertools.count()
         self.refusals: dict[str, int] = {}
 
@@ -68,8 +67,8 @@ class HttpVisits:
         fac = env["fixmedins_code"]
         token = self.tokens.get(fac) or self.tokens.setdefault(fac, credentials.paas_token(fac))
         headers = {**credentials.sign(fac, token), "content-type": "application/json"}
-        resp = await self.http.post(self.url, content=json.dumps(env, ensure_ascii=False).encode(), headers=headers)
-        return resp.json()
+        resp = await self.http.post(self.url, content=wire.dumps(env).encode(), headers=headers)
+        return wire.loads(resp.content)
 
     def _envelope(self, cmd: dict[str, Any], infno: str, data: dict[str, Any], sign_no: str) -> dict[str, Any]:
         stamp = "".join(ch for ch in cmd["biz_time"] if ch.isdigit())
@@ -95,24 +94,24 @@ class HttpVisits:
                 raise
         return await asyncio.shield(fut)
 
-    async def _visit(self, cmd: dict[str, Any]) -> tuple[str, bool]:
+    async def _visit(self, cmd: dict[str, Any]) -> tuple[str, bool, int]:
         pre, settle, _ = codes.triple_for(cmd["med_type"])
         data = {"psn_no": cmd["psn_no"], "mdtrt_cert_type": "01", "med_type": cmd["med_type"],
                 "insutype": cmd["insutype"], "acct_used_flag": "1",
                 "medfee_sumamt": f"{sum(Decimal(d['det_item_fee_sumamt']) for d in cmd['details']):.2f}",
                 "details": cmd["details"]}
         sign_no = await self._sign_no(cmd)
-        for infno in (pre, settle):
+        for trips, infno in enumerate((pre, settle), 1):  # national round trips of this visit
             rep = await self._post(self._envelope(cmd, infno, data, sign_no))
             if rep.get("infcode") != 0:
                 code = str(rep.get("err_code"))
                 self.refusals[code] = self.refusals.get(code, 0) + 1
-                return ("refused", False)
+                return ("refused", False, trips)
         out = rep.get("output") or {}
-        return ("settled", out.get("acct_mulaid_pay", "0.00") != "0.00")
+        return ("settled", Decimal(str(out.get("acct_mulaid_pay", "0"))) != 0, 2)
 
-    async def submit(self, body: bytes, visit_id: str) -> asyncio.Future[tuple[str, bool]]:
-        fut = asyncio.ensure_future(self._visit(json.loads(body)))
+    async def submit(self, body: bytes, visit_id: str) -> asyncio.Future[tuple[str, bool, int]]:
+        fut = asyncio.ensure_future(self._visit(wire.loads(body)))
         self.waiters[visit_id] = fut
         fut.add_done_callback(lambda _: self.waiters.pop(visit_id, None))
         return fut

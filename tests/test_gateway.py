@@ -292,8 +292,8 @@ async def test_observe_reports_invariants_and_a_sloppy_clients_findings(gw: tupl
         sloppy.sign_no = good.sign_no  # yesterday's sign-in, used today: expired
         national_refusal(await sloppy.call("2101", data, f"{d2} 10:00:00"), "E_SIGN_NO_EXPIRED")
         assert (await sloppy.sign_in(f"{d2} 08:00:00"))["infcode"] == 0
-        # sloppy: money as a float
-        floaty = {**data, "medfee_sumamt": 20.0}
+        # sloppy: money with a binary float's digits (a HIS that adds prices in doubles)
+        floaty = {**data, "medfee_sumamt": 12.3 * 3 - 16.9}  # 20.000000000000007
         national_refusal(await sloppy.call("2101", floaty, f"{d2} 10:01:00"), "E_BAD_INPUT")
         # sloppy: settle with no pre-settle (the bureau settles it; the finding is about the client)
         lone = bill(child, [("XA01", "11.00")])

@@ -32,12 +32,12 @@ from typing import Any, AsyncIterator
 import structlog
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HttpRequest
 
-from contracts import credentials
+from contracts import credentials, national, wire
 from contracts import infno as codes
 from contracts.conformance import ConformanceFinding
 from contracts.envelope import Reply, Request
@@ -136,7 +136,7 @@ class Gateway:
         if refusal is None and not self.nonces.first_use(paasid, http.headers[credentials.NONCE]):
             refusal, why = credentials.NONCE_REUSED, f"{credentials.NONCE} already used by {paasid} (a replay)"
         try:
-            obj = json.loads(body)
+            obj = wire.loads(body)  # numbers straight to Decimal, as the national platform sends money
         except (UnicodeDecodeError, json.JSONDecodeError):
             obj = None
         ref = str(obj.get("msgid", ""))[:128] if isinstance(obj, dict) else ""
@@ -165,7 +165,8 @@ class Gateway:
             return await self._refuse(ref, PAASID_MISMATCH, f"paasid {paasid} may not speak for facility "
                                       f"{req.fixmedins_code}", found)
         try:
-            decode_input(req, codes.ACCOUNTS_ADMIN_INPUTS if req.infno in codes.ACCOUNTS_ADMIN_INPUTS
+            decode_input(req, national.NATIONAL_INPUTS if national.is_national(req.infno, req.input)
+                         else codes.ACCOUNTS_ADMIN_INPUTS if req.infno in codes.ACCOUNTS_ADMIN_INPUTS
                          and req.infno not in codes.BUREAU_INPUTS else codes.BUREAU_INPUTS)
         except GongjiError as exc:
             return await self._refuse(ref, exc.code, exc.message, found)
@@ -213,7 +214,7 @@ class Gateway:
             if fut.done():
                 self.link.forget(req.msgid)
         await self._after(req, reply)
-        return reply.model_dump(mode="json")
+        return reply.model_dump()  # money stays Decimal: national_json writes it as the platform does
 
     async def _late(self, req: Request, fut: asyncio.Future[Reply]) -> None:
         try:
@@ -284,6 +285,11 @@ async def _disconnected(http: HttpRequest) -> None:
 
 
 # ---- the ASGI application and its OpenAPI document -------------------------------------------------------
+def national_json(payload: dict[str, Any]) -> Response:
+    """The reply as the national platform writes it: money as JSON numbers (contracts.wire), never floats."""
+    return Response(wire.dumps(payload), media_type="application/json")
+
+
 def create_app(settings: Settings) -> FastAPI:
     gateway = Gateway(settings)
 
@@ -302,16 +308,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gateway
 
     async def any_infno(request: HttpRequest) -> JSONResponse:
-        return JSONResponse(await gateway.call(request, None))
+        return national_json(await gateway.call(request, None))
 
     async def with_infno(request: HttpRequest, infno: str) -> JSONResponse:
-        return JSONResponse(await gateway.call(request, infno))
+        return national_json(await gateway.call(request, infno))
 
     transactions = {**codes.BUREAU_INPUTS, **codes.ACCOUNTS_ADMIN_INPUTS}
     for code in sorted(transactions):  # one documented path per transaction, before the generic one
         def fixed(code: str = code):  # type: ignore[no-untyped-def]
             async def handler(request: HttpRequest) -> JSONResponse:
-                return JSONResponse(await gateway.call(request, code))
+                return national_json(await gateway.call(request, code))
             return handler
         app.add_api_route(f"{PATH}/{code}", fixed(), methods=["POST"], summary=f"{code}",
                           tags=["admin (gongji)" if code.startswith("G") else "national"],

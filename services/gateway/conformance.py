@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from contracts import infno as codes
@@ -31,9 +32,17 @@ def finding(kind: FindingKind, fixmedins_code: str, detail: str, msgid: str = ""
                               infno=str(infno)[:16], detail=detail[:1000], at=now_iso())
 
 
+# More places than any national field has (money 2, pric 6, cnt 4): the digits of a binary float the client
+# computed in (12.3 * 3 = 36.900000000000006), not an amount.
+MAX_PLACES = 6
+
+
 def floats_in(value: Any, path: str = "input") -> list[str]:
-    """Paths of JSON numbers with a fraction (money must be "12.30", a string)."""
+    """Paths of JSON numbers that are binary-float artefacts. The body is read with contracts.wire.loads, so
+    a number arrives as the exact Decimal of its text; a Python float only when a caller parsed it as one."""
     if isinstance(value, float):
+        return [path]
+    if isinstance(value, Decimal) and (not value.is_finite() or value.as_tuple().exponent < -MAX_PLACES):
         return [path]
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in floats_in(v, f"{path}.{k}")]
@@ -65,7 +74,7 @@ def raw_findings(obj: dict[str, Any], who: str) -> list[ConformanceFinding]:
         out.append(finding("malformed_msgid", fac, problem, msgid, inf))
     paths = floats_in(obj.get("input"))
     if paths:
-        out.append(finding("float_money", fac, f"amounts sent as JSON numbers (write \"12.30\"): "
+        out.append(finding("float_money", fac, f"amounts with binary-float digits (send the exact amount, e.g. 36.90): "
                                               f"{', '.join(paths[:5])}", msgid, inf))
     return out
 

@@ -18,6 +18,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import infno as codes
+from contracts import wire
 from contracts.envelope import Reply, Request
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.broker import Broker
@@ -30,8 +31,10 @@ def route(names: Names, req: Request) -> tuple[str, str]:
     """(exchange, routing key) of a request, as the POS and the CLI client send it."""
     if req.infno in codes.ACCOUNTS_ADMIN_INPUTS and req.infno not in codes.BUREAU_INPUTS:
         return names.accounts_exchange, "admin"
-    if req.infno in (codes.SIGN_IN, "G001"):
+    if req.infno == codes.SIGN_IN:
         return names.bureau_exchange, REGISTRY_KEY
+    if req.infno.startswith("G"):  # the bureau takes its registry transactions from the registry exchange only
+        return names.registry_exchange, REGISTRY_KEY if req.infno == "G001" else req.insuplc_admdvs
     return names.bureau_exchange, req.insuplc_admdvs
 
 
@@ -54,7 +57,7 @@ class BureauLink:
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         try:
-            reply: Reply | None = Reply.model_validate_json(message.body)
+            reply: Reply | None = Reply.model_validate(wire.loads(message.body))
         except Exception:
             log.warning("not a reply on the gateway's reply queue; dropped", message_id=message.message_id)
             reply = None

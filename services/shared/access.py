@@ -9,7 +9,7 @@ the per-user deployment are then the first line and these checks the second.
 """
 from __future__ import annotations
 
-ROLES = ("bureau", "accounts", "pos", "simulator", "admin")
+ROLES = ("bureau", "accounts", "pos", "gateway", "simulator", "admin")
 
 
 def role_of(user_id: str | None) -> str | None:
@@ -39,12 +39,15 @@ def reply_allowed(user_id: str | None, reply_to: str | None, own_user: str | Non
         return reply_to.startswith("bureau-")
     if role == "simulator":
         return reply_to.startswith("client-")
+    if role == "gateway":
+        return reply_to.startswith("gateway-")
     return False  # the accounts service asks nobody for answers
 
 
 def outcome_publisher_ok(user_id: str | None, own_user: str | None) -> bool:
-    """An outcome event counts only if the POS user published it. An observer that is itself no service
+    """An outcome event counts only if a POS published it: the POS worker, or the HTTP gateway that plays the
+    POS's part for a HIS (it publishes the same outcome events). An observer that is itself no service
     user (one shared user, `gongji up`, the tests) has nobody to tell apart and takes every event."""
     if role_of(own_user) is None:
         return True
-    return role_of(user_id) == "pos"
+    return role_of(user_id) in ("pos", "gateway")

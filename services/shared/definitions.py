@@ -4,6 +4,8 @@ broker start): the topology, and one user per service with only the permissions 
     bureau    reads its own queues; writes to pay (moves money), reply, dlx
     accounts  reads accounts.pay and accounts.admin; writes to reply, events, dlx
     pos       reads pos.commands and its replies; writes to bureau (settlements), events, dlx
+    gateway   the HTTP front of the bureau: writes to bureau, registry (G-codes of the admin paasid only),
+              accounts (admin), events (outcomes, conformance findings); reads its own reply queues
     simulator declares its own reply/observer queues; writes to bureau, registry, accounts (admin), pos;
               never to pay, reply or events; binds only client-… reply keys (topic permissions)
     admin     the management UI (administrator)
@@ -48,7 +50,7 @@ def permissions(ns: str) -> dict[str, dict[str, str]]:
                       "read": rf"^{n}\.(reply|events|dead|reply\.client-.+|observe\..+)$"},
         # the HTTP gateway (services/gateway): publishes national requests as the POS does, G-codes of the
         # admin paasid to the accounts, outcome and conformance events; reads its own reply queues
-        "gateway": {"configure": "^$", "write": rf"^{n}\.(bureau|accounts|events)$",
+        "gateway": {"configure": "^$", "write": rf"^{n}\.(bureau|registry|accounts|events)$",
                     "read": rf"^{n}\.reply\.gateway-.+$"},
         "admin": {"configure": ".*", "write": ".*", "read": ".*"},
     }
@@ -65,6 +67,8 @@ def topic_permissions(ns: str) -> dict[str, dict[str, dict[str, str]]]:
                      n.events_exchange: {"write": r"^balance\..+$", "read": "^$"}},
         "pos": {n.reply_exchange: {"write": "^$", "read": "^pos$"},
                 n.events_exchange: {"write": r"^outcome\..+$", "read": "^$"}},
+        "gateway": {n.reply_exchange: {"write": "^$", "read": "^gateway-.+$"},
+                    n.events_exchange: {"write": r"^(outcome|conformance)\..+$", "read": "^$"}},
         "simulator": {n.reply_exchange: {"write": "^$", "read": "^client-.+$"},
                       n.events_exchange: {"write": "^$", "read": ".*"}},
     }
