@@ -124,7 +124,8 @@ def build(data: "RunData", invariants: dict[str, str], *, scale: str) -> dict[st
         report["aborted"] = m.unmap_text(data.aborted)
     if data.faults is not None:
         report["faults"] = fault_section(data)
-    return json.loads(json.dumps(report, default=str))
+    from . import published
+    return published.report(json.loads(json.dumps(report, default=str)))
 
 
 def dead_letter_key(entry: dict[str, str], ns: str) -> str:
@@ -477,10 +478,11 @@ def render_html(data: "RunData", report: dict[str, Any]) -> str:
     ok_all = exp["failed"] == 0 and all(v == "ok" for v in report["invariants"].values()) and faults_ok(report)
     verdict = '<span class="ok">PASSED</span>' if ok_all else '<span class="bad">FAILED</span>'
     t = report["totals"]
+    from .published import yuan
     kpis = "".join(f'<div class="kpi"><span class="muted">{_e(label)}</span><b>{_e(v)}</b></div>' for label, v in (
-        ("visits", report["visits"]), ("reversals", report["reversals"]), ("bill 医疗费", t["medfee_sumamt"]),
-        ("pooled fund 统筹", t["hifp_pay"]), ("accounts 个人账户", t["acct_pay"]),
-        ("of which family 共济", t["acct_mulaid_pay"]), ("cash 现金", t["psn_cash_pay"])))
+        ("visits", report["visits"]), ("reversals", report["reversals"]), ("bill 医疗费", yuan(t["medfee_sumamt"])),
+        ("pooled fund 统筹", yuan(t["hifp_pay"])), ("accounts 个人账户", yuan(t["acct_pay"])),
+        ("of which family 共济", yuan(t["acct_mulaid_pay"])), ("cash 现金", yuan(t["psn_cash_pay"]))))
     inv_rows = [[_e(k), '<span class="ok">ok</span>' if v == "ok" else f'<span class="bad">{_e(v)}</span>']
                 for k, v in report["invariants"].items()]
     fail_rows = [[_e(f["step"]), _e(f["field"]), _e(json.dumps(f["expected"], ensure_ascii=False)),

@@ -9,6 +9,7 @@ them the setl_ids, do not depend on timing. Client-side msgids (admin transactio
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -182,10 +183,16 @@ class ObservingClient(Client):
     async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
         try:
             vid = VisitOutcome.model_validate_json(message.body).visit_id
-            self.events.setdefault(vid, []).append(bytes(message.body))
+            # A digest, not the body: the auditor only counts distinct outcomes (memory stays flat).
+            self.events.setdefault(vid, []).append(hashlib.blake2b(message.body, digest_size=16).digest())
         except Exception:
             pass
         await super()._on_outcome(message)
+
+    def forget(self, visit_id: str) -> None:
+        """The runner has the outcome: the client need not keep it (nor its waiter)."""
+        self.outcomes.pop(visit_id, None)
+        self._outcome_waiters.pop(visit_id, None)
 
 
 # ---- what a run observed ---------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ class Runner:
         self._step_obs: dict[str, Obs] = {}
         self.regions = sorted({p.region for p in people.values()} | {f.region for f in facilities.values()}
                               | set(self.sc.regions)) or ["330100"]
+        self.export: Any = None  # a SettlementExport (simulator/export.py) when the run writes a report
         self.completed = 0  # visit commands that have finished (with or without an outcome): faults trigger on it
         self.planned = pop.visit_count + pop.reversal_count + sum(
             1 for fs in self.loaded.steps for m in (fs.members or [fs]) if m.step.event in ("visit", "reverse"))
@@ -516,6 +524,14 @@ class Runner:
             obs.outcome = await self.client.visit(obs.cmd, timeout=timeout)
         except asyncio.TimeoutError:
             obs.note = f"no outcome within {max(timeout, self.client.retry_window):.0f} s"
+        if self.export is not None:  # settlements.csv / .ndjson, written as the run goes
+            self.export.write(obs.outcome, step=obs.step, generated=obs.generated, family=obs.family, kind=obs.kind,
+                              category=obs.category, reverse_of=obs.reverse_of, note=obs.note, cmd=obs.cmd,
+                              unmap=self.mapper.unmap_text)
+        if obs.outcome is not None:  # keep only what the audit and the report use (memory per visit)
+            self.client.forget(obs.cmd.visit_id)
+            if obs.outcome.presettle is not None:
+                obs.outcome = obs.outcome.model_copy(update={"presettle": None})
         self.data.observations.append(obs)
         self.completed += 1
         self._track_balances(obs)
@@ -1240,7 +1256,14 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
         try:
             runner = Runner(loaded, client, policies, mapper=mapper, progress=progress,
                             concurrency=opts.concurrency, faults=driver)
-            data = await runner.run()
+            if opts.report_dir is not None:
+                from .export import SettlementExport
+                runner.export = SettlementExport(opts.report_dir)
+            try:
+                data = await runner.run()
+            finally:
+                if runner.export is not None:
+                    runner.export.close()
             t1 = time.monotonic()
             progress.message("auditing")
             invariants = await audit.audit(runner, data)
@@ -1359,6 +1382,7 @@ def main(args: Any) -> int:
 
 
 def summary(result: RunResult) -> str:
+    from .published import yuan
     rep, lines = result.report, []
     ok_mark = "PASSED" if result.ok else "FAILED"
     lines.append(f"scenario {rep['scenario']} (seed {rep['seed']}, scale {rep['scale']}): {ok_mark}")
@@ -1374,8 +1398,8 @@ def summary(result: RunResult) -> str:
             result_txt = row.get("status") or ("infcode " + str(row.get("infcode")) if "infcode" in row else "-")
             check = ("ok" if row["passed"] else "FAIL") if row["expected"] or not row["passed"] else "-"
             lines.append(f"  {row['step'][:27]:<28}{row['at']:<21}{row['event']:<9}{str(result_txt)[:12]:<13}"
-                         f"{row.get('acct_pay') or '':>11}{row.get('acct_mulaid_pay') or '':>10}"
-                         f"{row.get('psn_cash_pay') or '':>10}  {check}")
+                         f"{yuan(row.get('acct_pay')):>11}{yuan(row.get('acct_mulaid_pay')):>10}"
+                         f"{yuan(row.get('psn_cash_pay')):>10}  {check}")
         if len(steps) > 80:
             lines.append(f"  ... and {len(steps) - 80} more steps (see report.json)")
     lines.append("")
@@ -1385,8 +1409,8 @@ def summary(result: RunResult) -> str:
                  + ("; errors: " + ", ".join(f"{k} {v}" for k, v in oc["by_err_code"].items()) if oc["by_err_code"]
                     else ""))
     t = rep["totals"]
-    lines.append(f"  totals: bill {t['medfee_sumamt']}, pooled fund {t['hifp_pay']}, accounts {t['acct_pay']} "
-                 f"(family {t['acct_mulaid_pay']}), cash {t['psn_cash_pay']}")
+    lines.append(f"  totals: bill {yuan(t['medfee_sumamt'])}, pooled fund {yuan(t['hifp_pay'])}, accounts "
+                 f"{yuan(t['acct_pay'])} (family {yuan(t['acct_mulaid_pay'])}), cash {yuan(t['psn_cash_pay'])}")
     exp = rep["expectations"]
     lines.append(f"  expectations: {exp['passed']} passed, {exp['failed']} failed")
     for f in exp["failures"]:
