@@ -26,6 +26,7 @@ import yaml
 
 from contracts.money import from_fen
 
+from .errors import EXIT_INVALID, run_guarded
 from .published import SCHEMA_VERSION, snake, yuan
 from .report import _e, _table, dumps, family_figures, sources
 from .runner import Progress, RunResult, options_from, run_loaded, totals
@@ -96,7 +97,7 @@ def add_arguments(p: Any) -> None:
 def main(args: Any) -> int:
     if len(args.policy) != 2:
         print("give exactly two policy sets: --policy A --policy B", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     try:
         loaded = load_scenario(args.scenario, scale=args.scale, seed=args.seed)
     except ScenarioError as exc:
@@ -106,6 +107,18 @@ def main(args: Any) -> int:
     sets = [PolicySet(s) for s in args.policy]
     if sets[0].label == sets[1].label:
         sets[1].label += "-2"
+    problems = []
+    for ps in sets:  # every input checked before anything runs
+        try:
+            with ps:
+                pass
+        except SystemExit as exc:
+            problems.append(str(exc.code))
+        except Exception as exc:  # noqa: BLE001 - a broken policy file, in one line
+            problems.append(f"--policy {ps.spec}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if problems:
+        print("gongji compare: " + "\n".join(problems), file=sys.stderr)
+        return EXIT_INVALID
     results: list[RunResult] = []
     for ps in sets:
         with ps as pdir:
@@ -114,7 +127,11 @@ def main(args: Any) -> int:
             opts.report_dir = out_dir / ps.label
             progress = Progress(enabled=not args.quiet)
             progress.message(f"— policy set {ps.label} ({ps.spec})")
-            results.append(asyncio.run(run_loaded(loaded, opts, progress)))
+            code, result, message = run_guarded(lambda: run_loaded(loaded, opts, progress), opts.amqp_url)
+            if result is None:
+                print(f"gongji compare: {message}", file=sys.stderr)
+                return code
+            results.append(result)
     cmp = compare(loaded.scenario.name, sets, results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(dumps(cmp), encoding="utf-8")

@@ -1204,7 +1204,6 @@ class RunResult:
 async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progress | None = None,
                      on_stack: Callable[[Any], None] | None = None) -> RunResult:
     """Start what is needed (or use running workers with external), run, audit, write the report."""
-    from services.shared.broker import wait_for_broker
     from services.shared.policy import load_policies, policy_dir
 
     from . import audit, report
@@ -1230,7 +1229,8 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
         if driver is not None:
             driver.check(external=opts.external, amqp_url=broker.url)
             driver.amqp_url = broker.url
-        await wait_for_broker(broker.url, timeout=30)
+        from .errors import check_broker
+        await check_broker(broker.url)  # one line and exit code 3 if it is not there or refuses us
         if opts.external:
             namespace = opts.namespace or "gongji"
             mapper = Mapper(uuid.uuid4().hex[:5])
@@ -1350,6 +1350,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="generated visits in flight at once (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--keep-data", action="store_true", help="keep the workers' temporary data directory")
+    p.add_argument("--junit", default=None, metavar="FILE",
+                   help="write JUnit XML for CI: one testcase per expectation and per invariant")
 
 
 def options_from(args: Any) -> RunOptions:
@@ -1364,21 +1366,29 @@ def options_from(args: Any) -> RunOptions:
 
 
 def main(args: Any) -> int:
+    from . import junit
+    from .errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_guarded
     from .scenario import ScenarioError, load_scenario
+    name = Path(args.scenario).stem
     try:
         loaded = load_scenario(args.scenario, scale=args.scale, seed=args.seed)
     except ScenarioError as exc:
         print(f"invalid scenario:\n{exc}", file=sys.stderr)
-        return 2
+        if args.junit:
+            junit.write(args.junit, junit.error_suite(name, f"invalid scenario:\n{exc}"))
+        return EXIT_INVALID
     opts = options_from(args)
     opts.report_dir = Path(args.report_dir) if args.report_dir else Path("reports") / loaded.scenario.name
-    try:
-        result = asyncio.run(run_loaded(loaded, opts))
-    except RuntimeError as exc:  # a worker that does not start, a broker that goes away
-        print(f"gongji run: {exc}", file=sys.stderr)
-        return 1
+    code, result, message = run_guarded(lambda: run_loaded(loaded, opts), opts.amqp_url)
+    if result is None:
+        print(f"gongji run: {message}", file=sys.stderr)
+        if args.junit:
+            junit.write(args.junit, junit.error_suite(name, message or "did not run"))
+        return code
     print(summary(result))
-    return 0 if result.ok else 1
+    if args.junit:
+        junit.write(args.junit, junit.build(result.report, has_final=loaded.scenario.final is not None))
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def summary(result: RunResult) -> str:
