@@ -332,8 +332,9 @@ def render_outcome(o: dict[str, Any]) -> str:
             ("hifp_pay", "pooled fund 统筹基金"), ("psn_part_amt", "patient share 个人负担"),
             ("acct_pay", "personal accounts 个人账户"), ("acct_mulaid_pay", "  of which family 共济"),
             ("psn_cash_pay", "cash 现金"), ("balc", "own balance after 余额")]
+    from simulator.terminal import table
     lines = [head, f"  setl_id {s['setl_id']}"]
-    lines += [f"  {label:<28}{s[key]:>12}" for key, label in rows]
+    lines.append(table(("", "yuan", "field"), [(label, s[key], key) for key, label in rows], right={1}))
     for part in s.get("mulaid_detail", []):
         lines.append(f"    family: {part['authorizer_psn_no']} paid {part['amount']} (balance now {part['balc']})")
     lines += [f"  why: {note}" for note in s.get("notes", [])]
@@ -343,23 +344,32 @@ def render_outcome(o: dict[str, Any]) -> str:
 def _up(args: argparse.Namespace) -> int:
     """The no-Docker `docker compose up`: the same worker commands, as child processes."""
     env = {**os.environ, "AMQP_URL": args.amqp_url, "GONGJI_NAMESPACE": args.namespace,
-           "GONGJI_DATA_DIR": args.data_dir}
+           "GONGJI_DATA_DIR": str(Path(args.data_dir).resolve())}
+    repo = Path(__file__).resolve().parents[1]  # the workers and the job run this very code
     from simulator.stack import die_with_parent
-    procs = [subprocess.Popen([sys.executable, "-m", "simulator.cli", "worker", name], env=env,
-                              preexec_fn=die_with_parent, stdout=subprocess.PIPE) for name in WORKERS]
+    # The workers' own logs (JSON lines) go to files; the terminal gets only the lines written for people.
+    log_dir = Path(args.data_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env.setdefault("GONGJI_LOG_FORMAT", "json")
+    procs = []
+    for name in WORKERS:
+        with open(log_dir / f"{name}.log", "ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "simulator.cli", "worker", name], env=env, cwd=repo,
+                                          preexec_fn=die_with_parent, stdout=subprocess.PIPE, stderr=log))
     code = 0
     try:
         for name, proc in zip(WORKERS, procs):  # each prints one line when its queues are declared
             assert proc.stdout is not None
             line = proc.stdout.readline().decode(errors="replace").strip()
             if "ready" not in line:
-                print(f"the {name} worker did not start ({line or 'no output'}); see its log above", file=sys.stderr)
-                return 1
-            print(line, flush=True)
+                tail = (log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
+                print(f"the {name} worker did not start ({line or 'no output'}); its log: {log_dir / (name + '.log')}"
+                      + "".join(f"\n  {t}" for t in tail), file=sys.stderr)
+                return 3
+            print(f"{line} (log: {log_dir / (name + '.log')})", flush=True)
         # From the repository (where scenarios/ lives); the report lands in ./reports of the caller.
         job = [str(Path.cwd() / "reports") if a == "reports" else a for a in MAIN_JOB]
-        code = subprocess.call([sys.executable, "-m", "simulator.cli", *job], env=env,
-                               cwd=Path(__file__).resolve().parents[1])
+        code = subprocess.call([sys.executable, "-m", "simulator.cli", *job], env=env, cwd=repo)
         if not args.once:
             print("workers running; Ctrl-C to stop", flush=True)
             while all(p.poll() is None for p in procs):

@@ -31,6 +31,7 @@ from .published import SCHEMA_VERSION, snake, yuan
 from .report import _e, _table, dumps, family_figures, sources
 from .runner import Progress, RunResult, options_from, run_loaded, totals
 from .scenario import ScenarioError, load_scenario
+from .terminal import table
 
 
 class PolicySet:
@@ -207,19 +208,19 @@ def _y(fen: int) -> float:
 
 def text_table(cmp: dict[str, Any]) -> str:
     a, b = (ps["label"] for ps in cmp["policy_sets"])
-    lines = [f"policy what-if for {cmp['scenario']}: A = {a}, B = {b}", "",
-             f"  {'':<52}{'A':>16}{'B':>16}{'B - A':>16}"]
-    for v in cmp["metrics"].values():
-        label = ("  " + v["label"]) if v["label"].startswith(("from", "of which", "cash")) else v["label"]
-        lines.append(f"  {label:<52}{yuan(v['a']):>16}{yuan(v['b']):>16}{yuan(v['delta']):>16}")
+    lines = [f"policy what-if for {cmp['scenario']}: A = {a}, B = {b}", ""]
+    sub = ("from", "of which", "cash")
+    lines.append(table(("", "A", "B", "B - A"), [(("  " if v["label"].startswith(sub) else "") + v["label"],
+                                                   yuan(v["a"]), yuan(v["b"]), yuan(v["delta"]))
+                                                  for v in cmp["metrics"].values()], right={1, 2, 3}))
     f = cmp["families"]
     lines += ["", f"  families: {f['count']}; pay less under B: {f['pay_less_under_b']}, more: {f['pay_more_under_b']}, "
                   f"unchanged: {f['unchanged']}"]
     if cmp["largest_family_changes"]:
-        lines.append(f"  {'family':<20}{'out-of-pocket A':>18}{'B':>14}{'B - A':>12}{'pooled B - A':>14}")
-        for d in cmp["largest_family_changes"][:10]:
-            lines.append(f"  {d['family'][:19]:<20}{yuan(d['out_of_pocket_a']):>18}{yuan(d['out_of_pocket_b']):>14}"
-                         f"{yuan(d['delta_out_of_pocket']):>12}{yuan(d['delta_pooled']):>14}")
+        lines.append(table(("family", "out-of-pocket A", "B", "B - A", "pooled B - A"),
+                           [(d["family"][:30], yuan(d["out_of_pocket_a"]), yuan(d["out_of_pocket_b"]),
+                             yuan(d["delta_out_of_pocket"]), yuan(d["delta_pooled"]))
+                            for d in cmp["largest_family_changes"][:10]], right={1, 2, 3, 4}))
     for r in cmp["runs"]:
         bad = [k for k, v in r["invariants"].items() if v != "ok"]
         lines.append(f"  run {r['label']}: invariants {'ok' if not bad else 'FAILED: ' + ', '.join(bad)}"

@@ -8,6 +8,7 @@ them the setl_ids, do not depend on timing. Client-side msgids (admin transactio
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import hashlib
 import itertools
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -38,6 +39,7 @@ from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 from services.shared.store import OutMessage
 
 from .client import Client
+from .terminal import Progress, percentiles, table  # Progress: re-exported for runner.Progress callers
 from .generate import GenVisit, Population, generate
 from .scenario import (KINDS, MONEY_FIELDS, NEEDS_STACK, TOTAL_FIELDS, TRIGGERED_KINDS, BindingSpec, CumExpect, Expect,
                        Facility, FlatStep, Item, LoadedScenario, Person, UnresolvedReference, fault_threshold,
@@ -266,57 +268,6 @@ def totals(observations: list[Obs]) -> dict[str, int]:
 KNOWN_ADMIN = {"G001", "G002", "G003", "G101", "G102", "G103", "G111", "G121", "G199", "1101", "5206", "3201"}
 
 
-class Progress:
-    """A progress bar on stderr (a line per 10% when stderr is not a terminal)."""
-
-    def __init__(self, stream: TextIO | None = sys.stderr, enabled: bool = True):
-        self.stream = stream
-        self.enabled = enabled and stream is not None
-        self.tty = bool(self.enabled and getattr(stream, "isatty", lambda: False)())
-        self.total = 0
-        self.done = 0
-        self.label = ""
-        self._last = 0.0
-        self._last_decile = -1
-
-    def phase(self, label: str, total: int) -> None:
-        self.finish()
-        self.label, self.total, self.done, self._last_decile = label, total, 0, -1
-        self._draw(force=True)
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        self._draw()
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            self.finish()
-            print(text, file=self.stream, flush=True)
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled or self.total <= 0:
-            return
-        frac = min(1.0, self.done / self.total)
-        if self.tty:
-            now = time.monotonic()
-            if not force and now - self._last < 0.1 and self.done < self.total:
-                return
-            self._last = now
-            width = 30
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            print(f"\r{self.label:<22} [{bar}] {self.done}/{self.total}", end="", file=self.stream, flush=True)
-        elif self.total >= 200:
-            decile = int(frac * 10)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                print(f"{self.label}: {self.done}/{self.total} ({decile * 10}%)", file=self.stream, flush=True)
-
-    def finish(self) -> None:
-        if self.tty and self.total > 0:
-            print(file=self.stream, flush=True)
-        self.total = 0
-
-
 # ---- the runner ----------------------------------------------------------------------------------------
 class Runner:
     def __init__(self, loaded: LoadedScenario, client: ObservingClient, policies: dict[str, RegionPolicy], *,
@@ -349,6 +300,7 @@ class Runner:
         self._step_obs: dict[str, Obs] = {}
         self.regions = sorted({p.region for p in people.values()} | {f.region for f in facilities.values()}
                               | set(self.sc.regions)) or ["330100"]
+        self.latencies = array.array("d")  # seconds from command to outcome, per visit (8 bytes each)
         self.export: Any = None  # a SettlementExport (simulator/export.py) when the run writes a report
         self.completed = 0  # visit commands that have finished (with or without an outcome): faults trigger on it
         self.planned = pop.visit_count + pop.reversal_count + sum(
@@ -520,8 +472,10 @@ class Runner:
 
     async def send_visit(self, obs: Obs) -> Obs:
         timeout = obs.cmd.timeout_ms / 1000 * 3 + 60
+        t0 = time.monotonic()
         try:
             obs.outcome = await self.client.visit(obs.cmd, timeout=timeout)
+            self.latencies.append(time.monotonic() - t0)  # wall clock: printed, never in report.json
         except asyncio.TimeoutError:
             obs.note = f"no outcome within {max(timeout, self.client.retry_window):.0f} s"
         if self.export is not None:  # settlements.csv / .ndjson, written as the run goes
@@ -1294,6 +1248,7 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
         data.faults = {**driver.summary(), "stats": stats, "dead": dead, "namespace": namespace,
                        "runner_retries": client.retries + client.resends}
     wall.update(data.timings)
+    wall.update({f"latency_{k}": v for k, v in percentiles(runner.latencies).items()})
     wall["total"] = time.monotonic() - t0
     rep = report.build(data, invariants, scale=str(loaded.scale))
     ok = rep["expectations"]["failed"] == 0 and all(v == "ok" for v in invariants.values()) and report.faults_ok(rep)
@@ -1402,14 +1357,14 @@ def summary(result: RunResult) -> str:
     steps = rep["steps"]
     if steps:
         lines.append("")
-        lines.append(f"  {'step':<28}{'at':<21}{'event':<9}{'result':<13}{'acct_pay':>11}{'mulaid':>10}"
-                     f"{'cash':>10}  check")
+        rows = []
         for row in steps[:80]:
             result_txt = row.get("status") or ("infcode " + str(row.get("infcode")) if "infcode" in row else "-")
             check = ("ok" if row["passed"] else "FAIL") if row["expected"] or not row["passed"] else "-"
-            lines.append(f"  {row['step'][:27]:<28}{row['at']:<21}{row['event']:<9}{str(result_txt)[:12]:<13}"
-                         f"{yuan(row.get('acct_pay')):>11}{yuan(row.get('acct_mulaid_pay')):>10}"
-                         f"{yuan(row.get('psn_cash_pay')):>10}  {check}")
+            rows.append((row["step"][:40], row["at"], row["event"], str(result_txt)[:14], yuan(row.get("acct_pay")),
+                         yuan(row.get("acct_mulaid_pay")), yuan(row.get("psn_cash_pay")), check))
+        lines.append(table(("step", "at", "event", "result", "acct_pay", "mulaid", "cash", "check"), rows,
+                           right={4, 5, 6}))
         if len(steps) > 80:
             lines.append(f"  ... and {len(steps) - 80} more steps (see report.json)")
     lines.append("")
@@ -1449,6 +1404,10 @@ def summary(result: RunResult) -> str:
         for text in f["errors"]:
             lines.append(f"    ERROR {text}")
     w = result.wall
+    if "latency_p50" in w:
+        lines.append(f"  latency per visit (command → outcome): p50 {w['latency_p50'] * 1000:.0f} ms, "
+                     f"p95 {w['latency_p95'] * 1000:.0f} ms, p99 {w['latency_p99'] * 1000:.0f} ms, "
+                     f"max {w['latency_max'] * 1000:.0f} ms")
     lines.append(f"  wall clock: total {w.get('total', 0):.1f} s (workers {w.get('start', 0):.1f}, "
                  f"load {w.get('load', 0):.1f}, generated traffic {w.get('traffic', 0):.1f}, "
                  f"timeline {w.get('timeline', 0):.1f}, audit {w.get('audit', 0):.1f})")
