@@ -39,6 +39,7 @@ from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 from services.shared.store import OutMessage
 
 from .client import Client
+from .stored import StoredOutcome
 from .terminal import Progress, percentiles, table  # Progress: re-exported for runner.Progress callers
 from .generate import GenVisit, Population, generate
 from .scenario import (KINDS, MONEY_FIELDS, NEEDS_STACK, TOTAL_FIELDS, TRIGGERED_KINDS, BindingSpec, CumExpect, Expect,
@@ -216,6 +217,8 @@ class Obs:
 
     @property
     def setlinfo(self) -> dict[str, Any] | None:
+        if isinstance(self.outcome, StoredOutcome):
+            return self.outcome.setlinfo_dict()
         if self.outcome is None or self.outcome.setlinfo is None:
             return None
         return self.outcome.setlinfo.model_dump(mode="json")
@@ -264,6 +267,8 @@ def totals(observations: list[Obs]) -> dict[str, int]:
             out[f] += to_fen(Decimal(s[f]))
     return out
 
+
+_DONE: Any = None  # stands for a generated visit that has been sent (see Runner.generated_traffic)
 
 KNOWN_ADMIN = {"G001", "G002", "G003", "G101", "G102", "G103", "G111", "G121", "G199", "1101", "5206", "3201"}
 
@@ -482,10 +487,10 @@ class Runner:
             self.export.write(obs.outcome, step=obs.step, generated=obs.generated, family=obs.family, kind=obs.kind,
                               category=obs.category, reverse_of=obs.reverse_of, note=obs.note, cmd=obs.cmd,
                               unmap=self.mapper.unmap_text)
-        if obs.outcome is not None:  # keep only what the audit and the report use (memory per visit)
+        if obs.outcome is not None:  # memory per visit: a compact outcome, the client forgets its copy
             self.client.forget(obs.cmd.visit_id)
-            if obs.outcome.presettle is not None:
-                obs.outcome = obs.outcome.model_copy(update={"presettle": None})
+            if obs.generated:  # timeline steps keep the model (expectations read it)
+                obs.outcome = StoredOutcome(obs.outcome)  # type: ignore[assignment]
         self.data.observations.append(obs)
         self.completed += 1
         self._track_balances(obs)
@@ -514,9 +519,10 @@ class Runner:
         sem = asyncio.Semaphore(self.concurrency)
 
         async def chain(visits: list[GenVisit]) -> None:
-            for v in visits:
+            for i, v in enumerate(visits):
                 async with sem:
                     await self._generated_visit(v)
+                visits[i] = _DONE  # its bill is in the command now: let the generated visit go (memory)
                 self.progress.advance()
 
         await asyncio.gather(*(chain(vs) for _, vs in sorted(pop.visits.items())))
