@@ -20,11 +20,14 @@ from tests.harness import Stack
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, amqp_url: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, amqp_url: str | None = None, timeout: float = 900, namespace: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ}
     env.pop("GONGJI_SCALE", None)
     if amqp_url is not None:
         env["AMQP_URL"] = amqp_url
+    if namespace is not None:
+        env["GONGJI_NAMESPACE"] = namespace
     return subprocess.run([sys.executable, "-m", "simulator.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -125,17 +128,28 @@ def test_compare_checks_every_input_before_running(amqp_url: str, tmp_path: Path
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_health_asks_the_broker_whether_the_worker_consumes(stack: Stack, amqp_url: str) -> None:
+    # Exactly docker-compose's healthcheck command (`gongji health <worker>`), broker and namespace from the env.
     for service in ("bureau", "accounts", "pos"):
-        out = await asyncio.to_thread(cli, "health", service, "--namespace", stack.ns, "--amqp-url", amqp_url)
+        out = await asyncio.to_thread(cli, "health", service, amqp_url=amqp_url, namespace=stack.ns)
         assert out.returncode == 0, out.stderr
         assert "healthy" in out.stdout and "consumer" in out.stdout
-    out = await asyncio.to_thread(cli, "health", "pos", "--namespace", f"none{uuid.uuid4().hex[:6]}",
-                                  "--amqp-url", amqp_url)
+    out = await asyncio.to_thread(cli, "health", "pos", amqp_url=amqp_url, namespace=f"none{uuid.uuid4().hex[:6]}")
     assert out.returncode == 1 and "no queue" in out.stderr
     # The queue exists but its worker is gone: unhealthy.
     stack.kill("pos")
     try:
-        out = await asyncio.to_thread(cli, "health", "pos", "--namespace", stack.ns, "--amqp-url", amqp_url)
+        out = await asyncio.to_thread(cli, "health", "pos", amqp_url=amqp_url, namespace=stack.ns)
         assert out.returncode == 1 and "nobody is consuming" in out.stderr, out.stdout + out.stderr
     finally:
         await stack.start_worker("pos")
+
+
+from tests.test_access import restricted  # noqa: E402,F401 - the workers as their own broker users
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_health_works_as_each_workers_own_broker_user(restricted: dict) -> None:  # noqa: F811
+    """In compose the healthcheck runs with the worker's own user (no configure permission): passive checks only."""
+    for service in ("bureau", "accounts", "pos"):
+        out = await asyncio.to_thread(cli, "health", service, amqp_url=restricted["urls"][service], namespace="gongji")
+        assert out.returncode == 0, out.stdout + out.stderr
