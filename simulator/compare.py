@@ -272,7 +272,7 @@ d.keys.forEach(function(k,i){{var y=10+i*44;var t=add("text",{{x:4,y:y+20,"font-
 [["a",0],["b",1]].forEach(function(p){{var v=Math.max(0,d[p[0]][k]);
 add("rect",{{x:L,y:y+p[1]*18,width:BAR*v/max,height:16,fill:COLORS[p[1]]}});
 var s=add("text",{{x:L+BAR*v/max+4,y:y+p[1]*18+12,"font-size":11}});
-s.textContent=d.names[p[1]]+" "+v.toFixed(2);}});}});
+s.textContent=(p[1]?"B ":"A ")+v.toFixed(2);}});}});
 document.getElementById("chart").appendChild(svg);document.body.setAttribute("data-report-ready","ok");}}
 catch(e){{document.body.setAttribute("data-report-error",String(e));throw e;}}}})();
 </script></body></html>

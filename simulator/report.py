@@ -228,8 +228,37 @@ def chart_data(data: "RunData") -> dict[str, Any]:
     for region in sorted({o.cmd.insuplc_admdvs for o in obs}):
         src_rows.append({"label": f"insured in {region}", "parts": parts([o for o in obs
                                                                            if o.cmd.insuplc_admdvs == region])})
-    return {"sources": src_rows, "families": _family_series(data), "limits": _limits(data),
-            "unit": "yuan", "title": data.loaded.scenario.name}
+    families = _family_series(data)
+    times = [p[0] for f in families for p in f["points"]]
+    return {"sources": src_rows, "families": families, "limits": _limits(data), "unit": "yuan",
+            "title": data.loaded.scenario.name, "ticks": time_ticks(min(times), max(times)) if times else []}
+
+
+def time_ticks(first: str, last: str, most: int = 8) -> list[list[str]]:
+    """Ticks for the time axis, [time, label], each label different: whole days over a span of 2 days or
+    more (every k-th day so that there are at most `most`), whole hours below that."""
+    from datetime import timedelta
+    t0, t1 = _t(first), _t(last)
+    if t1 <= t0:
+        return [[first, first[:16]]]
+    if t1 - t0 >= timedelta(days=2):
+        start = t0.replace(hour=0, minute=0, second=0) + (timedelta(days=1) if t0.time() != t0.min.time() else
+                                                          timedelta(0))
+        days = (t1 - start).days + 1
+        step, fmt, unit = max(1, -(-days // most)), "%m-%d", timedelta(days=1)
+    else:
+        start = t0.replace(minute=0, second=0) + (timedelta(hours=1) if (t0.minute, t0.second) != (0, 0) else
+                                                  timedelta(0))
+        hours = int((t1 - start).total_seconds() // 3600) + 1
+        step, fmt, unit = max(1, -(-hours // most)), "%m-%d %H:00", timedelta(hours=1)
+    ticks: list[list[str]] = []
+    at = start
+    while at <= t1:
+        label = at.strftime(fmt)
+        if not ticks or ticks[-1][1] != label:
+            ticks.append([at.strftime("%Y-%m-%d %H:%M:%S"), label])
+        at += unit * step
+    return ticks or [[first, first[:16]]]
 
 
 def _family_series(data: "RunData") -> list[dict[str, Any]]:
@@ -334,13 +363,14 @@ def why_rows(data: "RunData") -> tuple[list[dict[str, Any]], int]:
     gen_shown = 0
     for o in sorted(data.observations, key=lambda o: o.order):
         s = o.setlinfo
-        if s is None:
-            continue
         total += 1
         if o.generated:
             if gen_shown >= WHY_LIMIT:
                 continue
             gen_shown += 1
+        if s is None:  # refused, compensated, or no outcome: why it has no split
+            rows.append(_unsettled_row(o, m))
+            continue
         rows.append({"step": o.step, "kind": o.kind, "status": o.outcome.status if o.outcome else "",
                      "psn_no": m.unmap_text(s["psn_no"]), "facility": m.unmap_text(o.cmd.fixmedins_code),
                      "setl_id": m.unmap_text(s["setl_id"]), "setl_time": s["setl_time"],
@@ -349,6 +379,23 @@ def why_rows(data: "RunData") -> tuple[list[dict[str, Any]], int]:
                      "mulaid": [f"{m.unmap_text(p['authorizer_psn_no'])} {p['amount']}" for p in s["mulaid_detail"]],
                      "notes": [m.unmap_text(n) for n in s["notes"]]})
     return rows, total
+
+
+def _unsettled_row(o: "Obs", m: Any) -> dict[str, Any]:
+    from contracts.base import format_biz_time
+    status = o.outcome.status if o.outcome is not None else "no outcome"
+    why = []
+    if o.outcome is not None and o.outcome.err_code:
+        msg = o.outcome.err_msg if o.outcome.status != "settled" else ""
+        why.append(f"{o.outcome.err_code}: {m.unmap_text(msg or '')}".rstrip(": "))
+    if o.note:
+        why.append(o.note)
+    return {"step": o.step, "kind": o.kind, "status": status, "psn_no": m.unmap_text(o.cmd.psn_no),
+            "facility": m.unmap_text(o.cmd.fixmedins_code), "setl_id": "",
+            "setl_time": format_biz_time(o.cmd.biz_time),
+            **{k: "" for k in ("medfee_sumamt", "act_pay_dedc", "hifp_pay", "acct_pay", "acct_mulaid_pay",
+                               "psn_cash_pay", "balc")},
+            "mulaid": [], "notes": why or [status]}
 
 
 CSS = """
@@ -406,8 +453,9 @@ function lines(box,series){
  el("line",{x1:L,y1:H-B,x2:W-R,y2:H-B,stroke:"#98a2b3"},svg);el("line",{x1:L,y1:T,x2:L,y2:H-B,stroke:"#98a2b3"},svg);
  for(var i=0;i<=4;i++){var v=vmax*i/4;text(svg,4,Y(v)+4,yuan(v));
   el("line",{x1:L,y1:Y(v),x2:W-R,y2:Y(v),stroke:"#eef0f3"},svg);}
- [tmin,(tmin+tmax)/2,tmax].forEach(function(t,i){var d=new Date(t).toISOString().slice(0,10);
-  text(svg,X(t)-(i===2?60:i===1?30:0),H-B+16,d);});
+ (window.TICKS||[]).forEach(function(tk){var x=X(parseT(tk[0]));
+  el("line",{x1:x,y1:H-B,x2:x,y2:H-B+4,stroke:"#98a2b3"},svg);
+  text(svg,x,H-B+16,tk[1],{"text-anchor":"middle",class:"tick"});});
  series.forEach(function(s,i){var d="",last=null;s.points.forEach(function(p){var x=X(parseT(p[0])),y=Y(p[1]);
    d+=(d?(" L"+x+" "+(last===null?y:last)+" L"):"M")+x+" "+y;last=y;});
   d+=" L"+(W-R)+" "+last;
@@ -430,7 +478,7 @@ function filter(){var input=document.getElementById("filter");if(!input){return;
  input.addEventListener("input",function(){var q=input.value.toLowerCase();
   document.querySelectorAll("#why tbody tr").forEach(function(tr){tr.style.display=tr.textContent.toLowerCase().indexOf(q)>=0?"":"none";});});}
 try{
- var data=JSON.parse(document.getElementById("report-data").textContent);
+ var data=JSON.parse(document.getElementById("report-data").textContent);window.TICKS=data.ticks;
  stacked(document.getElementById("chart-sources"),data.sources);
  lines(document.getElementById("chart-families"),data.families);
  bars(document.getElementById("chart-limits"),data.limits);
@@ -471,6 +519,19 @@ def _faults_html(report: dict[str, Any]) -> str:
     return f"<section><h2>Faults injected: {verdict}</h2>{_table(['', 'count'], rows)}</section>"
 
 
+def _expectations_heading(exp: dict[str, Any]) -> str:
+    if exp["passed"] + exp["failed"] == 0:
+        return "Expectations: none in this scenario"
+    return f"Expectations: {exp['passed']} passed, {exp['failed']} failed"
+
+
+def _expectations_note(exp: dict[str, Any]) -> str:
+    if exp["passed"] + exp["failed"] == 0:
+        return ('<p class="muted" id="no-expectations">This scenario states no expectations (a generated one): '
+                'the invariants below are what checks the run.</p>')
+    return '<p class="ok">every expectation held</p>'
+
+
 def render_html(data: "RunData", report: dict[str, Any]) -> str:
     charts = chart_data(data)
     why, total_why = why_rows(data)
@@ -499,6 +560,8 @@ def render_html(data: "RunData", report: dict[str, Any]) -> str:
                          _e(r["acct_pay"]) + mulaid, _e(r["psn_cash_pay"]),
                          f"<details><summary>{len(r['notes'])} lines</summary><ul class='notes'>{notes}</ul></details>"])
     shown = f"{len(why)} of {total_why}" if len(why) < total_why else f"all {total_why}"
+    rest = ('<p class="muted">Every visit, with its why lines, is in <code>settlements.csv</code> and '
+            '<code>settlements.ndjson</code> next to this report.</p>')
     payload = json.dumps(charts, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
     sc = data.loaded.scenario
     return f"""<!DOCTYPE html>
@@ -514,14 +577,14 @@ def render_html(data: "RunData", report: dict[str, Any]) -> str:
 <main>
 <section><h2>Summary</h2>{kpis}
 {_table(["outcome", "count"], outcome_rows, {1})}</section>
-<section><h2>Expectations: {exp['passed']} passed, {exp['failed']} failed</h2>
-{_table(["step", "field", "expected", "actual", "where"], fail_rows) if fail_rows else '<p class="ok">every expectation held</p>'}</section>
+<section><h2>{_expectations_heading(exp)}</h2>
+{_table(["step", "field", "expected", "actual", "where"], fail_rows) if fail_rows else _expectations_note(exp)}</section>
 <section><h2>Invariants</h2>{_table(["invariant", "result"], inv_rows)}</section>
 {_faults_html(report)}
 <section><h2>Where each yuan came from</h2><div id="chart-sources" class="chart"></div></section>
 <section><h2>Family balances over time (personal accounts, 当年+历年)</h2><div id="chart-families" class="chart"></div></section>
 <section><h2>Limit usage (the fullest first)</h2><div id="chart-limits" class="chart"></div></section>
-<section><h2>Why: each settlement explained ({shown})</h2>
+<section><h2>Why: each visit explained ({shown})</h2>{rest}
 <input id="filter" placeholder="filter (person, step, rule…)" aria-label="filter">
 {_table(["step", "patient", "status", "bill", "deductible", "pooled", "accounts", "cash", "why"], why_html,
         {3, 4, 5, 6, 7}, 'id="why"')}</section>

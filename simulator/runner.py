@@ -1383,7 +1383,10 @@ def summary(result: RunResult) -> str:
     lines.append(f"  totals: bill {yuan(t['medfee_sumamt'])}, pooled fund {yuan(t['hifp_pay'])}, accounts "
                  f"{yuan(t['acct_pay'])} (family {yuan(t['acct_mulaid_pay'])}), cash {yuan(t['psn_cash_pay'])}")
     exp = rep["expectations"]
-    lines.append(f"  expectations: {exp['passed']} passed, {exp['failed']} failed")
+    if exp["passed"] + exp["failed"] == 0:
+        lines.append("  expectations: none in this scenario (the invariants below check the run)")
+    else:
+        lines.append(f"  expectations: {exp['passed']} passed, {exp['failed']} failed")
     for f in exp["failures"]:
         lines.append(f"    FAIL step {f['step']} ({f['where']}): {f['field']}: expected "
                      f"{json.dumps(f['expected'], ensure_ascii=False)}, got {json.dumps(f['actual'], ensure_ascii=False)}")

@@ -236,7 +236,7 @@ def test_report_html_opens_in_headless_chromium(twice: tuple[Path, Path, Path]) 
     assert 'data-report-ready="ok"' in dom, dom[:2000]
     assert 'data-report-error="' not in dom  # set on <body> only when the script failed
     assert dom.count('class="chart-rendered"') == 3  # where each yuan came from, family balances, limits
-    assert "Why: each settlement explained" in dom
+    assert "Why: each visit explained" in dom
 
 
 def test_compare_two_policy_sets(amqp_url: str, tmp_path: Path) -> None:
