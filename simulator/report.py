@@ -14,6 +14,7 @@ from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
 
 from .audit import insurance_year, standing
+from .figures import totals
 
 if TYPE_CHECKING:
     from .runner import Obs, RunData
@@ -48,7 +49,6 @@ def sources(observations: list["Obs"]) -> dict[str, int]:
 
 
 def _totals(observations: list["Obs"]) -> dict[str, str]:
-    from .runner import totals
     return {k: _y(v) for k, v in totals(observations).items()}
 
 

@@ -39,6 +39,7 @@ from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 from services.shared.store import OutMessage
 
 from .client import Client
+from .figures import totals  # noqa: F401 - runner.totals for its callers
 from .stored import StoredOutcome
 from .terminal import Progress, percentiles, table  # Progress: re-exported for runner.Progress callers
 from .generate import GenVisit, Population, generate
@@ -254,18 +255,6 @@ class RunData:
     def initial_fen(self, psn: str) -> int | None:
         p = self.people.get(psn)
         return None if p is None or p.balance is None else to_fen(p.balance)
-
-
-def totals(observations: list[Obs]) -> dict[str, int]:
-    """Net fen of every settled or reversed outcome (a reversal carries negated amounts)."""
-    out = {f: 0 for f in TOTAL_FIELDS}
-    for o in observations:
-        s = o.setlinfo
-        if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
-            continue
-        for f in TOTAL_FIELDS:
-            out[f] += to_fen(Decimal(s[f]))
-    return out
 
 
 _DONE: Any = None  # stands for a generated visit that has been sent (see Runner.generated_traffic)
