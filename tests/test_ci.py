@@ -153,3 +153,29 @@ async def test_health_works_as_each_workers_own_broker_user(restricted: dict) ->
     for service in ("bureau", "accounts", "pos"):
         out = await asyncio.to_thread(cli, "health", service, amqp_url=restricted["urls"][service], namespace="gongji")
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_settle_prints_an_aligned_split(stack: Stack, amqp_url: str) -> None:
+    """`gongji settle` end to end: a price written 12.5 settles as 12.50, paid by the own account."""
+    from tests.harness import HZ, PHARMACY, T0, ok
+    assert stack.client is not None
+    psn = f"CLI-{uuid.uuid4().hex[:8]}"
+    await ok(stack.client.bureau(stack.client.envelope("G002", {"psn_no": psn, "psn_name": "c", "insutype": "310",
+                                                                "psn_type": "employed", "insuplc_admdvs": HZ},
+                                                       insuplc_admdvs=HZ, when=T0)))
+    await ok(stack.client.accounts_admin(stack.client.envelope("G101", {"psn_no": psn, "insuplc_admdvs": HZ,
+                                                                       "opening_balc": "100.00"},
+                                                               insuplc_admdvs=HZ, when=T0)))
+    out = await asyncio.to_thread(cli, "settle", "--psn", psn, "--facility", PHARMACY, "--insuplc", HZ,
+                                  "--item", "XA01:12.5:2", "--time", "2026-03-01 10:00:00",
+                                  amqp_url=amqp_url, namespace=stack.ns, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {line.split()[-1]: line for line in out.stdout.splitlines() if line.strip()}
+    # 12.50 x 2 = 25.00 at a pharmacy (甲类, no pooled fund for pharmacy purchases here): the account pays it.
+    assert "25.00" in rows["medfee_sumamt"] and "25.00" in rows["acct_pay"] and "0.00" in rows["psn_cash_pay"]
+    # The amounts end in one column whatever the width of the Chinese labels before them.
+    from rich.cells import cell_len
+    money = [rows[k] for k in ("medfee_sumamt", "hifp_pay", "acct_pay", "psn_cash_pay", "balc")]
+    ends = {cell_len(line[:line.rindex(line.split()[-2]) + len(line.split()[-2])]) for line in money}
+    assert len(ends) == 1, money
