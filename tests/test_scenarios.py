@@ -255,5 +255,6 @@ def test_compare_two_policy_sets(amqp_url: str, tmp_path: Path) -> None:
     assert "family out-of-pocket" in out.stdout
     for label in ("policies", "hz_outpatient_deductible_300"):
         assert json.loads((tmp_path / label / "report.json").read_text())["invariants"]
+        assert (tmp_path / label / "settlements.csv").read_text(encoding="utf-8").count("\n") > 1  # per visit
     if CHROMIUM is not None:
         assert 'data-report-ready="ok"' in dump_dom(tmp_path / "compare.html")
