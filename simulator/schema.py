@@ -39,6 +39,21 @@ def contract_models() -> dict[str, type[BaseModel]]:
     return dict(sorted(found.items()))
 
 
+BIZ_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+            "description": "business time, Asia/Shanghai, 'yyyy-MM-dd HH:mm:ss' (no zone suffix)"}
+
+
+def _biz_times(node: Any) -> Any:
+    """On the wire every time is contracts.base.BizTime ('2026-03-01 10:00:00'), not RFC 3339: say so."""
+    if isinstance(node, dict):
+        if node.get("format") == "date-time" and node.get("type") == "string":
+            return {**{k: v for k, v in node.items() if k not in ("format", "type")}, **BIZ_TIME}
+        return {k: _biz_times(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_biz_times(v) for v in node]
+    return node
+
+
 def contract_path(name: str) -> str:
     return f"contracts/{name}.schema.json"
 
@@ -196,8 +211,8 @@ def write(directory: Path | str, ns: str = "gongji") -> list[Path]:
     written = []
     for name, model in contract_models().items():
         rel = contract_path(name)
-        written.append(_dump(d / rel, model_schema(model, rel)))
-    written.append(_dump(d / "scenario.schema.json", scenario_schema()))
+        written.append(_dump(d / rel, _biz_times(model_schema(model, rel))))
+    written.append(_dump(d / "scenario.schema.json", _biz_times(scenario_schema())))
     written.append(_dump(d / "asyncapi.json", asyncapi(ns)))
     return written
 

@@ -54,7 +54,9 @@ def _registry(d: Path) -> Registry:
 
 
 def _validator(d: Path, schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schema, registry=_registry(d))
+    # Formats checked too: a schema that said "date-time" for '2026-03-01 10:00:00' would fail here.
+    return jsonschema.Draft202012Validator(schema, registry=_registry(d),
+                                           format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def test_schema_command_writes_every_contract_scenario_and_asyncapi(schemas: Path) -> None:
@@ -189,6 +191,9 @@ async def test_real_messages_of_each_kind_validate(schemas: Path, amqp_url: str,
         bad = copy.deepcopy(settle)
         mutate(bad)
         assert list(_validator(schemas, msgs["settle_visit"]["payload"]).iter_errors(bad)), bad
+    bad = copy.deepcopy(settle)
+    bad["biz_time"] = "2026-03-01T10:00:00+08:00"  # RFC 3339 is not the national interface's time
+    assert list(_validator(schemas, msgs["settle_visit"]["payload"]).iter_errors(bad))
     request = next(b for _k, b in captured["bureau"] if b["infno"] in ("2102", "2207", "2304"))
     bad = copy.deepcopy(request)
     bad["input"]["medfee_sumamt"] = "12.5"  # money needs exactly two decimals
