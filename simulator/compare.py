@@ -14,7 +14,6 @@ Each run gets its own workers with GONGJI_POLICY_DIR pointing at its set.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys

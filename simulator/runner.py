@@ -41,9 +41,9 @@ from services.shared.store import OutMessage
 from .client import Client
 from .figures import totals  # noqa: F401 - runner.totals for its callers
 from .stored import StoredOutcome
-from .terminal import Progress, percentiles, table  # Progress: re-exported for runner.Progress callers
+from .terminal import Progress, percentiles  # Progress: re-exported for runner.Progress callers
 from .generate import GenVisit, Population, generate
-from .scenario import (KINDS, MONEY_FIELDS, NEEDS_STACK, TOTAL_FIELDS, TRIGGERED_KINDS, BindingSpec, CumExpect, Expect,
+from .scenario import (KINDS, MONEY_FIELDS, NEEDS_STACK, TRIGGERED_KINDS, BindingSpec, CumExpect, Expect,
                        Facility, FlatStep, Item, LoadedScenario, Person, UnresolvedReference, fault_threshold,
                        substitute)
 
@@ -1358,6 +1358,7 @@ def summary(result: RunResult) -> str:
             check = ("ok" if row["passed"] else "FAIL") if row["expected"] or not row["passed"] else "-"
             rows.append((row["step"][:40], row["at"], row["event"], str(result_txt)[:14], yuan(row.get("acct_pay")),
                          yuan(row.get("acct_mulaid_pay")), yuan(row.get("psn_cash_pay")), check))
+        from .terminal import table
         lines.append(table(("step", "at", "event", "result", "acct_pay", "mulaid", "cash", "check"), rows,
                            right={4, 5, 6}))
         if len(steps) > 80:
