@@ -35,6 +35,10 @@ class RegisterPerson(Strict):
     insutype: Insutype
     psn_type: PsnType
     insuplc_admdvs: Admdvs
+    # 居民医保 (390) benefit row: child (中小学生/婴幼儿), adult, elderly (老年居民); default from psn_type.
+    resident_group: Literal["child", "adult", "elderly"] | None = None
+    # 特困/低保 (national 人员类别 of assisted people): 医疗救助 (610100) pays where the region runs it.
+    low_income: bool = False
 
 
 class RegisterPersons(Strict):

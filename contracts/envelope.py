@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from . import wire
 from .base import Admdvs, BizTime, FixmedinsCode, MsgId, ShortText, Strict
 
 INFVER = "V1.0"
@@ -42,6 +43,13 @@ class Reply(Strict):
     err_code: str | None = None
     err_msg: str | None = None
     output: dict[str, Any] | None = None
+
+    def model_dump_json(self, **kwargs: Any) -> str:  # type: ignore[override]
+        """Decimals in `output` go out as JSON numbers, as the national platform answers (contracts.wire);
+        outputs built from gongji's models (money as "12.30" strings) are unchanged."""
+        if kwargs:
+            return super().model_dump_json(**kwargs)
+        return wire.dumps(self.model_dump())
 
     @classmethod
     def ok(cls, refmsgid: str, output: dict[str, Any]) -> "Reply":

@@ -51,11 +51,22 @@ class ErrorCode:
     TOO_MANY_PROXY_MEMBERS = "E_TOO_MANY_PROXY_MEMBERS"
     NOT_RESIDENT_INSURED = "E_NOT_RESIDENT_INSURED"
     CONTRIBUTION_NOT_ALLOWED = "E_CONTRIBUTION_NOT_ALLOWED"
+    CAP_EXCEEDED = "E_CAP_EXCEEDED"  # a G141 contribution above what the caps it counts toward leave
     SIGN_NO_UNKNOWN = "E_SIGN_NO_UNKNOWN"
     SIGN_NO_EXPIRED = "E_SIGN_NO_EXPIRED"
     TIMEOUT = "E_TIMEOUT"
     UNROUTABLE = "E_UNROUTABLE"
     INTERNAL = "E_INTERNAL"
+    # visits (2201 挂号 / 2401 入院 … 2207 / 2304), each refusal its own code
+    VISIT_UNKNOWN = "E_VISIT_UNKNOWN"  # no such mdtrt_id for this facility, person and region
+    VISIT_SETTLED = "E_VISIT_SETTLED"  # already settled (or being settled)
+    VISIT_CANCELLED = "E_VISIT_CANCELLED"  # 2202 cancelled it, or the sweep closed it as abandoned
+    VISIT_NO_DETAILS = "E_VISIT_NO_DETAILS"  # nothing (left) to settle or to discharge with
+    VISIT_STATE = "E_VISIT_STATE"  # the transaction does not fit the visit's stage (e.g. upload after 2402)
+    CHRG_BCHNO_UNKNOWN = "E_CHRG_BCHNO_UNKNOWN"  # no uploaded detail carries that chrg_bchno
+    DETAIL_UNKNOWN = "E_DETAIL_UNKNOWN"  # 2205/2302 name a line that was never uploaded
+    DETAIL_CONFLICT = "E_DETAIL_CONFLICT"  # feedetl_sn uploaded before with other content
+    NOT_DISCHARGED = "E_NOT_DISCHARGED"  # 2304 before 2402
 
 
 class GongjiError(Exception):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from . import admin, settlement
+from . import admin, national, settlement
 
 PRESETTLE = {"2101", "2206", "2303"}
 SETTLE = {"2102", "2207", "2304"}
@@ -12,6 +12,11 @@ COMPENSATE = "2601"
 SIGN_IN = "9001"
 PERSON_INFO = "1101"
 CUMULATIVE = "5206"
+# The national visit flow (contracts/national.py): registration, details, admission, discharge, queries.
+REGISTER, CANCEL_REGISTER, VISIT_INFO, UPLOAD, CANCEL_DETAILS = "2201", "2202", "2203", "2204", "2205"
+ADMIT, DISCHARGE, IPT_UPLOAD, IPT_CANCEL_DETAILS = "2401", "2402", "2301", "2302"
+SETTLEMENT_QUERY, DETAILS_QUERY = "5203", "5204"
+NATIONAL_INPUTS = national.NATIONAL_INPUTS  # 2206/2207/… take these when the input has the national node
 
 # med_type → (pre-settle, settle, reverse)
 TRIPLES: dict[str, tuple[str, str, str]] = {

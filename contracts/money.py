@@ -1,8 +1,9 @@
-"""Money on the wire: a JSON string with exactly two decimal places ("12.30").
+"""Money on the wire: a JSON number as the national platform sends it (数值型 16,2), read straight to
+Decimal (contracts.wire.loads, never through a float), or gongji's own string with two decimals ("12.30").
 
-Floats are refused outright (binary floats cannot hold fen exactly) and so are
-JSON numbers in general: a sender that wants to be understood writes "12.30".
-Storage uses integer fen; `to_fen` / `from_fen` are the only conversions.
+At most two decimal places; a Python float is refused outright (binary floats cannot hold fen exactly, and a
+float here means the JSON was parsed without parse_float=Decimal). Storage uses integer fen; `to_fen` /
+`from_fen` are the only conversions.
 """
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ def _parse_money(value: Any) -> Decimal:
     if isinstance(value, bool) or isinstance(value, float):
         raise ValueError("money must be a string with exactly 2 decimals, e.g. \"12.30\" (float refused)")
     if isinstance(value, int):
-        raise ValueError("money must be a string with exactly 2 decimals, e.g. \"12.00\" (bare number refused)")
+        value = Decimal(value)
     if isinstance(value, Decimal):
-        if not value.is_finite() or value.as_tuple().exponent != -2:
-            raise ValueError("money must have exactly 2 decimal places")
-        return value
+        if not value.is_finite() or value.as_tuple().exponent < -2:  # type: ignore[operator]
+            raise ValueError(f"money has at most 2 decimal places (数值型 16,2), got {value}")
+        if abs(value) >= Decimal("1e14"):
+            raise ValueError("money has at most 14 integer digits (数值型 16,2)")
+        return value.quantize(CENT)
     if isinstance(value, str):
         if not _MONEY_RE.match(value):
             raise ValueError(f"money must look like \"12.30\" (exactly 2 decimals), got {value!r}")
@@ -64,3 +67,36 @@ def yuan(text: str) -> Decimal:
 def round_fen(value: Decimal) -> int:
     """Round a fractional fen amount half-up to whole fen (the national rule for 分)."""
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def line_total(pric: Decimal, cnt: Decimal | str) -> Decimal:
+    """A line's det_item_fee_sumamt: pric x cnt rounded half-up to the fen (12.25 x 0.5 = 6.13, not 6.12).
+    The one helper every builder of fee lines uses (runner, settle CLI, demo, generator)."""
+    return from_fen(round_fen(Decimal(pric) * Decimal(cnt) * 100))
+
+
+def _parse_price(value: Any) -> Decimal:
+    """A unit price (单价 数值型 16,6): a JSON number, an int or a decimal string; at most 6 places."""
+    if isinstance(value, (bool, float)):
+        raise ValueError("pric must be a JSON number read exactly or a decimal string (float refused)")
+    if isinstance(value, int):
+        value = Decimal(value)
+    elif isinstance(value, str):
+        if not re.match(r"^-?\d{1,12}(\.\d{1,6})?$", value):
+            raise ValueError(f"pric must look like \"12.30\" (at most 6 decimals), got {value!r}")
+        value = Decimal(value)
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError("pric must be a number")
+    if value.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise ValueError(f"pric has at most 6 decimal places (数值型 16,6), got {value}")
+    if abs(value) >= Decimal("1e12"):
+        raise ValueError("pric is absurd")
+    return value
+
+
+Price = Annotated[
+    Decimal,
+    BeforeValidator(_parse_price),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str),
+    WithJsonSchema({"type": "string"}),
+]

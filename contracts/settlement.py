@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import Admdvs, BizTime, FixmedinsCode, PsnNo, Quantity, Ratio, ShortText, Strict
-from .money import Money
+from .money import Money, Price, line_total
 
 MedType = Literal["11", "13", "14", "21", "41"]  # 门诊 急诊 门诊慢特病 住院 定点药店购药
 Insutype = Literal["310", "390"]  # 职工基本医疗保险 / 城乡居民基本医疗保险
@@ -34,12 +34,12 @@ class FeeDetail(Strict):
     med_list_codg: str = Field(min_length=1, max_length=50)
     med_list_name: ShortText = ""
     cnt: Quantity
-    pric: Money
+    pric: Price  # 数值型 16,6
     det_item_fee_sumamt: Money
     # Declared by the POS; the region catalog overrides them when it lists the code.
     chrgitm_lv: ChrgitmLv | None = None
     selfpay_prop: Ratio | None = None
-    pric_uplmt_amt: Money | None = None
+    pric_uplmt_amt: Price | None = None
     item_scope: ItemScope | None = None  # gongji extension, for items the catalog does not list
 
     @model_validator(mode="after")
@@ -48,7 +48,7 @@ class FeeDetail(Strict):
             raise ValueError("pric and det_item_fee_sumamt must not be negative")
         if self.det_item_fee_sumamt > MAX_BILL:
             raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
-        expected = (self.pric * self.cnt).quantize(Decimal("0.01"))
+        expected = line_total(self.pric, self.cnt)
         if abs(expected - self.det_item_fee_sumamt) > Decimal("0.01"):
             raise ValueError(f"det_item_fee_sumamt {self.det_item_fee_sumamt} != pric x cnt ({expected})")
         if self.pric_uplmt_amt is not None and self.pric_uplmt_amt < 0:
@@ -69,6 +69,9 @@ class SettleInput(Strict):
     setl_chnl: SetlChannel = "offline"
     # 亲情账户: the person presenting the patient's e-voucher on the patient's behalf (gongji extension).
     proxy_psn_no: PsnNo | None = None
+    # 外配处方: a pharmacy purchase (41) on an external prescription from a designated hospital; pooled like
+    # outpatient where the region runs 门诊统筹 at pharmacies.
+    rx_circ_flag: Literal["0", "1"] = "0"
     details: list[FeeDetail] = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")
@@ -151,6 +154,18 @@ class MulaidPart(Strict):
     balc: Money  # the authorizer's balance after this movement
 
 
+class SetlDetail(Strict):
+    """One fund's line of setldetail (national names): the basic pooled fund (310100 / 390100) and the funds
+    above it (330100 大额, 390200 大病, 610100 医疗救助). fund_pay_sumamt is the sum of fund_payamt."""
+
+    fund_pay_type: str = Field(pattern=r"^\d{6}$")
+    fund_pay_type_name: str
+    inscp_scp_amt: Money  # the in-scope amount this fund worked on
+    crt_payb_lmt_amt: Money | None = None  # what it could still pay this year (None: no yearly cap)
+    fund_payamt: Money
+    setl_proc_info: str = ""
+
+
 class SetlInfo(Strict):
     setl_id: str
     psn_no: PsnNo
@@ -173,6 +188,7 @@ class SetlInfo(Strict):
     wallet_pay: Money = Decimal("0.00")  # 医保钱包, included in acct_pay (gongji extension)
     balc: Money  # the patient's own balance after
     mulaid_detail: list[MulaidPart] = []
+    setldetail: list[SetlDetail] = []
     orig_setl_id: str | None = None  # set on a reversal's answer
     notes: list[str] = []  # why: which rule did what, in order
 
@@ -196,3 +212,7 @@ class Cumulative(Strict):
     hifp_pay: Money  # pooled fund paid this year
     outpatient_hifp_pay: Money
     settlements: int
+    large_amount_pay: Money = Decimal("0.00")  # 330100 大额医疗费用补助 paid this year
+    crit_burden: Money = Decimal("0.00")  # in-scope personal burden counted toward the 大病 threshold
+    crit_pay: Money = Decimal("0.00")  # 390200 大病保险 paid this year
+    assist_pay: Money = Decimal("0.00")  # 610100 医疗救助 paid this year

@@ -15,6 +15,8 @@ from contracts.base import format_biz_time
 from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
 
+from . import visit_audit
+
 if TYPE_CHECKING:
     from .runner import Obs, RunData, Runner
 
@@ -22,6 +24,10 @@ SAMPLE_ALL_UP_TO = 2000  # people checked one by one (5206, G121) up to this man
 SAMPLE_SIZE = 500
 MAX_SHOWN = 5
 
+
+
+# setldetail fund lines above the basic fund → their 5206 accumulator
+FUND_ACCUMULATORS = {"330100": "large_amount_pay", "390200": "crit_pay", "610100": "assist_pay"}
 
 def _verdict(problems: list[str]) -> str:
     if not problems:
@@ -112,6 +118,12 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             why.append("a negative amount")
         if sum(_fen(p["amount"]) for p in s.get("mulaid_detail", [])) != f["acct_mulaid_pay"]:
             why.append("mulaid_detail does not add up to acct_mulaid_pay")
+        lines = s.get("setldetail", [])
+        if lines and sum(_fen(x["fund_payamt"]) for x in lines) != f["fund_pay_sumamt"]:
+            why.append("setldetail does not add up to fund_pay_sumamt")
+        basic = sum(_fen(x["fund_payamt"]) for x in lines if x["fund_pay_type"] in ("310100", "390100"))
+        if (lines or f["fund_pay_sumamt"] != f["hifp_pay"]) and basic != f["hifp_pay"]:
+            why.append("hifp_pay is not the basic fund's setldetail line")
         if sign == 1 and isinstance(o.cmd, SettleVisit):
             billed = sum(to_fen(d.det_item_fee_sumamt) for d in o.cmd.details)
             if billed != f["medfee_sumamt"]:
@@ -165,7 +177,10 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
         year = insurance_year(policy.year_start_month, _time(s["setl_time"]))
         key = (o.cmd.psn_no, year)
         hifp[key] = hifp.get(key, 0) + _fen(s["hifp_pay"])
-        if o.category != "inpatient":
+        who = data.people.get(mapper.unmap_text(o.cmd.psn_no))
+        scheme = (policy.resident_benefits if who is not None and who.insutype == "390" and policy.resident_benefits
+                  else policy.benefits)
+        if o.category != "inpatient" and not (s["med_type"] == "14" and scheme.chronic is not None):
             outp[key] = outp.get(key, 0) + _fen(s["hifp_pay"])
         ch = o.cmd.setl_chnl if isinstance(o.cmd, SettleVisit) else "offline"
         if ch in policy.accounts.channel_daily_limit:
@@ -174,10 +189,16 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
     for (psn, year), fen in sorted(hifp.items()):
         policy = data.policies[data.people[mapper.unmap_text(psn)].region] if mapper.unmap_text(psn) in data.people \
             else None
-        if policy is not None and fen > to_fen(policy.annual_cap):
+        who = data.people.get(mapper.unmap_text(psn))
+        benefits = policy.benefits if policy is not None else None
+        if policy is not None and who is not None and who.insutype == "390" and policy.resident_benefits:
+            benefits = policy.resident_benefits
+        annual = (benefits.annual_cap if benefits is not None and benefits.annual_cap is not None
+                  else policy.annual_cap if policy is not None else None)
+        if annual is not None and fen > to_fen(annual):
             problems.append(f"{mapper.unmap_text(psn)} {year}: pooled fund paid {from_fen(fen)} > annual cap "
-                            f"{policy.annual_cap}")
-        cap = policy.benefits.outpatient.annual_cap if policy is not None else None
+                            f"{annual}")
+        cap = benefits.outpatient.annual_cap if benefits is not None else None
         if cap is not None and outp.get((psn, year), 0) > to_fen(cap):
             problems.append(f"{mapper.unmap_text(psn)} {year}: outpatient pooled {from_fen(outp[(psn, year)])} > "
                             f"{cap}")
@@ -262,17 +283,25 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
         key = (mapper.unmap_text(o.cmd.psn_no), insurance_year(policy.year_start_month, _time(s["setl_time"])))
         touched.add(key)
         a = acc_obs.setdefault(key, {"outpatient_dedc": 0, "inpatient_dedc": 0, "inpatient_stays": 0,
-                                     "hifp_pay": 0, "outpatient_hifp_pay": 0, "settlements": 0})
+                                     "hifp_pay": 0, "outpatient_hifp_pay": 0, "settlements": 0,
+                                     **{f: 0 for f in FUND_ACCUMULATORS.values()}})
         if s["setl_id"] in reversals:
             continue
         a["settlements"] += 1
         a["hifp_pay"] += _fen(s["hifp_pay"])
+        for line in s.get("setldetail", []):  # each fund above the basic one has its own accumulator
+            if line["fund_pay_type"] in FUND_ACCUMULATORS:
+                a[FUND_ACCUMULATORS[line["fund_pay_type"]]] += _fen(line["fund_payamt"])
+        who = data.people.get(key[0])
+        scheme = (policy.resident_benefits if who is not None and who.insutype == "390" and policy.resident_benefits
+                  else policy.benefits)
         if o.category == "inpatient":
             a["inpatient_dedc"] += _fen(s["act_pay_dedc"])
-            a["inpatient_stays"] += 1 if policy.benefits.inpatient.pooled else 0
+            a["inpatient_stays"] += 1 if scheme.inpatient.pooled else 0
         else:
             a["outpatient_dedc"] += _fen(s["act_pay_dedc"])
-            a["outpatient_hifp_pay"] += _fen(s["hifp_pay"])
+            if not (s["med_type"] == "14" and scheme.chronic is not None):  # 门诊慢特病: annual cap only
+                a["outpatient_hifp_pay"] += _fen(s["hifp_pay"])
     for o in data.observations:  # accumulators of raced people who have no settlement left: all zero
         if o.race and mapper.unmap_text(o.cmd.psn_no) in must:
             policy = data.policies.get(o.cmd.insuplc_admdvs)
@@ -281,7 +310,8 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
                        insurance_year(policy.year_start_month, _time(format_biz_time(o.cmd.biz_time))))
                 touched.add(key)
                 acc_obs.setdefault(key, {"outpatient_dedc": 0, "inpatient_dedc": 0, "inpatient_stays": 0,
-                                         "hifp_pay": 0, "outpatient_hifp_pay": 0, "settlements": 0})
+                                         "hifp_pay": 0, "outpatient_hifp_pay": 0, "settlements": 0,
+                                         **{f: 0 for f in FUND_ACCUMULATORS.values()}})
     keys = _sample(sorted(touched), runner.sc.seed, {k for k in touched if k[0] in must})
     got = await _gather(runner, [("bureau", "5206", {"psn_no": mapper.psn(psn), "cum_year": year},
                                   data.people[psn].region if psn in data.people else None) for psn, year in keys],
@@ -384,6 +414,11 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             if bur.get("states", {}).get(state):
                 problems.append(f"{bur['states'][state]} settlements still {state}")
     inv["nothing_in_flight"] = _verdict(problems)
+
+    # 11. visits: every registered visit ends settled, cancelled or reported open (after the 3201 sweep above)
+    after = await runner.call("bureau", "G199", {}, when, region)
+    problems, figures["visits"] = visit_audit.check(data, after.output or {} if after.infcode == 0 else None)
+    inv["every_visit_settled_cancelled_or_open"] = _verdict(problems)
     # settlements the bureau had taken in (adjudicated, maybe paid) and then undid for a 2601 冲正
     figures["bureau_compensated"] = (bur.get("states", {}).get("compensated", 0)
                                      if bur is not None and not data.mapper.tag else None)  # --external: not ours alone

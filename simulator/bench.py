@@ -10,15 +10,17 @@ One run:
    and a temporary data dir; a seeded population of M accounts is loaded in bulk (G001, G003, G103 in
    messages of 5000, G111 for the families), and the load is timed;
 3. visits (pharmacy 41 and outpatient 11 at a few facilities, Beijing people, cross-region purchases and
-   children paid by a family member's account) go to the POS with presettle=True: pre-settle + settle, the
-   two round trips to the bureau that `ratio` counts. Closed loop (`--concurrency N` outstanding) or open
+   children paid by a family member's account) go to the POS with presettle=True, in the national flow a HIS
+   speaks: a pharmacy 2101 → 2102 (2 round trips to the bureau), an outpatient visit 2201 → 2203 → 2204 →
+   2206 → 2207 (5). Each outcome says how many national round trips its visit took; their mean over the
+   settled visits is `national_round_trips_per_settlement`, and `ratio` divides the raw ceiling by it. Closed loop (`--concurrency N` outstanding) or open
    loop (`--rate R` Poisson arrivals; latency from the *scheduled* send time, so a stalled system cannot
    hide its backlog). A warm-up is excluded. Latency: command publish → outcome event received;
 4. CPU seconds per process (/proc/<pid>/stat) and peak RSS (VmHWM) of each worker, the echo, the broker
    (beam.smp, if readable) and the bench client itself; an RSS/throughput timeline (for soaks);
 5. G199 audits of the accounts and bureau ledgers, then the workers stop and the namespace is deleted.
 
-    ratio = settlements_per_s / (raw_round_trips_per_s / 2)
+    ratio = settlements_per_s / (raw_round_trips_per_s / national_round_trips_per_settlement)
 
 Everything is deterministic for a given --seed (population, mix, arrival times), so runs are comparable.
 """
@@ -444,7 +446,8 @@ class BenchClient:
         fut = self.waiters.pop(data.get("visit_id", ""), None)
         if fut is not None and not fut.done():
             setl = data.get("setlinfo") or {}
-            fut.set_result((data.get("status", "?"), setl.get("acct_mulaid_pay", "0.00") != "0.00"))
+            fut.set_result((data.get("status", "?"), setl.get("acct_mulaid_pay", "0.00") != "0.00",
+                            int(data.get("round_trips") or 0)))
 
     def msgid(self) -> str:
         """Loading msgids: LOADER_CODE + a business second after LOAD_TIME + a 4-digit sequence."""
@@ -751,6 +754,14 @@ class Record:
     t_done: float
     status: str
     mulaid: bool
+    round_trips: int = 0  # national transactions the visit took (the POS counts them; sign-in excluded)
+
+
+def round_trips_per_settlement(settled: list[Record]) -> float:
+    """The mean number of national round trips a settled visit of the mix took (2 for a pharmacy 2101 → 2102,
+    5 for an outpatient 2201 → 2203 → 2204 → 2206 → 2207); 2 when nothing was counted."""
+    counted = [r.round_trips for r in settled if r.round_trips > 0]
+    return round(sum(counted) / len(counted), 3) if counted else 2.0
 
 
 async def drive(client: BenchClient, mix: VisitMix, records: list[Record], *, concurrency: int | None,
@@ -769,12 +780,12 @@ async def drive(client: BenchClient, mix: VisitMix, records: list[Record], *, co
         t0 = loop.time() if t_sched is None else t_sched
         try:
             fut = await client.submit(body, visit_id)
-            status, mulaid = await asyncio.wait_for(fut, mix.timeout_ms / 1000 * 3 + 30)
+            status, mulaid, trips = await asyncio.wait_for(fut, mix.timeout_ms / 1000 * 3 + 30)
         except Exception as exc:  # a lost outcome is a result too, not a crash of the bench
             failures[type(exc).__name__] += 1
             client.waiters.pop(visit_id, None)
-            status, mulaid = f"error:{type(exc).__name__}", False
-        records.append(Record(t0, loop.time(), status, mulaid))
+            status, mulaid, trips = f"error:{type(exc).__name__}", False, 0
+        records.append(Record(t0, loop.time(), status, mulaid, trips))
 
     window_task = asyncio.create_task(on_window(t_measure, t_end))
     if concurrency is not None:
@@ -1000,10 +1011,22 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         what = f"concurrency {concurrency}" if closed_loop else f"rate {args.rate}/s (Poisson)"
         print(f"visits: {what}, warm-up {warmup:g} s, measured {args.duration:g} s ...", flush=True)
-        t_measure, t_end, unfinished = await drive(
-            client, mix, records, concurrency=concurrency, rate=args.rate, warmup=warmup, duration=args.duration,
-            seed=args.seed, on_window=on_window, drain_timeout=args.visit_timeout * 3 + 30,
-            max_outstanding=args.max_outstanding)
+        visits: Any = client
+        if args.via_gateway:  # HTTP client → gateway → bureau → accounts (simulator/bench_http.py)
+            from .bench_http import HttpVisits, start_gateway
+            gateway, gateway_url = await start_gateway(args.amqp_url, ns, data_dir / "logs")
+            workers.procs["gateway"] = gateway
+            watched["gateway"] = gateway.pid
+            visits = HttpVisits(gateway_url)
+            result["via"] = "gateway"
+        try:
+            t_measure, t_end, unfinished = await drive(
+                visits, mix, records, concurrency=concurrency, rate=args.rate, warmup=warmup, duration=args.duration,
+                seed=args.seed, on_window=on_window, drain_timeout=args.visit_timeout * 3 + 30,
+                max_outstanding=args.max_outstanding)
+        finally:
+            if visits is not client:
+                await visits.close()
         got = records
         result["unfinished_visits"] = unfinished
         if not workers.alive():
@@ -1014,6 +1037,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         settled = [r for r in window if r.status == "settled"]
         lat = sorted((r.t_done - r.t_send) * 1000 for r in settled)
         sps = len(settled) / args.duration
+        trips = round_trips_per_settlement(settled)
         result.update({
             "settlements_per_s": round(sps, 1),
             "visits_per_s": round(len(window) / args.duration, 1),
@@ -1021,7 +1045,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2),
             "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(lat[-1], 2) if lat else float("nan"),
             "mean_ms": round(sum(lat) / len(lat), 2) if lat else float("nan"),
-            "ratio": round(sps / (result["raw_round_trips_per_s"] / 2), 3) if result["raw_round_trips_per_s"] else 0,
+            "national_round_trips_per_settlement": trips,
+            "ratio": round(sps / (result["raw_round_trips_per_s"] / trips), 3) if result["raw_round_trips_per_s"] else 0,
             "statuses": dict(Counter(r.status for r in got)),
             "mutual_aid_settlements": sum(1 for r in got if r.mulaid),
             "visits_sent": len(got) + unfinished, "mix": dict(sorted(mix.kinds.items())),
@@ -1098,14 +1123,15 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def render(r: dict[str, Any]) -> str:
     lines = [
         "",
-        f"gongji bench  {r['mode']} loop  " + (f"concurrency {r['concurrency']}" if r["mode"] == "closed"
+        f"gongji bench  {'via the HTTP gateway  ' if r.get('via') == 'gateway' else ''}{r['mode']} loop  " + (f"concurrency {r['concurrency']}" if r["mode"] == "closed"
                                               else f"rate {r['rate']}/s") +
         f"  accounts {r['accounts']}  measured {r['duration_s']:g} s (+{r['warmup_s']:g} s warm-up)",
         f"  settlements/s        {r['settlements_per_s']:>10}   ({r['settlements']} settled in the window)",
         f"  latency ms           p50 {r['p50_ms']}  p95 {r['p95_ms']}  p99 {r['p99_ms']}  max {r['max_ms']}",
         f"  raw round trips/s    {r['raw_round_trips_per_s']:>10}   (echo, concurrency {r['raw_concurrency']}, "
         f"p50 {r['raw_p50_ms']} ms)",
-        f"  ratio = settlements_per_s / (raw_round_trips_per_s / 2) = {r['ratio']}",
+        f"  ratio = settlements_per_s / (raw_round_trips_per_s / national_round_trips_per_settlement "
+        f"{r['national_round_trips_per_settlement']}) = {r['ratio']}",
         f"  outcomes             {r['statuses']}  mutual aid {r['mutual_aid_settlements']}  "
         f"unfinished {r['unfinished_visits']}",
         f"  load                 {r['load']['load_s']} s for {r['accounts']} accounts, {r['load']['persons']} persons, "
@@ -1157,6 +1183,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                      "--duration/2, 3..15)")
     p.add_argument("--raw-concurrency", type=int, default=None,
                    help="echo round trips outstanding (default: --concurrency, or 32 with --rate)")
+    p.add_argument("--via-gateway", action="store_true",
+                   help="send the visits as a HIS does, over HTTP through `gongji gateway` (2101 + 2102, signed), "
+                        "instead of as commands to the POS worker")
     p.add_argument("--seed", type=int, default=6, help="population, mix and arrivals (default %(default)s)")
     p.add_argument("--prefetch", type=int, default=64, help="the workers' --prefetch (default %(default)s)")
     p.add_argument("--visit-timeout", type=float, default=30.0,

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from contracts.money import line_total
 from services.shared.entry import DEFAULT_AMQP_URL, WorkerConfig
 
 WORKERS = ("bureau", "accounts", "pos")
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
                    help="bureau only: comma-separated admdvs to serve (default: every policy file)")
     w.add_argument("--prefetch", type=int, default=64)
+    w.add_argument("--bureau-url", default=None,
+                   help="pos only: send national transactions over HTTP to this gateway URL (…/callService) "
+                        "instead of RabbitMQ, signed per facility from GONGJI_PAAS_SECRET (env GONGJI_POS_BUREAU_URL)")
 
     d = sub.add_parser("demo", help="load the demo population and settle a few visits")
     _common(d)
@@ -91,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     from simulator import bench
     bench.add_arguments(sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
                                                      "latency, CPU and memory against the raw broker ceiling"))
+
+    from services.gateway import main as gateway
+    gateway.add_arguments(sub.add_parser("gateway", help="serve the national interface over HTTP "
+                                                         "(/fsi/api/rsfComIfsService/callService) in front of the bureau"))
+    cr = sub.add_parser("credentials", help="print a facility's x-tif paasid and paasToken (from GONGJI_PAAS_SECRET)")
+    cr.add_argument("fixmedins_code", help="the facility code (= paasid), or gongji-admin for the G-codes")
+    cr.add_argument("--json", action="store_true")
+    from simulator import observe
+    observe.add_arguments(sub.add_parser("observe", help="watch outcome and conformance events (e.g. of gateway "
+                                                         "traffic) and write report.json, report.html and a CSV"))
 
     from simulator import compare, runner
     runner.add_arguments(sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
@@ -160,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from simulator import runner
         return runner.main(args)
+    if args.command == "gateway":
+        from services.gateway import main as gateway
+        return gateway.main(args)
+    if args.command == "credentials":
+        return _credentials(args)
+    if args.command == "observe":
+        from simulator import observe
+        return observe.main(args)
     if args.command == "compare":
         from simulator import compare
         return compare.main(args)
@@ -172,8 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _credentials(args: argparse.Namespace) -> int:
+    from contracts import credentials
+    token = credentials.paas_token(args.fixmedins_code)
+    if args.json:
+        print(json.dumps({"paasid": args.fixmedins_code, "paasToken": token}))
+    else:
+        print(f"paasid {args.fixmedins_code}\npaasToken {token}")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from services.shared.entry import run
+    if args.bureau_url:
+        if args.service != "pos":
+            raise SystemExit("--bureau-url is a setting of the pos worker")
+        os.environ["GONGJI_POS_BUREAU_URL"] = args.bureau_url  # read by services.pos.worker
     cfg = WorkerConfig(amqp_url=args.amqp_url, namespace=args.namespace, data_dir=Path(args.data_dir),
                        regions=[r for r in args.regions.split(",") if r], prefetch=args.prefetch)
     if args.service == "bureau":
@@ -259,9 +295,8 @@ def _parse_item(text: str, n: int) -> dict[str, Any]:
         raise ItemError(f"--item {text!r}: expected CODE:PRICE[:CNT[:LV[:PROP]]], e.g. XB02:36.50:2:02:0.05")
     code = parts[0]
     price = _number(parts[1], text, "PRICE", "12.50")
-    if price != price.quantize(Decimal("0.01")):
-        raise ItemError(f"--item {text!r}: PRICE {parts[1]!r} has more than 2 decimals (yuan and fen, e.g. 12.50)")
-    price = price.quantize(Decimal("0.01"))  # 12.5 is 12.50: a person may write either
+    if int(price.as_tuple().exponent) < -6:  # 单价 is 数值型(16,6): at most 6 decimal places
+        raise ItemError(f"--item {text!r}: PRICE {parts[1]!r} has more than 6 decimals (e.g. 12.50 or 0.123456)")
     cnt = parts[2] if len(parts) > 2 else "1"
     _number(cnt, text, "CNT", "2")
     lv = parts[3] if len(parts) > 3 else "01"
@@ -270,7 +305,7 @@ def _parse_item(text: str, n: int) -> dict[str, Any]:
     prop = parts[4] if len(parts) > 4 else None
     if prop is not None:
         _number(prop, text, "PROP", "0.05")
-    total = (price * Decimal(cnt)).quantize(Decimal("0.01"))
+    total = line_total(price, cnt)
     item = {"feedetl_sn": str(n), "med_list_codg": code, "cnt": cnt, "pric": f"{price}",
             "det_item_fee_sumamt": f"{total}", "chrgitm_lv": lv}
     if prop is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from contracts import wire
 from contracts.base import SHANGHAI
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
@@ -55,7 +56,7 @@ class Client:
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         try:
-            reply = Reply.model_validate_json(message.body)
+            reply = Reply.model_validate(wire.loads(message.body))
         except Exception:
             reply = None
         await message.ack()

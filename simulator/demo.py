@@ -75,7 +75,9 @@ async def _ok(call) -> None:  # type: ignore[no-untyped-def]
 
 def line(code: str, price: str, cnt: str = "1", lv: str = "01", prop: str | None = None) -> FeeDetail:
     from decimal import Decimal
-    total = f"{(Decimal(price) * Decimal(cnt)).quantize(Decimal('0.01'))}"
+
+    from contracts.money import line_total
+    total = f"{line_total(Decimal(price), cnt)}"
     return FeeDetail(feedetl_sn=code, med_list_codg=code, cnt=cnt, pric=price, det_item_fee_sumamt=total,
                      chrgitm_lv=lv, selfpay_prop=prop)  # type: ignore[arg-type]
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from contracts.base import SHANGHAI
-from contracts.money import from_fen, to_fen
+from contracts.money import from_fen, line_total, round_fen, to_fen
 
 from .scenario import BindingSpec, Facility, Generator, Item, LoadedScenario, MoneyDist, Person, scaled_families
 
@@ -82,7 +82,7 @@ def draw_fen(rng: random.Random, dist: MoneyDist) -> int:
     if dist.zero_share > 0 and rng.random() < float(dist.zero_share):
         return 0
     value = rng.lognormvariate(math.log(float(dist.median)), float(dist.spread))
-    fen = int(round(value * 100))
+    fen = round_fen(Decimal(repr(value)) * 100)
     fen = max(fen, to_fen(dist.min))
     if dist.max is not None:
         fen = min(fen, to_fen(dist.max))
@@ -140,30 +140,40 @@ def _family(rng: random.Random, gen: Generator, regions: list[str], f: int, pop:
     members: list[Person] = []
 
     def add(psn_type: str, insutype: str = "310", *, account: bool = True, where: str | None = None,
-            own_surname: bool = True) -> Person:
+            own_surname: bool = True, child: bool = False) -> Person:
         psn_no = f"G{f:06d}-{len(members) + 1}"
         bal = from_fen(draw_fen(rng, gen.balance[psn_type])) if account else None  # type: ignore[index]
+        extra: dict[str, Any] = {}
+        if insutype == "390":  # 居民医保: the benefit row, and whether 医疗救助 helps
+            extra["resident_group"] = "child" if child else "elderly" if psn_type == "retired" else "adult"
+            extra["low_income"] = rng.random() < float(gen.low_income_share)
         p = Person(psn_no=psn_no, name=_name(rng, surname if own_surname else None), region=where or region,
-                   insutype=insutype, psn_type=psn_type, balance=bal)  # type: ignore[arg-type]
+                   insutype=insutype, psn_type=psn_type, balance=bal, **extra)  # type: ignore[arg-type]
         members.append(p)
         return p
+
+    def either(psn_type: str, **kw: Any) -> Person:
+        """A member who may be employee- or resident-insured (resident_share), the latter without an account."""
+        if rng.random() < float(gen.resident_share.get(psn_type, 0)):  # type: ignore[call-overload]
+            return add(psn_type, "390", account=False, **kw)
+        return add(psn_type, **kw)
 
     bindings: list[tuple[Person, Person, str]] = []
     if shape == "single":
         add("employed")
     elif shape == "couple":
-        a, b = add("employed"), add("employed", own_surname=False)
+        a, b = add("employed"), either("employed", own_surname=False)
         bindings.append((a, b, "spouse"))
     elif shape == "couple_with_child":
-        a, b = add("employed"), add("employed", own_surname=False)
-        c = add("employed", "390", account=False)
+        a, b = add("employed"), either("employed", own_surname=False)
+        c = add("employed", "390", account=False, child=True)
         bindings += [(a, c, "child"), (b, c, "child")]
     elif shape == "retirees":
-        a, b = add("retired"), add("retired", own_surname=False)
+        a, b = add("retired"), either("retired", own_surname=False)
         bindings.append((a, b, "spouse"))
     elif shape == "three_generations":
-        a, b = add("employed"), add("employed", own_surname=False)
-        c = add("employed", "390", account=False)
+        a, b = add("employed"), either("employed", own_surname=False)
+        c = add("employed", "390", account=False, child=True)
         d_insutype = "310" if rng.random() < 0.6 else "390"
         d = add("retired", d_insutype, account=d_insutype == "310")
         bindings += [(a, c, "child"), (b, c, "child"), (a, d, "parent")]

@@ -18,7 +18,11 @@ SCHEMA_VERSION = 2  # 1: money as strings and display-label keys (before gongji 
 
 # report.sources: display label → key
 SOURCE_KEYS = {"pooled fund 统筹基金": "pooled_fund", "own account 个人账户": "own_account",
-               "family mutual aid 家庭共济": "family_mutual_aid", "wallet 医保钱包": "wallet", "cash 现金": "cash"}
+               "family mutual aid 家庭共济": "family_mutual_aid", "wallet 医保钱包": "wallet", "cash 现金": "cash",
+               # the funds above the basic one (report.FUNDS_ABOVE), by fund_pay_type
+               "大额医疗费用补助 (330100)": "large_amount_subsidy_330100",
+               "大病保险 (390200)": "critical_illness_insurance_390200",
+               "医疗救助 (610100)": "medical_assistance_610100"}
 STEP_MONEY = {"medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
               "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
               "psn_cash_pay", "wallet_pay", "balc"}

@@ -31,21 +31,28 @@ def _fen(value: str) -> int:
     return to_fen(Decimal(value))
 
 
+FUNDS_ABOVE = {"330100": "大额医疗费用补助 (330100)", "390200": "大病保险 (390200)", "610100": "医疗救助 (610100)"}
+
+
 def sources(observations: list["Obs"]) -> dict[str, int]:
-    """Where each yuan came from (net of reversals): pooled fund, own account, family, wallet, cash."""
-    out = {"pooled fund 统筹基金": 0, "own account 个人账户": 0, "family mutual aid 家庭共济": 0,
-           "wallet 医保钱包": 0, "cash 现金": 0}
+    """Where each yuan came from (net of reversals): the basic pooled fund, each fund above it (大额, 大病,
+    医疗救助: setldetail), own account, family, wallet, cash."""
+    out = {"pooled fund 统筹基金": 0, **{name: 0 for name in FUNDS_ABOVE.values()}, "own account 个人账户": 0,
+           "family mutual aid 家庭共济": 0, "wallet 医保钱包": 0, "cash 现金": 0}
     for o in observations:
         s = o.setlinfo
         if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
             continue
         wallet = _fen(s.get("wallet_pay", "0.00"))
-        out["pooled fund 统筹基金"] += _fen(s["fund_pay_sumamt"])
+        out["pooled fund 统筹基金"] += _fen(s["hifp_pay"])
+        for line in s.get("setldetail", []):
+            if line["fund_pay_type"] in FUNDS_ABOVE:
+                out[FUNDS_ABOVE[line["fund_pay_type"]]] += _fen(line["fund_payamt"])
         out["family mutual aid 家庭共济"] += _fen(s["acct_mulaid_pay"])
         out["wallet 医保钱包"] += wallet
         out["own account 个人账户"] += _fen(s["acct_pay"]) - _fen(s["acct_mulaid_pay"]) - wallet
         out["cash 现金"] += _fen(s["psn_cash_pay"])
-    return out
+    return {k: v for k, v in out.items() if v or k not in FUNDS_ABOVE.values()}  # a fund shows when it paid
 
 
 def _totals(observations: list["Obs"]) -> dict[str, str]:
@@ -117,6 +124,8 @@ def build(data: "RunData", invariants: dict[str, str], *, scale: str) -> dict[st
                          "failures": failures},
         "invariants": dict(invariants),
         "reconciliation": rec,
+        # the national flow: visits registered (2201/2401), how they ended, what the bureau still has open
+        "national_visits": (data.figures or {}).get("visits"),
         "admin": dict(sorted(data.admin_counts.items())),
         "steps": [m.unmap(row) for row in data.steps],
     }

@@ -31,7 +31,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from contracts.base import SHANGHAI
 from contracts.envelope import Reply, make_msgid
-from contracts.money import from_fen, to_fen
+from contracts.money import from_fen, line_total, round_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
 from contracts.settlement import FeeDetail
 from services.shared.broker import Unroutable
@@ -392,7 +392,9 @@ class Runner:
                 batch = group[i:i + BATCH]
                 rep = await self.call("bureau", "G003", {"persons": [
                     {"psn_no": m.psn(p.psn_no), "psn_name": (p.name or p.psn_no)[:200], "insutype": p.insutype,
-                     "psn_type": p.psn_type, "insuplc_admdvs": p.region} for p in batch]}, when, region)
+                     "psn_type": p.psn_type, "insuplc_admdvs": p.region,
+                     **({"resident_group": p.resident_group} if p.resident_group else {}),
+                     **({"low_income": True} if p.low_income else {})} for p in batch]}, when, region)
                 if rep.infcode != 0:
                     raise SetupFailed(f"registering people of {region}: {rep.err_code} {rep.err_msg}")
                 self.progress.advance(len(batch))
@@ -446,17 +448,24 @@ class Runner:
     def settle_command(self, visit_id: str, psn_no: str, facility: str, med_type: str, channel: str,
                        at: datetime, items: list[Item], *, insutype: str | None = None, mdtrtarea: str | None = None,
                        acct_used: bool = True, cert_type: str = "01", presettle: bool = True,
-                       timeout_ms: int = 30000, proxy: str | None = None) -> SettleVisit:
+                       timeout_ms: int = 30000, proxy: str | None = None, rx: bool = False,
+                       flow: dict[str, Any] | None = None) -> SettleVisit:
         d, m = self.data, self.mapper
         person = d.people.get(psn_no)
         fac = d.facilities.get(facility)
         region = person.region if person else self.regions[0]
-        details = [FeeDetail.model_validate({
-            "feedetl_sn": str(i + 1), "med_list_codg": it.code, "med_list_name": it.name, "cnt": it.cnt,
-            "pric": it.price, "det_item_fee_sumamt": (it.price * it.cnt).quantize(Decimal("0.01")),
-            "chrgitm_lv": it.lv, "selfpay_prop": it.prop, "pric_uplmt_amt": it.limit,
-            **({"item_scope": it.scope} if it.scope is not None else {})}) for i, it in enumerate(items)]
-        extra = {"proxy_psn_no": m.psn(proxy)} if proxy is not None else {}
+        def fee_details(its: list[Item]) -> list[FeeDetail]:
+            return [FeeDetail.model_validate({
+                "feedetl_sn": str(i + 1), "med_list_codg": it.code, "med_list_name": it.name, "cnt": it.cnt,
+                "pric": it.price, "det_item_fee_sumamt": line_total(it.price, it.cnt),
+                "chrgitm_lv": it.lv, "selfpay_prop": it.prop, "pric_uplmt_amt": it.limit,
+                **({"item_scope": it.scope} if it.scope is not None else {})}) for i, it in enumerate(its)]
+        details = fee_details(items)
+        extra: dict[str, Any] = {"proxy_psn_no": m.psn(proxy)} if proxy is not None else {}
+        if rx:
+            extra["rx_circ_flag"] = "1"
+        if flow:  # the national flow's shape: uploads, cancelled lines, abandon; or the flat shortcut
+            extra.update({k: v for k, v in flow.items() if k != "cancel"}, cancel=fee_details(flow.get("cancel", [])))
         return SettleVisit.model_validate({
             "visit_id": m.visit(visit_id), "fixmedins_code": m.fac(facility), "insuplc_admdvs": region,
             "mdtrtarea_admvs": mdtrtarea or (fac.region if fac else region), "psn_no": m.psn(psn_no),
@@ -570,7 +579,9 @@ class Runner:
                 cmd = self.settle_command(fs.name, ev.person, ev.facility, med, chnl, fs.at, ev.items,
                                           insutype=ev.insutype, mdtrtarea=ev.mdtrtarea, acct_used=ev.acct_used,
                                           cert_type=ev.cert_type, presettle=ev.presettle, timeout_ms=ev.timeout_ms,
-                                          proxy=ev.proxy)
+                                          proxy=ev.proxy, rx=ev.prescription,
+                                          flow={"uploads": ev.uploads, "cancel": ev.cancel,
+                                                "abandon": ev.abandon, "flow": ev.flow})
                 obs = Obs(order=(1, f"{fs.index:06d}", fs.name), step=fs.name, generated=False,
                           family=d.family_of.get(ev.person), cmd=cmd, kind=ev.kind or med,
                           category=MED_TYPE_CATEGORY[med])
@@ -651,6 +662,7 @@ class Runner:
                 who = m.unmap_text(part["authorizer_psn_no"])
                 mulaid[who] = mulaid.get(who, Decimal("0.00")) + Decimal(part["amount"])
             actual["mulaid"] = {k: f"{v:.2f}" for k, v in mulaid.items()}
+            actual["funds"] = {x["fund_pay_type"]: x["fund_payamt"] for x in s.get("setldetail", [])}
             actual["setl_id"] = m.unmap_text(s["setl_id"])
         self.data.results[obs.step] = {k: v for k, v in actual.items() if not isinstance(v, (list, dict))}
         if s is not None:
@@ -732,6 +744,10 @@ class Runner:
             got_m = {k: v for k, v in (actual.get("mulaid") or {}).items()}
             if want_m != got_m:
                 diffs.append(("mulaid", want_m, got_m))
+        if exp.funds is not None:
+            want_f = {k: f"{v:.2f}" for k, v in exp.funds.items() if v != 0}
+            if want_f != (actual.get("funds") or {}):
+                diffs.append(("funds", want_f, actual.get("funds") or {}))
         if exp.output is not None:
             out = actual.get("output") or {}
             try:

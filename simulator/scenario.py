@@ -55,7 +55,8 @@ MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "presel
                 "psn_cash_pay", "balc")
 TOTAL_FIELDS = ("medfee_sumamt", "hifp_pay", "fund_pay_sumamt", "acct_pay", "acct_mulaid_pay", "psn_cash_pay")
 CUMULATIVE_FIELDS = {"outpatient_dedc": "money", "inpatient_dedc": "money", "hifp_pay": "money",
-                     "outpatient_hifp_pay": "money", "inpatient_stays": "int", "settlements": "int"}
+                     "outpatient_hifp_pay": "money", "inpatient_stays": "int", "settlements": "int",
+                     "large_amount_pay": "money", "crit_burden": "money", "crit_pay": "money", "assist_pay": "money"}
 STEP_NAME = r"^[A-Za-z0-9_.-]{1,60}$"
 REF = re.compile(r"\$\{([A-Za-z0-9_.-]+?)\.([A-Za-z0-9_]+)\}")
 
@@ -111,6 +112,8 @@ class Person(Model):
     balance: Money | None = None  # null: no personal account (e.g. resident-insured 居民医保)
     prior_balance: Money | None = None  # 历年账户 carried over, where the region keeps it apart (Shanghai)
     evoucher: bool = True  # 医保电子凭证 activated
+    resident_group: Literal["child", "adult", "elderly"] | None = None  # 居民医保 benefit row (default from psn_type)
+    low_income: bool = False  # 特困/低保: 医疗救助 (610100) where the region pays it
 
 
 class Family(Model):
@@ -168,6 +171,12 @@ class Generator(Model):
         "retired": MoneyDist(median=Decimal("4000.00"), spread=Decimal("0.7"), max=Decimal("80000.00"),
                              zero_share=Decimal("0.02"))}
     bind_share: Dec = Decimal("0.85")  # families that set up mutual aid
+    # Resident-insured (居民医保) members among the working-age and retired ones who could be either; children
+    # are always residents. Nationally ~70% of the insured are residents (rural people weigh in), in Beijing and
+    # Hangzhou about 20-30% (secondary figures, to verify): these defaults give ~27% of the generated people.
+    # low_income_share: residents registered 特困/低保 (医疗救助), ~1% of the generated people.
+    resident_share: dict[PsnType, Dec] = {"employed": Decimal("0.25"), "retired": Decimal("0.35")}
+    low_income_share: Dec = Decimal("0.04")
     month_caps: list[Money | None] = [None, None, Decimal("500.00"), Decimal("1000.00")]
     facilities_per_region: dict[Literal["pharmacy", "community", "level2", "level3"], int] = {
         "pharmacy": 4, "community": 2, "level2": 1, "level3": 1}
@@ -205,8 +214,16 @@ class VisitEvent(Model):
     cert_type: CertType = "01"
     presettle: bool = True
     proxy: PsnNo | None = None  # 亲情账户: who presents the patient's e-voucher
+    prescription: bool = False  # 外配处方 (rx_circ_flag 1): a pharmacy purchase on a hospital's prescription
     timeout_ms: int = Field(default=30000, ge=1, le=600000)
     items: list[Item] = Field(min_length=1, max_length=500)
+    # The national flow a HIS speaks (contracts/pos.py SettleVisit): details over several uploads (2204 / 2301),
+    # lines uploaded and then cancelled (2205 / 2302), a visit abandoned after its uploads; `flow: flat` is
+    # gongji's one-message shortcut.
+    uploads: int = Field(default=1, ge=1, le=20)
+    cancel: list[Item] = Field(default=[], max_length=50)
+    abandon: bool = False
+    flow: Literal["national", "flat"] = "national"
 
     @model_validator(mode="after")
     def _kind(self) -> "VisitEvent":
@@ -257,6 +274,10 @@ class CumExpect(Model):
     outpatient_hifp_pay: Money | None = None
     inpatient_stays: int | None = None
     settlements: int | None = None
+    large_amount_pay: Money | None = None  # 330100 大额
+    crit_burden: Money | None = None  # burden counted toward the 大病 threshold
+    crit_pay: Money | None = None  # 390200 大病
+    assist_pay: Money | None = None  # 610100 医疗救助
 
 
 class Expect(Model):
@@ -268,6 +289,7 @@ class Expect(Model):
     err_msg_contains: str | None = None
     notes_contain: list[str] | None = None
     mulaid: dict[PsnNo, Money] | None = None  # authorizer → amount of mulaid_detail
+    funds: dict[str, Money] | None = None  # fund_pay_type → fund_payamt of setldetail (310100, 330100, ...)
     balances: dict[PsnNo, Money] | None = None  # personal-account balances after the step (G121)
     cumulative: dict[PsnNo, CumExpect] | None = None  # yearly accumulators after the step (5206)
     output: dict[str, Any] | None = None  # admin steps: fields of the reply's output

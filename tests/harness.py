@@ -11,6 +11,7 @@ from typing import Any
 
 from contracts.admin import Bind, OpenAccount, RegisterFacility, RegisterPerson
 from contracts.envelope import Reply, Request
+from contracts.money import line_total
 from contracts.pos import SettleVisit, VisitOutcome
 from contracts.routing import Names
 from simulator.client import Client
@@ -138,7 +139,7 @@ async def audit(client: Client, region: str = HZ) -> tuple[dict[str, Any], dict[
 
 def line(code: str, price: str, cnt: str = "1", lv: str = "01", prop: str | None = None,
          limit: str | None = None) -> dict[str, Any]:
-    total = (Decimal(price) * Decimal(cnt)).quantize(Decimal("0.01"))
+    total = line_total(Decimal(price), cnt)
     d: dict[str, Any] = {"feedetl_sn": code, "med_list_codg": code, "cnt": cnt, "pric": price,
                          "det_item_fee_sumamt": f"{total}", "chrgitm_lv": lv}
     if prop is not None:

@@ -146,7 +146,31 @@ async def _publish(url: str, exchange: str, key: str) -> None:
         await conn.close()
 
 
-@pytest.mark.parametrize("user", ["pos", "simulator", "accounts"])
+async def test_the_gateway_runs_as_its_own_user(restricted: dict) -> None:
+    """docker-compose's `gateway` service: its own user, passive, and a signed HTTP sign-in goes through."""
+    import httpx
+
+    from tests.test_gateway import His, start_gateway, stop
+    client = Client(restricted["urls"]["simulator"], "gongji", name="access-gw")
+    client.broker.passive = True
+    await client.connect()
+    try:
+        await register_facilities(client)
+    finally:
+        await client.close()
+    proc, base = await start_gateway(restricted["urls"]["gateway"], "gongji", env={"GONGJI_DECLARE": "passive"})
+    his = His(base, PHARMACY, HZ)
+    try:
+        rep = await his.sign_in("2026-03-01 08:00:00")
+        assert rep["infcode"] == 0, rep
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(base + "/healthz")).json()["forwarded"] == 1
+    finally:
+        await his.close()
+        stop(proc)
+
+
+@pytest.mark.parametrize("user", ["pos", "simulator", "accounts", "gateway"])
 async def test_nobody_but_the_bureau_may_move_money(restricted: dict, user: str) -> None:
     with pytest.raises((aiormq.exceptions.ChannelAccessRefused, aio_pika.exceptions.ChannelClosed,
                         aiormq.exceptions.ChannelInvalidStateError)):

@@ -178,7 +178,11 @@ def test_annual_cap_binds() -> None:
     adj = run(HZ, [line(pric="1000.00")], med_type="21", hosp_lv="level3", acc=acc)
     assert adj.act_pay_dedc == 80000
     assert adj.hifp_pay == 10000
-    assert adj.psn_part == 100000 - 10000
+    # Above the basic cap, 大额 (330100, ratio 0.85) pays on the in-scope amount the basic fund no longer
+    # covers: 100000 - 80000 - round(10000 / 0.84 = 11904.76) = 20000 - 11905 = 8095; 8095 * 0.85 = 6880.75 -> 6881
+    # (issue 10: before it, the person carried the whole rest).
+    assert [(f.fund_pay_type, f.pay) for f in adj.funds] == [("310100", 10000), ("330100", 6881)]
+    assert adj.psn_part == 100000 - 10000 - 6881
     assert acc.hifp_pay + adj.delta.hifp_pay == 40_000_000
     assert any("annual cap" in n for n in adj.notes)
 
@@ -187,7 +191,9 @@ def test_annual_cap_exhausted_pays_nothing() -> None:
     adj = run(HZ, [line(pric="1000.00")], med_type="11", acc=Accumulators(outpatient_dedc=60000,
                                                                              hifp_pay=40_000_000))
     assert adj.hifp_pay == 0
-    assert adj.psn_part == 100000
+    # 大额 (issue 10): the whole in-scope 100000 is above the basic cap; 0.85 -> 85000
+    assert adj.delta.large_amount_pay == 85000
+    assert adj.psn_part == 100000 - 85000
 
 
 def test_beijing_outpatient_cap_binds() -> None:
@@ -329,7 +335,8 @@ def test_mixed_bill_sums_per_line() -> None:
 @pytest.mark.parametrize("psn_type", PSN_TYPES)
 def test_pharmacy_is_not_pooled(region: str, psn_type: str) -> None:
     policy = POLICIES[region]
-    assert policy.benefits.pharmacy.pooled is False
+    # Hangzhou pools a pharmacy purchase only with an external prescription (issue 10); none here.
+    assert policy.benefits.pharmacy.pooled is False or policy.benefits.pharmacy.pooled_with_prescription
     acc = Accumulators(outpatient_dedc=500000)  # any deductible long used up
     adj = run(policy, [line(pric="1000.00")], med_type="41", psn_type=psn_type, hosp_lv="community", acc=acc)
     assert adj.category == "pharmacy"
@@ -420,7 +427,8 @@ def test_property_split_sums_to_medfee(case: dict) -> None:
 @given(cases())
 def test_property_fund_plus_person_is_medfee(case: dict) -> None:
     adj = adjudicate(**case)
-    assert adj.hifp_pay + adj.psn_part == adj.medfee
+    assert adj.fund_pay_sumamt + adj.psn_part == adj.medfee
+    assert adj.fund_pay_sumamt == sum(f.pay for f in adj.funds)
 
 
 @settings(max_examples=200, deadline=None)

@@ -105,8 +105,8 @@ def test_settle_mistakes_are_one_clear_line(amqp_url: str) -> None:
     out = cli(*base, "--item", "XA01:abc", amqp_url=amqp_url)
     assert out.returncode == 2 and lines(out.stderr) == [
         "gongji settle: --item 'XA01:abc': PRICE 'abc' is not a number (e.g. 12.50)"], out.stderr
-    out = cli(*base, "--item", "XA01:12.555", amqp_url=amqp_url)
-    assert out.returncode == 2 and "more than 2 decimals" in out.stderr and "http" not in out.stderr
+    out = cli(*base, "--item", "XA01:12.5555555", amqp_url=amqp_url)  # a unit price has at most 6 places
+    assert out.returncode == 2 and "more than 6 decimals" in out.stderr and "http" not in out.stderr
     out = cli(*base, "--item", "XA01:12.50", "--time", "yesterday", amqp_url=amqp_url)
     assert out.returncode == 2 and lines(out.stderr)[0].startswith("gongji settle: invalid visit: --time:")
     assert "http" not in out.stderr and "Traceback" not in out.stderr

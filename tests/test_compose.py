@@ -251,3 +251,16 @@ def test_dockerfile_installs_editable_with_policies() -> None:
     ignored = {line.strip().strip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert "policies" not in ignored and "data" in ignored
     assert (REPO / "policies").is_dir() and any((REPO / "policies").glob("*.yaml"))
+
+
+def test_gateway_service_publishes_its_port(services: dict) -> None:
+    """The HTTP gateway (tests/test_gateway.py runs this very command with its own host/port flags)."""
+    from services.shared.definitions import LOCAL_PASSWORDS
+    gw = services["gateway"]
+    assert gw["command"] == ["gateway"]
+    env = env_of(gw)
+    assert env["GONGJI_GATEWAY_HOST"] == "0.0.0.0"
+    assert f"{env['GONGJI_GATEWAY_PORT']}:{env['GONGJI_GATEWAY_PORT']}" in [str(p) for p in gw["ports"]]
+    url = urlsplit(env["AMQP_URL"])
+    assert (url.hostname, url.username, url.password) == ("rabbitmq", "gateway", LOCAL_PASSWORDS["gateway"])
+    assert env["GONGJI_DECLARE"] == "passive"

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from services.pos.service import settle_input_of
-from tests.harness import (cumulative, HOSPITAL3, HZ, PHARMACY, Stack, audit, balance, bind, direct, line, ok, person,
+from contracts import wire
+from services.pos.national_flow import stage_input
+from tests.harness import (sign_no, cumulative, HOSPITAL3, HZ, PHARMACY, Stack, audit, balance, bind, direct, line, ok, person,
                            settle_input, uid, visit)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -82,7 +83,10 @@ async def test_pos_timeout_sends_compensation_while_original_in_flight(stack: St
     cum = await cumulative(c, p, "2026-09-01 11:00:00")
     assert cum["settlements"] == 0
     # The original msgid now answers that it was compensated; a repeat changes nothing.
-    _, again = await direct(c, "2102", settle_input_of(cmd), when="2026-09-01 10:00:00", msgid=outcome.msgid)
+    # (the very request the POS sent: the national druginfo + drugdetail nodes, money as JSON numbers)
+    req = c.envelope("2102", stage_input(cmd, "settle", None), insuplc_admdvs=HZ, when="2026-09-01 10:00:00",
+                     fixmedins_code=PHARMACY, msgid=outcome.msgid, sign_no=await sign_no(c, PHARMACY, "2026-09-01"))
+    again = await c.call_raw(c.names.bureau_exchange, HZ, wire.dumps(req.model_dump()).encode(), req.msgid)
     assert again.infcode == -1 and again.err_code == "E_COMPENSATED"
     assert await balance(c, p) == D("200.00")
 

@@ -169,9 +169,10 @@ async def _c10(stack: Stack, v: Victims) -> tuple[str, str | None]:
     return await _settle_raw(stack, v, lambda d: d["details"][0].update(cnt=[1, 2], feedetl_sn=7)), None
 
 
-@case("float money")
+@case("money as a number with 3 places")
 async def _c11(stack: Stack, v: Victims) -> tuple[str, str | None]:
-    return await _settle_raw(stack, v, lambda d: d.update(medfee_sumamt=10.0)), None
+    # A JSON number is money as the platform sends it (read straight to Decimal), but 数值型 16,2 allows 2 places.
+    return await _settle_raw(stack, v, lambda d: d.update(medfee_sumamt=10.001)), None
 
 
 @case("3-decimal money")
@@ -379,7 +380,7 @@ EXPECTED = {
     "not JSON": "E_BAD_MESSAGE", "JSON but not an object": "E_BAD_MESSAGE", "not UTF-8": "E_BAD_MESSAGE",
     "oversized message": "E_BAD_MESSAGE", "envelope without a msgid": "E_BAD_MESSAGE",
     "malformed msgid": "E_BAD_MESSAGE", "garbage inf_time": "E_BAD_MESSAGE", "unknown infno": "E_UNKNOWN_INFNO",
-    "missing field": "E_BAD_INPUT", "wrong types": "E_BAD_INPUT", "float money": "E_BAD_INPUT",
+    "missing field": "E_BAD_INPUT", "wrong types": "E_BAD_INPUT", "money as a number with 3 places": "E_BAD_INPUT",
     "3-decimal money": "E_BAD_INPUT", "negative amount": "E_BAD_INPUT", "absurd amount": "E_BAD_INPUT",
     "line total not price x count": "E_BAD_INPUT", "bill total not the sum of lines": "E_BAD_INPUT",
     "unknown field": "E_BAD_INPUT", "unknown person": "E_UNKNOWN_PERSON", "unknown facility": "E_UNKNOWN_FACILITY",

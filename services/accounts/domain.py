@@ -36,6 +36,9 @@ class Payer:
     usable: bool = True
     why_unusable: str = ""
     limits: tuple[Limit, ...] = ()
+    # The most of the share this payer may cover (its region's rules: 全自费 or pilot items it may not pay);
+    # None: the settlement's `payable`. An authorizer's ceiling follows the authorizer's region.
+    payable: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,11 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
 
     def take(payer: Payer, who: str) -> int:
         nonlocal remaining, shared_left
-        if remaining == 0:
+        ceiling = payable if payer.payable is None else min(psn_part, max(0, payer.payable))
+        room = ceiling - (payable - remaining)  # what this payer may still cover, after the payers before it
+        if room <= 0:
+            if ceiling != payable and remaining:
+                notes.append(f"{who}: skipped (its region's accounts may not pay what is left)")
             return 0
         if not payer.usable:
             notes.append(f"{who}: skipped ({payer.why_unusable or 'not usable'})")
@@ -90,8 +97,9 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
         if payer.balance <= 0:
             notes.append(f"{who}: skipped (balance 0.00)")
             return 0
-        amount = min(remaining, payer.balance)
-        binding = "share" if amount == remaining else "balance"
+        amount = min(room, payer.balance)
+        binding = ("share" if amount == room and ceiling == payable else "its region's payable part"
+                   if amount == room else "balance")
         for lim in payer.limits:
             if lim.left < amount:
                 amount, binding = lim.left, lim.label
@@ -105,7 +113,7 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
             usage[lim.key] = usage.get(lim.key, 0) + amount
         for lim in shared_limits:
             usage[lim.key] = usage.get(lim.key, 0) + amount
-        remaining -= amount
+        remaining -= amount  # may go below 0 when an authorizer's region lets it pay more than the member's
         if shared_left is not None:
             shared_left -= amount
         notes.append(f"{who}: paid {_yuan(amount)} (bound by {binding})")
@@ -117,7 +125,7 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
     parts: list[Part] = []
     if remaining and authorizers and not mutual_aid_allowed:
         notes.append(f"mutual aid not allowed here ({mutual_aid_why_not})")
-    elif remaining:
+    elif authorizers:
         for payer in authorizers:
             paid = take(payer, f"authorizer {payer.psn_no} (binding {payer.auth_id})")
             if paid:

@@ -396,6 +396,8 @@ def wallet_claim(svc: Any, conn: sqlite3.Connection, req: Request, c: admin.Wall
 def resident_contribution(svc: Any, conn: sqlite3.Connection, req: Request, r: admin.ResidentContribution,
                           outbox: list[int]) -> dict:
     acct = _account(conn, r.authorizer_psn_no, "authorizer")
+    if acct["status"] != "normal":  # as settlement, binding and wallet transfers refuse it
+        raise fail(ErrorCode.ACCOUNT_NOT_NORMAL, f"authorizer account {r.authorizer_psn_no} is {acct['status']}")
     member = _person(conn, r.member_psn_no, "member")
     if not svc.rules(acct["insuplc_admdvs"]).resident_contribution:
         raise fail(ErrorCode.CONTRIBUTION_NOT_ALLOWED, f"region {acct['insuplc_admdvs']} does not let the shared "
@@ -413,11 +415,37 @@ def resident_contribution(svc: Any, conn: sqlite3.Connection, req: Request, r: a
     if sum(x for _, x in pockets) < amount:
         raise fail(ErrorCode.INSUFFICIENT_BALANCE, f"{r.authorizer_psn_no} has less than {r.amount} to share")
 
+    usage, caps = _contribution_usage(svc, conn, req, acct, member, binding, amount)
     postings = [(a, -x) for a, x in split_pockets(amount, pockets)] + [("ext:resident_contribution", amount)]
+    db.add_usage(conn, usage, +1, caps)
     db.post(conn, f"contrib:{req.msgid}", "resident_contribution", _when(req), postings)
     svc.event(conn, outbox, r.authorizer_psn_no, -amount, "resident_contribution", req.msgid, _when(req))
     return {"member_psn_no": r.member_psn_no, "year": r.year, "amount": f"{from_fen(amount)}",
             "authorizer_balc": f"{from_fen(db.balance(conn, r.authorizer_psn_no))}"}
+
+
+def _contribution_usage(svc: Any, conn: sqlite3.Connection, req: Request, acct: sqlite3.Row, member: sqlite3.Row,
+                        binding: sqlite3.Row, amount: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """Where the authorizer's region counts 共济缴费 toward the caps (contribution_counts_toward_caps), it uses
+    the binding's year cap and the regional annual mutual-aid cap like a settlement; above what they leave it
+    is refused. Day and month caps are about spending on care and are not touched."""
+    rules = svc.rules(acct["insuplc_admdvs"])
+    if not rules.contribution_counts_toward_caps:
+        return [], {}
+    limits = []
+    if binding["year_cap_fen"] is not None:
+        year = svc.windows(member["insuplc_admdvs"], req.inf_time)["year"]
+        limits.append((f"auth:{binding['auth_id']}:year:{year}", binding["year_cap_fen"], "the binding's year cap"))
+    if rules.mutual_aid_annual_cap is not None:
+        year = svc.windows(acct["insuplc_admdvs"], req.inf_time)["year"]
+        limits.append((f"mulaid:{acct['psn_no']}:year:{year}", to_fen(rules.mutual_aid_annual_cap),
+                       f"the regional annual mutual-aid cap {rules.mutual_aid_annual_cap}"))
+    for key, cap, label in limits:
+        left = cap - db.usage_of(conn, key)
+        if amount > left:
+            raise fail(ErrorCode.CAP_EXCEEDED, f"共济缴费 {from_fen(amount)} counts toward {label}, which leaves "
+                                               f"{from_fen(max(0, left))}")
+    return [(key, amount) for key, _, _ in limits], {key: cap for key, cap, _ in limits}
 
 
 def add_proxy(svc: Any, conn: sqlite3.Connection, req: Request, p: admin.Proxy, outbox: list[int]) -> dict:

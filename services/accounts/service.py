@@ -73,11 +73,15 @@ class AccountsService:
             return [(f"psnp:{psn}", acct["prior_fen"])]
         return [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
 
-    @staticmethod
-    def own_pockets(acct: sqlite3.Row) -> list[tuple[str, int]]:
-        """The patient's own account: the current-year account first (Shanghai 门急诊), then the prior-year."""
+    def own_pockets(self, acct: sqlite3.Row, med_type: str | None = None) -> list[tuple[str, int]]:
+        """The patient's own account: the current-year account first where the region says so for this kind
+        of settlement (Shanghai: 门急诊 and pharmacy), else the prior-year account first."""
         psn = acct["psn_no"]
-        return [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
+        pockets = [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
+        category = MED_TYPE_CATEGORY.get(med_type or "")
+        if category is not None and category not in self.rules(acct["insuplc_admdvs"]).current_year_first:
+            pockets.reverse()
+        return pockets
 
     def sweep_transfers(self, conn: sqlite3.Connection, when: str, outbox: list[int]) -> None:
         """Unclaimed wallet transfers go back to the sender at the return time (business time)."""
@@ -155,7 +159,7 @@ class AccountsService:
                     notes.append(f"{scope} items ({amount}) may not be paid from any personal account")
         return max(0, psn_part - excluded), notes
 
-    def _payers(self, conn: sqlite3.Connection, req: AccountsRequest, win: dict[str, str]
+    def _payers(self, conn: sqlite3.Connection, req: AccountsRequest, win: dict[str, str], psn_part: int = 0
                 ) -> tuple[Payer | None, list[Payer], dict[str, sqlite3.Row], list[str]]:
         notes: list[str] = []
         self.roll_pockets(conn, req.psn_no, req.biz_time)
@@ -179,9 +183,16 @@ class AccountsService:
             acct = db.get_account(conn, b["authorizer_psn_no"])
             assert acct is not None
             rows[b["authorizer_psn_no"]] = acct
+            # The shared part follows the AUTHORIZER's region: its scope, 全自费 and pilot rules.
             arules = self.rules(acct["insuplc_admdvs"])
+            category = MED_TYPE_CATEGORY[req.med_type] if req.med_type else None
             usable, why = True, ""
-            if b["frozen"]:
+            if not arules.mutual_aid_open:
+                usable, why = False, f"the service is not open in {acct['insuplc_admdvs']}"
+            elif category is not None and category not in arules.mutual_aid_scope:
+                usable, why = False, (f"mutual aid not allowed: {category} is outside the mutual-aid scope of "
+                                      f"the authorizer's region {acct['insuplc_admdvs']}")
+            elif b["frozen"]:
                 usable, why = False, f"binding {b['auth_id']} frozen by the authorizer"
             elif acct["sharing_frozen"]:
                 usable, why = False, "the authorizer froze sharing"
@@ -201,8 +212,9 @@ class AccountsService:
                                     f"regional annual mutual-aid cap {arules.mutual_aid_annual_cap} "
                                     f"({acct['insuplc_admdvs']})"))
             available = sum(amount for _, amount in self.shareable(acct))
+            ceiling, _ = self._payable(req, arules, psn_part)
             authorizers.append(Payer(b["authorizer_psn_no"], b["auth_id"], available, usable=usable,
-                                     why_unusable=why, limits=tuple(limits)))
+                                     why_unusable=why, limits=tuple(limits), payable=ceiling))
         return own, authorizers, rows, notes
 
     def _allocate(self, conn: sqlite3.Connection, req: AccountsRequest
@@ -215,21 +227,20 @@ class AccountsService:
             raise GongjiError(ErrorCode.BAD_INPUT, "psn_part_amt must not be negative")
         payable, notes = self._payable(req, rules, psn_part)
         win = self.windows(req.insuplc_admdvs, req.biz_time)
-        own, authorizers, rows, more = self._payers(conn, req, win)
+        own, authorizers, rows, more = self._payers(conn, req, win, psn_part)
         notes += more
         shared: list[Limit] = []
         if req.setl_chnl in rules.channel_daily_limit:
             cap = to_fen(rules.channel_daily_limit[req.setl_chnl])
             key = f"chnl:{req.psn_no}:{req.setl_chnl}:day:{win['day']}"
             shared.append(Limit(key, cap, db.usage_of(conn, key), f"{req.setl_chnl} daily limit {from_fen(cap)}"))
-        category = MED_TYPE_CATEGORY[req.med_type]
-        allowed = rules.mutual_aid_open and category in rules.mutual_aid_scope
+        # The member's region must run the service; what each authorizer may pay is its own region's rule
+        # (scope, 全自费, pilots: see _payers).
         wallet_fen = db.wallet(conn, req.psn_no)
         wallet = Payer(req.psn_no, "wallet", wallet_fen) if wallet_fen > 0 else None
         alloc = allocate(psn_part=psn_part, payable=payable, own=own, authorizers=authorizers, shared_limits=shared,
-                         mutual_aid_allowed=allowed, wallet=wallet,
-                         mutual_aid_why_not=f"{category} in {req.insuplc_admdvs}" if rules.mutual_aid_open
-                         else f"the service is not open in {req.insuplc_admdvs}")
+                         mutual_aid_allowed=rules.mutual_aid_open, wallet=wallet,
+                         mutual_aid_why_not=f"the service is not open in {req.insuplc_admdvs}")
         caps = {lim.key: lim.cap for p in authorizers for lim in p.limits} | {lim.key: lim.cap for lim in shared}
         return alloc, rows, caps, notes
 
@@ -240,7 +251,7 @@ class AccountsService:
         postings: list[tuple[str, int]] = []
         if alloc.own:
             assert own_row is not None
-            postings += [(a, -x) for a, x in split_pockets(alloc.own, self.own_pockets(own_row))]
+            postings += [(a, -x) for a, x in split_pockets(alloc.own, self.own_pockets(own_row, req.med_type))]
         for part in alloc.mulaid:
             postings += [(a, -x) for a, x in split_pockets(part.amount, self.shareable(rows[part.psn_no]))]
         if alloc.wallet:

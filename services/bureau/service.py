@@ -11,7 +11,7 @@ from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
-from contracts import admin, infno
+from contracts import admin, infno, national
 from contracts.base import SHANGHAI, format_biz_time
 from contracts.envelope import Reply, Request
 from contracts.errors import ErrorCode, GongjiError
@@ -28,6 +28,8 @@ from services.shared.store import OutMessage, inbox_put, inbox_set_reply, outbox
 
 from . import store as db
 from .domain import Adjudication, adjudicate
+from .visits import PRESETTLE as NATIONAL_PRESETTLE
+from .visits import VisitDesk, national_output
 
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
@@ -45,6 +47,7 @@ class BureauService:
         self.policies = policies
         self.served = set(served)
         self.reply_key = reply_key
+        self.visits = VisitDesk(self)
 
     # ---- national transactions ----------------------------------------------------------------
     def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
@@ -56,6 +59,13 @@ class BureauService:
                     return []
                 with transaction(conn):
                     return [self._reply(conn, reply_to, req.msgid, refusal)]
+        if national.is_national(req.infno, req.input):  # the national visit flow (services/bureau/visits.py)
+            if req.infno in NATIONAL_PRESETTLE:
+                return self._read_only(conn, req, reply_to, national=True)
+            return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
+                                     reply_to=reply_to, reply_exchange=self.names.reply_exchange,
+                                     effect=lambda outbox: self.visits.effect(conn, req, reply_to, outbox),
+                                     refusal=envelope_refusal(req.msgid))
         if req.infno in infno.PRESETTLE or req.infno == infno.PERSON_INFO:
             return self._read_only(conn, req, reply_to)
         return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
@@ -104,13 +114,16 @@ class BureauService:
             return Reply.ok(req.msgid, self._reconcile(conn, req, inp)).model_dump_json().encode()
         raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")
 
-    def _read_only(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
+    def _read_only(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+                   national: bool = False) -> list[int]:
         """Pre-settlement and person info change nothing: no inbox, the accounts service fills in balances."""
         outbox: list[int] = []
         with transaction(conn):
             try:
-                inp = decode_input(req, infno.BUREAU_INPUTS)
-                if isinstance(inp, SettleInput):
+                inp = None if national else decode_input(req, infno.BUREAU_INPUTS)
+                if national:
+                    self.visits.presettle(conn, req, reply_to, outbox)
+                elif isinstance(inp, SettleInput):
                     person, policy, facility = self._check_settle(conn, req, inp)
                     adj = self._adjudicate(conn, req, inp, person, policy, facility)
                     context = {"msgid": req.msgid, "reply_to": reply_to, "infno": req.infno,
@@ -169,7 +182,9 @@ class BureauService:
         catalog = self.policies.get(req.mdtrtarea_admvs, policy)
         acc = db.load_acc(conn, inp.psn_no, insurance_year(policy, req.inf_time))
         return adjudicate(policy=policy, catalog=catalog, med_type=inp.med_type, psn_type=person["psn_type"],
-                          hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc)
+                          hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc, insutype=person["insutype"],
+                          resident_group=person["resident_group"], low_income=bool(person["low_income"]),
+                          rx_flag=inp.rx_circ_flag == "1")
 
     # ---- settle, reverse, 冲正 --------------------------------------------------------------------
     def _settle(self, conn: sqlite3.Connection, req: Request, inp: SettleInput, reply_to: str | None,
@@ -275,7 +290,8 @@ class BureauService:
         with transaction(conn):
             if rep.kind == "preview":
                 ctx = rep.context
-                reply = (Reply.ok(ctx["msgid"], self._final_setlinfo(ctx["setlinfo"], rep)) if rep.ok
+                reply = (Reply.ok(ctx["msgid"], national_output(ctx, self._final_setlinfo(ctx["setlinfo"], rep)))
+                         if rep.ok
                          else Reply.fail(ctx["msgid"], rep.err_code or ErrorCode.INTERNAL, rep.err_msg or ""))
                 if ctx.get("reply_to"):
                     outbox.append(self._reply(conn, ctx["reply_to"], ctx["msgid"], reply))
@@ -313,7 +329,7 @@ class BureauService:
         info = self._final_setlinfo(adj["base"], rep)
         conn.execute("UPDATE settlements SET state='settled', setlinfo=? WHERE setl_id=?",
                      (json.dumps(info), row["setl_id"]))
-        reply = Reply.ok(row["msgid"], info)
+        reply = Reply.ok(row["msgid"], national_output(adj, info))
         inbox_set_reply(conn, row["msgid"], reply.model_dump_json())
         if row["cancel_msgid"]:
             # 冲正 arrived while we waited for the payment: undo at once; the POS gave up on this reply.
@@ -330,12 +346,14 @@ class BureauService:
         if row["state"] == "reversing":
             info = json.loads(row["setlinfo"])
             negated = {**info, **{f: f"{-Decimal(info[f]):.2f}" for f in MONEY_FIELDS}}
+            negated["setldetail"] = [{**d, "fund_payamt": f"{-Decimal(d['fund_payamt']):.2f}"}
+                                     for d in info.get("setldetail", [])]
             negated.update(setl_id=f"R{row['rev_msgid']}", orig_setl_id=row["setl_id"], setl_time=row["rev_time"],
                            balc=f"{rep.balc:.2f}", notes=[f"reversal of {row['setl_id']}"] + rep.notes,
                            mulaid_detail=[p.model_dump(mode="json") for p in rep.mulaid_detail])
             SetlInfo.model_validate(negated)  # the reversal answer must be as valid as any settlement
             conn.execute("UPDATE settlements SET state='reversed' WHERE setl_id=?", (row["setl_id"],))
-            reply = Reply.ok(row["rev_msgid"], negated)
+            reply = Reply.ok(row["rev_msgid"], national_output(json.loads(row["adjudication"]), negated))
             inbox_set_reply(conn, row["rev_msgid"], reply.model_dump_json())
             if row["rev_reply_to"]:
                 outbox.append(self._reply(conn, row["rev_reply_to"], row["rev_msgid"], reply))
@@ -365,7 +383,11 @@ class BureauService:
                 "fulamt_ownpay_amt": f"{f(adj.fulamt_ownpay)}", "overlmt_selfpay": f"{f(adj.overlmt_selfpay)}",
                 "preselfpay_amt": f"{f(adj.preselfpay)}", "inscp_scp_amt": f"{f(adj.inscp)}",
                 "act_pay_dedc": f"{f(adj.act_pay_dedc)}", "hifp_pay": f"{f(adj.hifp_pay)}",
-                "fund_pay_sumamt": f"{f(adj.hifp_pay)}", "psn_part_amt": f"{f(adj.psn_part)}",
+                "fund_pay_sumamt": f"{f(adj.fund_pay_sumamt)}", "psn_part_amt": f"{f(adj.psn_part)}",
+                "setldetail": [{"fund_pay_type": x.fund_pay_type, "fund_pay_type_name": x.name,
+                                "inscp_scp_amt": f"{f(x.base)}", "fund_payamt": f"{f(x.pay)}",
+                                "crt_payb_lmt_amt": None if x.limit_left is None else f"{f(x.limit_left)}",
+                                "setl_proc_info": x.info} for x in adj.funds],
                 "notes": list(adj.notes)}
 
     @staticmethod
@@ -408,9 +430,10 @@ class BureauService:
             for p in people:
                 if p.insuplc_admdvs not in self.served:
                     raise GongjiError(ErrorCode.REGION_NOT_SERVED, f"this bureau does not serve {p.insuplc_admdvs}")
-            conn.executemany("INSERT OR REPLACE INTO persons (psn_no, name, insutype, psn_type, insuplc_admdvs) "
-                             "VALUES (?,?,?,?,?)",
-                             [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs) for p in people])
+            conn.executemany("INSERT OR REPLACE INTO persons (psn_no, name, insutype, psn_type, insuplc_admdvs, "
+                             "resident_group, low_income) VALUES (?,?,?,?,?,?,?)",
+                             [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs, p.resident_group,
+                               int(p.low_income)) for p in people])
             return {"registered": len(people)}
         return db.audit(conn)
 
@@ -422,7 +445,9 @@ class BureauService:
         return Cumulative(psn_no=inp.psn_no, cum_year=year, outpatient_dedc=from_fen(acc.outpatient_dedc),
                           inpatient_dedc=from_fen(acc.inpatient_dedc), inpatient_stays=acc.inpatient_stays,
                           hifp_pay=from_fen(acc.hifp_pay), outpatient_hifp_pay=from_fen(acc.outpatient_hifp_pay),
-                          settlements=acc.settlements).model_dump(mode="json")
+                          settlements=acc.settlements, large_amount_pay=from_fen(acc.large_amount_pay),
+                          crit_burden=from_fen(acc.crit_burden), crit_pay=from_fen(acc.crit_pay),
+                          assist_pay=from_fen(acc.assist_pay)).model_dump(mode="json")
 
     def _reconcile(self, conn: sqlite3.Connection, req: Request, inp: ReconcileInput) -> dict[str, Any]:
         """3201 对总账: the bureau's totals of the facility's standing settlements of that day, against the POS's."""
@@ -442,10 +467,11 @@ class BureauService:
                   **{f: to_fen(getattr(inp, f)) for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                           "psn_cash_pay")}}
         differ = [f for f in mine if mine[f] != theirs[f]]
+        swept = self.visits.sweep(conn, inp.fixmedins_code, region, inp.stmt_date)
         bureau = {f: (v if f == "fixmedins_setl_cnt" else f"{from_fen(v)}") for f, v in mine.items()}
         return {"fixmedins_code": inp.fixmedins_code, "stmt_date": inp.stmt_date, "setl_optins": region,
                 "stmt_rslt": "1" if differ else "0",
                 "stmt_rslt_dscr": ("平 (balanced)" if not differ else "不平: " + ", ".join(
                     f"{f} bureau {bureau[f]} vs facility {theirs[f] if f == 'fixmedins_setl_cnt' else from_fen(theirs[f])}"
                     for f in differ)),
-                "bureau": bureau, "differences": differ}
+                "bureau": bureau, "differences": differ, "visits_swept": swept}

@@ -9,6 +9,8 @@ from decimal import Decimal
 from contracts.money import to_fen
 
 from .domain import Accumulators
+from .visit_store import VISIT_SCHEMA
+from .visit_store import summary as visit_summary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facilities (
@@ -16,7 +18,9 @@ CREATE TABLE IF NOT EXISTS facilities (
 );
 CREATE TABLE IF NOT EXISTS persons (
     psn_no TEXT PRIMARY KEY, name TEXT NOT NULL, insutype TEXT NOT NULL, psn_type TEXT NOT NULL,
-    insuplc_admdvs TEXT NOT NULL
+    insuplc_admdvs TEXT NOT NULL,
+    resident_group TEXT,                      -- 居民医保 row: child / adult / elderly (NULL: from psn_type)
+    low_income INTEGER NOT NULL DEFAULT 0     -- 特困/低保: 医疗救助 pays where the region runs it
 );
 CREATE TABLE IF NOT EXISTS accumulators (
     psn_no TEXT NOT NULL, year INTEGER NOT NULL,
@@ -26,6 +30,10 @@ CREATE TABLE IF NOT EXISTS accumulators (
     hifp_pay INTEGER NOT NULL CHECK (hifp_pay >= 0),
     outpatient_hifp_pay INTEGER NOT NULL CHECK (outpatient_hifp_pay >= 0),
     settlements INTEGER NOT NULL CHECK (settlements >= 0),
+    large_amount_pay INTEGER NOT NULL DEFAULT 0 CHECK (large_amount_pay >= 0),
+    crit_burden INTEGER NOT NULL DEFAULT 0 CHECK (crit_burden >= 0),
+    crit_pay INTEGER NOT NULL DEFAULT 0 CHECK (crit_pay >= 0),
+    assist_pay INTEGER NOT NULL DEFAULT 0 CHECK (assist_pay >= 0),
     PRIMARY KEY (psn_no, year)
 );
 -- state: pending → settled → reversing → reversed
@@ -52,19 +60,38 @@ CREATE TABLE IF NOT EXISTS signins (
     sign_no TEXT PRIMARY KEY, fixmedins_code TEXT NOT NULL, opter_no TEXT NOT NULL,
     sign_time TEXT NOT NULL, valid_until TEXT NOT NULL
 );
-"""
+""" + VISIT_SCHEMA
+
+
+ACC_COLUMNS = ("outpatient_dedc", "inpatient_dedc", "inpatient_stays", "hifp_pay", "outpatient_hifp_pay",
+               "settlements", "large_amount_pay", "crit_burden", "crit_pay", "assist_pay")  # Accumulators' order
+
+
+# Columns added after the first release (issue 10): a data directory of an older gongji gets them on start.
+ADDED_COLUMNS = {"accumulators": [(c, "INTEGER NOT NULL DEFAULT 0") for c in ACC_COLUMNS[6:]],
+                 "persons": [("resident_group", "TEXT"), ("low_income", "INTEGER NOT NULL DEFAULT 0")]}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the missing columns, once, under the write lock (replicas may start together)."""
+    from services.shared.store import transaction
+    with transaction(conn):
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def load_acc(conn: sqlite3.Connection, psn_no: str, year: int) -> Accumulators:
-    row = conn.execute("SELECT outpatient_dedc, inpatient_dedc, inpatient_stays, hifp_pay, outpatient_hifp_pay,"
-                       " settlements FROM accumulators WHERE psn_no=? AND year=?", (psn_no, year)).fetchone()
+    row = conn.execute(f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?",
+                       (psn_no, year)).fetchone()
     return Accumulators(*row) if row else Accumulators()
 
 
 def save_acc(conn: sqlite3.Connection, psn_no: str, year: int, acc: Accumulators) -> None:
-    conn.execute("INSERT OR REPLACE INTO accumulators (psn_no, year, outpatient_dedc, inpatient_dedc, inpatient_stays,"
-                 " hifp_pay, outpatient_hifp_pay, settlements) VALUES (?,?,?,?,?,?,?,?)",
-                 (psn_no, year, *acc.as_tuple()))
+    conn.execute(f"INSERT OR REPLACE INTO accumulators (psn_no, year, {', '.join(ACC_COLUMNS)}) "
+                 f"VALUES (?,?,{','.join('?' * len(ACC_COLUMNS))})", (psn_no, year, *acc.as_tuple()))
 
 
 def settlement_by(conn: sqlite3.Connection, column: str, value: str) -> sqlite3.Row | None:
@@ -89,8 +116,7 @@ def audit(conn: sqlite3.Connection) -> dict:
     mismatches = []
     for row in conn.execute("SELECT * FROM accumulators"):
         key = (row["psn_no"], row["year"])
-        stored = Accumulators(*[row[c] for c in ("outpatient_dedc", "inpatient_dedc", "inpatient_stays", "hifp_pay",
-                                                 "outpatient_hifp_pay", "settlements")])
+        stored = Accumulators(*[row[c] for c in ACC_COLUMNS])
         if stored != counted.pop(key, Accumulators()):
             mismatches.append({"psn_no": key[0], "year": key[1]})
     mismatches += [{"psn_no": k[0], "year": k[1], "missing": True} for k in counted]
@@ -110,4 +136,5 @@ def audit(conn: sqlite3.Connection) -> dict:
                           "FROM accumulators").fetchone()
     return {"accumulator_mismatches": mismatches, "states": states, "daily_totals": daily,
             "accumulator_totals": list(totals),
-            "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0]}
+            "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0],
+            "visits": visit_summary(conn)}

@@ -13,7 +13,7 @@ from services.shared.runtime import Incoming, Poison, Worker
 from services.shared.store import Store
 
 from .service import BureauService
-from .store import SCHEMA
+from .store import SCHEMA, migrate
 
 
 async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
@@ -29,6 +29,7 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     await broker.declare_queue(names.reply_queue(reply_key), [(names.reply_exchange, reply_key)])
     store = Store(cfg.data_dir / f"bureau-{group}.db", SCHEMA)
     await store.open()
+    await store.run(migrate)  # columns added since older data directories were made
     service = BureauService(names, policies, served, reply_key)
     worker = Worker(broker, store)
     await worker.start_relay()

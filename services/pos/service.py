@@ -1,7 +1,9 @@
-"""POS handlers: a visit command becomes pre-settle → settle (or a reversal); an answer moves the visit on;
-a settle answer that does not come in time triggers 2601 冲正 of the original msgid. Every visit ends in
-exactly one outcome event. Deadlines are real (wall-clock) transport timeouts; the business time of
-every message is the visit's."""
+"""POS handlers: a visit command becomes the national sequence a HIS sends (services/pos/national_flow.py:
+2201 → 2203 → 2204 … → 2206 → 2207, 2401 → 2301 … → 2402 → 2303 → 2304, 2101 → 2102; or gongji's flat
+shortcut, pre-settle → settle with the whole bill); an answer moves the visit to its next stage; a settle
+answer that does not come in time triggers 2601 冲正 of the original msgid. Every visit ends in exactly one
+outcome event. Deadlines are real (wall-clock) transport timeouts; the business time of every message is the
+visit's. Requests are kept and sent with money as JSON numbers (contracts.wire), never through a float."""
 from __future__ import annotations
 
 import json
@@ -11,37 +13,65 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from contracts import infno
+from contracts import infno, wire
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.errors import ErrorCode, GongjiError
 from contracts.pos import PosCommand, ReverseVisit, SettleVisit, VisitOutcome
+from contracts.settlement import SetlInfo
 from contracts.base import format_biz_time
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.runtime import inbox_counters
 from services.shared.store import OutMessage, outbox_add, transaction
 
+from .national_flow import plan, stage_input, stage_infno
+
 COMMAND = TypeAdapter(PosCommand)
 
-# The transaction code of each stage of a visit.
-STAGE_INFNO = {
-    "presettle": lambda cmd: infno.TRIPLES[cmd.med_type][0],
-    "settle": lambda cmd: infno.TRIPLES[cmd.med_type][1],
-    "reverse": lambda cmd: infno.TRIPLES[cmd.med_type][2],
-}
+FINAL = ("settle", "reverse", "compensate")  # stages whose answer ends the visit
+PREPARATORY_MIN_S = 30.0  # 2201/2203/2204/2205/2401/2301/2302/2402: bureau-only, idempotent, no money
+
+
+def stage_timeout(cmd: SettleVisit | ReverseVisit, stage: str) -> float:
+    """Seconds to wait for a stage's answer. `timeout_ms` is the deadline of the money stages (the one that
+    triggers 2601 冲正 for a settle); the preparatory national transactions wait at least 30 s, so that a short
+    timeout races the settlement, not the registration."""
+    kind = stage.split(":")[0]
+    if kind in ("register", "admit", "info", "upload", "cancel", "discharge"):
+        return max(cmd.timeout_ms / 1000, PREPARATORY_MIN_S)
+    return cmd.timeout_ms / 1000
+
+
+def setlinfo_of(output: dict[str, Any] | None) -> dict[str, Any] | None:
+    """gongji's SetlInfo out of a settlement answer (flat: the SetlInfo; national: its `setlinfo` node)."""
+    if not output:
+        return None
+    info = output.get("setlinfo", output)
+    return {k: v for k, v in info.items() if k in SetlInfo.model_fields}
+
+
+def encode(request: Request) -> str:
+    return wire.dumps(request.model_dump())
+
+
+def decode(text: str) -> Request:
+    return Request.model_validate(wire.loads(text))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS visits (
     visit_id TEXT PRIMARY KEY,
     command TEXT NOT NULL,
     state TEXT NOT NULL,             -- open | done
-    stage TEXT NOT NULL,             -- signin | presettle | settle | reverse | compensate
+    stage TEXT NOT NULL,             -- signin | register | admit | info | upload:N | cancel:N | discharge
+                                     -- | presettle | settle | reverse | compensate  (national_flow.plan)
     next_stage TEXT,                 -- after a sign-in: the stage it was needed for
     msgid TEXT NOT NULL,             -- the request we are waiting on
     settle_msgid TEXT,
     request TEXT NOT NULL,           -- that request, to resend as it was
     deadline REAL NOT NULL,
     presettle TEXT,
-    outcome TEXT
+    outcome TEXT,
+    mdtrt_id TEXT,                   -- the bureau's 就诊ID, from the 2201 / 2401 answer
+    round_trips INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS visits_msgid ON visits(msgid);
 CREATE INDEX IF NOT EXISTS visits_open ON visits(state, deadline);
@@ -76,21 +106,18 @@ class PosService:
                 if n >= max_open:
                     return None
                 self.open_high_water = max(self.open_high_water, n + 1)
-            if isinstance(cmd, SettleVisit):
-                stage = "presettle" if cmd.presettle else "settle"
-            else:
-                stage = "reverse"
+            stage = plan(cmd)[0]
             next_stage = None
             if self._sign_no(conn, cmd) is None:  # sign in (9001) first, once per facility and business day
                 stage, next_stage = "signin", stage
                 request = self._request(conn, cmd, infno.SIGN_IN, {"opter_no": "pos"})
             else:
-                request = self._request(conn, cmd, STAGE_INFNO[stage](cmd))
+                request = self._stage_request(conn, cmd, stage, None)
             conn.execute("INSERT INTO visits (visit_id, command, state, stage, next_stage, msgid, settle_msgid, request,"
-                         " deadline) VALUES (?,?, 'open', ?,?,?,?,?,?)",
+                         " deadline, round_trips) VALUES (?,?, 'open', ?,?,?,?,?,?,?)",
                          (cmd.visit_id, cmd.model_dump_json(), stage, next_stage, request.msgid,
-                          request.msgid if stage == "settle" else None, request.model_dump_json(),
-                          time.time() + cmd.timeout_ms / 1000))
+                          request.msgid if stage == "settle" else None, encode(request),
+                          time.time() + stage_timeout(cmd, stage), 0 if stage == "signin" else 1))
             outbox.append(self._send(conn, request))
         return outbox
 
@@ -106,14 +133,15 @@ class PosService:
             return None
         return str(row["sign_no"])
 
+    def _stage_request(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, stage: str,
+                       mdtrt_id: str | None) -> Request:
+        code = stage_infno(cmd, stage)
+        if isinstance(cmd, SettleVisit) and cmd.flow == "flat" and stage in ("presettle", "settle"):
+            return self._request(conn, cmd, code, settle_input_of(cmd))  # gongji's flat shortcut
+        return self._request(conn, cmd, code, stage_input(cmd, stage, mdtrt_id))
+
     def _request(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, code: str,
-                 extra_input: dict[str, Any] | None = None) -> Request:
-        if code in (infno.COMPENSATE, infno.SIGN_IN):
-            data: dict[str, Any] = extra_input or {}
-        elif isinstance(cmd, SettleVisit):
-            data = settle_input_of(cmd)
-        else:
-            data = {"psn_no": cmd.psn_no, "setl_id": cmd.setl_id}
+                 data: dict[str, Any]) -> Request:
         return Request(infno=code, msgid=self._next_msgid(conn, cmd), inf_time=cmd.biz_time,
                        fixmedins_code=cmd.fixmedins_code, insuplc_admdvs=cmd.insuplc_admdvs,
                        mdtrtarea_admvs=cmd.mdtrtarea_admvs, opter="pos",
@@ -137,7 +165,7 @@ class PosService:
         # 9001 goes to every bureau (each checks the sign_no of the requests it serves).
         key = REGISTRY_KEY if request.infno == infno.SIGN_IN else request.insuplc_admdvs
         return outbox_add(conn, OutMessage(self.names.bureau_exchange, key,
-                                           request.model_dump_json().encode(), message_id=request.msgid,
+                                           encode(request).encode(), message_id=request.msgid,
                                            reply_to=self.reply_key, headers={"gongji-kind": "bureau-request"}))
 
     # ---- answers from the bureau --------------------------------------------------------------------
@@ -155,22 +183,23 @@ class PosService:
                 conn.execute("INSERT OR REPLACE INTO signins (fixmedins_code, day, sign_no, valid_until) "
                              "VALUES (?,?,?,?)", (cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10],
                                                   reply.output["sign_no"], reply.output["valid_until"]))
-                nxt = row["next_stage"]
-                request = self._request(conn, cmd, STAGE_INFNO[nxt](cmd))
-                conn.execute("UPDATE visits SET stage=?, next_stage=NULL, msgid=?, settle_msgid=?, request=?, "
-                             "deadline=? WHERE visit_id=?",
-                             (nxt, request.msgid, request.msgid if nxt == "settle" else None,
-                              request.model_dump_json(), time.time() + cmd.timeout_ms / 1000, cmd.visit_id))
-                outbox.append(self._send(conn, request))
+                outbox.append(self._advance(conn, cmd, row["next_stage"], row["mdtrt_id"]))
                 return outbox
-            if stage == "presettle" and reply.infcode == 0:
-                assert isinstance(cmd, SettleVisit)
-                request = self._request(conn, cmd, infno.TRIPLES[cmd.med_type][1])
-                conn.execute("UPDATE visits SET stage='settle', msgid=?, settle_msgid=?, request=?, deadline=?, "
-                             "presettle=? WHERE visit_id=?",
-                             (request.msgid, request.msgid, request.model_dump_json(),
-                              time.time() + cmd.timeout_ms / 1000, json.dumps(reply.output), cmd.visit_id))
-                outbox.append(self._send(conn, request))
+            if stage not in FINAL and stage != "signin" and reply.infcode == 0:
+                mdtrt_id = row["mdtrt_id"]
+                if stage in ("register", "admit"):
+                    mdtrt_id = str((reply.output or {})["data"]["mdtrt_id"])
+                    conn.execute("UPDATE visits SET mdtrt_id=? WHERE visit_id=?", (mdtrt_id, cmd.visit_id))
+                if stage == "presettle":
+                    conn.execute("UPDATE visits SET presettle=? WHERE visit_id=?",
+                                 (wire.dumps(setlinfo_of(reply.output)), cmd.visit_id))
+                stages = plan(cmd)
+                nxt = stages[stages.index(stage) + 1]
+                if nxt == "abandon":  # the patient walks away: nothing settled, the bureau's sweep closes it
+                    fresh = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
+                    outbox.append(self._finish(conn, fresh, cmd, "abandoned", 0, None, None, None, row["msgid"]))
+                else:
+                    outbox.append(self._advance(conn, cmd, nxt, mdtrt_id))
                 return outbox
             if stage == "compensate":
                 status = "compensated" if reply.infcode == 0 else "refused"
@@ -178,10 +207,20 @@ class PosService:
                 status = "refused"
             else:
                 status = "reversed" if stage == "reverse" else "settled"
-            setlinfo = reply.output if status in ("settled", "reversed") else None
+            setlinfo = setlinfo_of(reply.output) if status in ("settled", "reversed") else None
             outbox.append(self._finish(conn, row, cmd, status, reply.infcode, reply.err_code, reply.err_msg,
                                        setlinfo, row["msgid"]))
         return outbox
+
+    def _advance(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, stage: str,
+                 mdtrt_id: str | None) -> int:
+        """Send the request of the visit's next stage and wait for its answer."""
+        request = self._stage_request(conn, cmd, stage, mdtrt_id)
+        conn.execute("UPDATE visits SET stage=?, next_stage=NULL, msgid=?, settle_msgid=COALESCE(?, settle_msgid), "
+                     "request=?, deadline=?, round_trips=round_trips+1 WHERE visit_id=?",
+                     (stage, request.msgid, request.msgid if stage == "settle" else None, encode(request),
+                      time.time() + stage_timeout(cmd, stage), cmd.visit_id))
+        return self._send(conn, request)
 
     def _finish(self, conn: sqlite3.Connection, row: sqlite3.Row, cmd: SettleVisit | ReverseVisit, status: str,
                 infcode: int, err_code: str | None, err_msg: str | None, setlinfo: dict[str, Any] | None,
@@ -190,8 +229,8 @@ class PosService:
                                fixmedins_code=cmd.fixmedins_code, psn_no=cmd.psn_no,
                                msgid=row["settle_msgid"] or msgid, infcode=infcode, err_code=err_code,
                                err_msg=err_msg, setlinfo=setlinfo,  # type: ignore[arg-type]
-                               presettle=json.loads(row["presettle"]) if row["presettle"] else None,
-                               biz_time=cmd.biz_time)
+                               presettle=wire.loads(row["presettle"]) if row["presettle"] else None,
+                               mdtrt_id=row["mdtrt_id"], round_trips=row["round_trips"], biz_time=cmd.biz_time)
         conn.execute("UPDATE visits SET state='done', outcome=? WHERE visit_id=?",
                      (outcome.model_dump_json(), cmd.visit_id))
         return self._event(conn, outcome)
@@ -208,21 +247,23 @@ class PosService:
                                     (now,)).fetchall():
                 cmd = COMMAND.validate_json(row["command"])
                 deadline = now + cmd.timeout_ms / 1000
-                if row["stage"] in ("presettle", "signin"):
-                    # Nothing happened yet: a sign-in or pre-settlement changes nothing, so nothing to undo.
+                if row["stage"] not in FINAL:
+                    # No money moved yet: a sign-in, registration, upload or pre-settlement pays nothing, so
+                    # nothing to undo (a visit left open at the bureau is closed by its sweep).
                     outbox.append(self._finish(conn, row, cmd, "refused", -1, ErrorCode.TIMEOUT,
                                                f"{row['stage']} not answered in time", None, row["msgid"]))
                 elif row["stage"] == "settle":
-                    settle = Request.model_validate_json(row["request"])
+                    settle = decode(row["request"])
                     request = self._request(conn, cmd, infno.COMPENSATE,
                                             {"psn_no": cmd.psn_no, "omsgid": settle.msgid, "oinfno": settle.infno})
-                    conn.execute("UPDATE visits SET stage='compensate', msgid=?, request=?, deadline=? "
-                                 "WHERE visit_id=?", (request.msgid, request.model_dump_json(), deadline, cmd.visit_id))
+                    conn.execute("UPDATE visits SET stage='compensate', msgid=?, request=?, deadline=?, "
+                                 "round_trips=round_trips+1 WHERE visit_id=?",
+                                 (request.msgid, encode(request), deadline, cmd.visit_id))
                     outbox.append(self._send(conn, request))
                 else:
                     # A reversal or a 冲正 not answered: send the very same message again (both are idempotent).
                     conn.execute("UPDATE visits SET deadline=? WHERE visit_id=?", (deadline, cmd.visit_id))
-                    outbox.append(self._send(conn, Request.model_validate_json(row["request"])))
+                    outbox.append(self._send(conn, decode(row["request"])))
         return outbox
 
     def handle_unroutable(self, conn: sqlite3.Connection, msgid: str, routing_key: str) -> list[int]:
@@ -245,6 +286,8 @@ def settle_input_of(cmd: SettleVisit) -> dict[str, Any]:
             "details": [d.model_dump(mode="json", exclude_none=True) for d in cmd.details]}
     if cmd.proxy_psn_no is not None:
         data["proxy_psn_no"] = cmd.proxy_psn_no
+    if cmd.rx_circ_flag == "1":
+        data["rx_circ_flag"] = "1"
     return data
 
 

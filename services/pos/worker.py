@@ -29,7 +29,12 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     store = Store(cfg.data_dir / "pos.db", SCHEMA)
     await store.open()
     service = PosService(names)
-    worker = Worker(broker, store)
+    bureau_url = os.environ.get("GONGJI_POS_BUREAU_URL")
+    http = None
+    if bureau_url:  # national transactions over HTTP (services/pos/http_transport.py); the rest stays on AMQP
+        from .http_transport import HttpBureau
+        http = HttpBureau(broker, bureau_url)
+    worker = Worker(http or broker, store)  # type: ignore[arg-type]
     # At most this many visits open (sent to the bureau, no outcome yet) at once; 0 = no limit.
     max_open = int(os.environ.get("GONGJI_POS_MAX_OPEN", str(DEFAULT_MAX_OPEN))) or None
     worker.stats.update({"admission_waits": 0, "open_high_water": 0})
@@ -75,7 +80,7 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
 
     async def on_reply(incoming: Incoming) -> list[int]:
         try:
-            reply = Reply.model_validate_json(incoming.body)
+            reply = Reply.model_validate(incoming.json())  # numbers → Decimal (contracts.wire)
         except ValidationError as exc:
             raise Poison(f"not a reply: {short_error(exc)}") from None
         structlog.contextvars.bind_contextvars(msgid=reply.inf_refmsgid)
@@ -94,6 +99,12 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
                 await worker.flush(ids)
             except Exception:
                 log.exception("deadline scan failed")
+
+    if http is not None:
+        async def http_reply(body: bytes) -> None:
+            ids = await on_reply(Incoming(body, None, None, None, {}, False))
+            await worker.flush(ids)
+        http.deliver = http_reply
 
     await worker.serve(names.pos_command_queue, on_command, prefetch=cfg.prefetch)
     await worker.serve(names.reply_queue("pos"), on_reply, prefetch=cfg.prefetch)

@@ -23,7 +23,7 @@ from contracts.routing import REGISTRY_KEY, Names
 from .broker import DELIVERY_LIMIT, topology_exchanges
 
 LOCAL_PASSWORDS = {"bureau": "bureau-local", "accounts": "accounts-local", "pos": "pos-local",
-                   "simulator": "simulator-local", "admin": "admin-local"}
+                   "simulator": "simulator-local", "gateway": "gateway-local", "admin": "admin-local"}
 
 
 def password_hash(user: str, password: str) -> str:
@@ -45,6 +45,10 @@ def permissions(ns: str) -> dict[str, dict[str, str]]:
         "simulator": {"configure": rf"^{n}\.(reply\.client-.+|observe\..+)$",
                       "write": rf"^{n}\.(bureau|accounts|pos|reply\.client-.+|observe\..+)$",
                       "read": rf"^{n}\.(reply|events|dead|reply\.client-.+|observe\..+)$"},
+        # the HTTP gateway (services/gateway): publishes national requests as the POS does, G-codes of the
+        # admin paasid to the accounts, outcome and conformance events; reads its own reply queues
+        "gateway": {"configure": "^$", "write": rf"^{n}\.(bureau|accounts|events)$",
+                    "read": rf"^{n}\.reply\.gateway-.+$"},
         "admin": {"configure": ".*", "write": ".*", "read": ".*"},
     }
 
@@ -63,12 +67,13 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
         n.dead_queue: {"x-queue-type": "quorum"},
         n.bureau_queue(None): work, n.reply_queue("bureau-all"): work,
         n.accounts_pay_queue: work, n.accounts_admin_queue: work, n.pos_command_queue: work,
-        n.reply_queue("pos"): work,
+        n.reply_queue("pos"): work, n.reply_queue("gateway-1"): work,
         n.events_archive_queue: {"x-queue-type": "quorum", "x-max-length": 200000, "x-overflow": "drop-head"},
     }
     bindings = [(n.dlx, n.dead_queue, ""), (n.accounts_exchange, n.accounts_admin_queue, "admin"),
                 (n.pay_exchange, n.accounts_pay_queue, "pay"), (n.pos_exchange, n.pos_command_queue, "command"),
                 (n.reply_exchange, n.reply_queue("pos"), "pos"),
+                (n.reply_exchange, n.reply_queue("gateway-1"), "gateway-1"),
                 (n.reply_exchange, n.reply_queue("bureau-all"), "bureau-all"),
                 (n.events_exchange, n.events_archive_queue, "#")]
     bindings += [(n.bureau_exchange, n.bureau_queue(None), key) for key in [*regions, REGISTRY_KEY]]

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 import policies
-from contracts.admin import HospLv, PsnType, Relation
+from contracts.admin import HospLv, Relation
 from contracts.base import Ratio
 from contracts.money import Money
 from contracts.settlement import ItemScope
@@ -50,21 +50,29 @@ class AmountByLevel(_Model):
         return getattr(self, lv)
 
 
+# Whose row of a benefit table applies: employees by 在职/退休, residents (居民医保) by age group.
+ResidentGroup = Literal["child", "adult", "elderly"]
+BenefitKey = Literal["employed", "retired", "child", "adult", "elderly"]
+EMPLOYEE_KEYS = {"employed", "retired"}
+RESIDENT_KEYS = {"child", "adult", "elderly"}
+
+
 class OutpatientBenefit(_Model):
     pooled: bool = True
     # Yearly deductible (起付线), consumed cumulatively over the year.
-    deductible: dict[PsnType, Money] = {}
-    ratio: dict[PsnType, RatioTable] = {}
+    deductible: dict[BenefitKey, Money] = {}
+    ratio: dict[BenefitKey, RatioTable] = {}
     annual_cap: Money | None = None  # outpatient pooled-fund cap of its own, where the region has one
+    # Pharmacy only: pool a purchase with an external prescription (外配处方, rx_circ_flag "1") like an
+    # outpatient visit, with the outpatient tables, deductible and cap; without one it stays personal.
+    pooled_with_prescription: bool = False
 
-    @model_validator(mode="after")
-    def _tables_when_pooled(self) -> "OutpatientBenefit":
-        if self.pooled:
+    def check_keys(self, keys: set[str], where: str) -> None:
+        if self.pooled and not self.pooled_with_prescription:  # with a prescription: the outpatient tables
             for name, table in (("deductible", self.deductible), ("ratio", self.ratio)):
-                missing = {"employed", "retired"} - set(table)
+                missing = keys - set(table)
                 if missing:
-                    raise ValueError(f"a pooled benefit needs {name} for {sorted(missing)}")
-        return self
+                    raise ValueError(f"{where}: a pooled benefit needs {name} for {sorted(missing)}")
 
 
 class InpatientBenefit(_Model):
@@ -72,13 +80,62 @@ class InpatientBenefit(_Model):
     # Per-stay deductible: the year's first stay, and each later stay.
     deductible_first: AmountByLevel
     deductible_later: AmountByLevel
-    ratio: dict[PsnType, RatioTable]
+    ratio: dict[BenefitKey, RatioTable]
 
 
 class Benefits(_Model):
     pharmacy: OutpatientBenefit = OutpatientBenefit(pooled=False)
     outpatient: OutpatientBenefit
+    # 门诊慢特病 (med_type 14, e.g. dialysis) where the scheme pays it apart from ordinary outpatient pooling:
+    # its own deductible (counted with the outpatient one) and ratios; its payments count toward the annual cap,
+    # not the outpatient cap. Absent: the outpatient table.
+    chronic: OutpatientBenefit | None = None
     inpatient: InpatientBenefit
+    annual_cap: Money | None = None  # this scheme's 封顶线 where it differs from the region's annual_cap
+
+    def check_keys(self, keys: set[str], where: str) -> None:
+        self.pharmacy.check_keys(keys, f"{where}.pharmacy")
+        self.outpatient.check_keys(keys, f"{where}.outpatient")
+        if self.chronic is not None:
+            self.chronic.check_keys(keys, f"{where}.chronic")
+        missing = keys - set(self.inpatient.ratio) if self.inpatient.pooled else set()
+        if missing:
+            raise ValueError(f"{where}.inpatient: a pooled benefit needs ratio for {sorted(missing)}")
+
+
+class LargeAmountFund(_Model):
+    """330100 大额医疗费用补助 (employees): above the basic fund's annual cap it pays `ratio` of the in-scope
+    amount the basic fund no longer covers, up to its own yearly cap."""
+
+    ratio: Ratio
+    annual_cap: Money
+
+
+class CriticalIllnessFund(_Model):
+    """390200 大病保险 (residents): once the year's in-scope personal burden (合规个人负担: in-scope amount
+    minus the basic fund's payment) passes `threshold`, it pays `ratio` of the burden above it."""
+
+    threshold: Money
+    ratio: Ratio
+    annual_cap: Money | None = None
+    categories: list[Category] = ["outpatient", "inpatient"]
+
+
+class MedicalAssistanceFund(_Model):
+    """610100 医疗救助 for people registered low-income (特困/低保): `ratio` of what is left of the in-scope
+    personal burden after the insurance funds, up to a yearly cap."""
+
+    ratio: Ratio
+    annual_cap: Money
+    categories: list[Category] = ["outpatient", "inpatient"]
+
+
+class Funds(_Model):
+    """The funds above the basic pooled fund, each a line of setldetail; absent: the region does not pay it."""
+
+    large_amount: LargeAmountFund | None = None
+    critical_illness: CriticalIllnessFund | None = None
+    medical_assistance: MedicalAssistanceFund | None = None
 
 
 class CatalogItem(_Model):
@@ -122,6 +179,11 @@ class AccountRules(_Model):
     shared_pocket: Literal["all", "prior_year"] = "all"
     pilots: list[Literal["vaccination", "health_check"]] = []  # pilot scopes the accounts may pay
     resident_contribution: bool = True  # 共济缴费: pay a bound member's 居民医保 contribution
+    # Does a G141 contribution count toward the binding's year cap and the regional annual mutual-aid cap?
+    contribution_counts_toward_caps: bool = False
+    # Settlements where the patient's own current-year account (当年账户) pays before the prior-year one
+    # (历年账户); elsewhere the prior-year account goes first (Shanghai: current-year first only in 门急诊).
+    current_year_first: list[Category] = ["pharmacy", "outpatient", "inpatient"]
     proxy_max_members: int = Field(default=5, ge=1)  # 亲情账户
     wallet: WalletRules = WalletRules()
 
@@ -132,8 +194,11 @@ class RegionPolicy(_Model):
     as_of: str
     sources: list[str] = Field(min_length=1)
     year_start_month: int = Field(default=1, ge=1, le=12)
-    benefits: Benefits
+    benefits: Benefits  # 职工医保 (310), rows employed / retired
+    # 居民医保 (390), rows child / adult / elderly. Absent: residents get the employee tables (with a note).
+    resident_benefits: Benefits | None = None
     annual_cap: Money  # 封顶线: all pooled-fund payments of one person in one year
+    funds: Funds = Funds()
     accounts: AccountRules = AccountRules()
     catalog: list[CatalogItem] = []
     # A code not in the catalog: trust the line's declared class ("declared") or make it 全自费.
@@ -142,6 +207,9 @@ class RegionPolicy(_Model):
     _index: dict[str, CatalogItem] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, __context: object) -> None:
+        self.benefits.check_keys(EMPLOYEE_KEYS, "benefits")
+        if self.resident_benefits is not None:
+            self.resident_benefits.check_keys(RESIDENT_KEYS, "resident_benefits")
         self._index.update({item.code: item for item in self.catalog})
 
     def catalog_item(self, code: str) -> CatalogItem | None:

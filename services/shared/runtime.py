@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from contracts import wire
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode
 
@@ -50,7 +51,7 @@ class Incoming:
         if len(self.body) > MAX_BODY:
             raise Poison(f"message of {len(self.body)} bytes is larger than {MAX_BODY}")
         try:
-            return json.loads(self.body)
+            return wire.loads(self.body)  # numbers with a fraction → Decimal, never float
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Poison(f"not JSON: {exc}") from None
 

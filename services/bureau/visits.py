@@ -1,0 +1,438 @@
+"""The national flow of a visit, as a HIS speaks it: 2201 挂号 / 2401 入院 → 2203 就诊信息 → 2204 / 2301 fee
+details (adjudicated line by line at upload) → 2205 / 2302 cancel → 2402 出院 → 2206/2207, 2303/2304 settle
+what was uploaded → 2208 / 2305 reverse; 2202 cancels a registration; 2101/2102/2103 in the pharmacy's
+`druginfo` + `drugdetail` nodes; 5203 / 5204 answer a settlement and a visit's details.
+
+Settlement builds gongji's internal bill (SettleInput) from the visit's current lines and goes through the
+bureau's one settle path, so allocation, mutual aid, reversal and 冲正 are the same code. A pre-settlement
+(2206/2303) changes nothing; a line cancelled after it simply is not in the bill any more, and the 2207/2304
+whose `medfee_sumamt` no longer matches the current lines is refused (E_AMOUNT_MISMATCH: pre-settle again).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from contracts import national as nat
+from contracts.base import format_biz_time
+from contracts.envelope import Reply, Request
+from contracts.errors import ErrorCode, GongjiError
+from contracts.money import from_fen
+from contracts.settlement import FeeDetail, ReverseInput, SetlInfo, SettleInput
+from services.shared.inbox import short_error
+from services.shared.policy import RegionPolicy
+
+from . import store as db
+from .domain import line_scope, split_line
+from .visit_store import OPEN_STATES, SWEEP_AFTER_DAYS
+
+if TYPE_CHECKING:
+    from .service import BureauService
+
+PRESETTLE = {"2101", "2206", "2303"}
+MONEY = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
+         "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay", "psn_cash_pay", "wallet_pay",
+         "balc")
+FUND_NAMES = {"310100": "职工基本医疗保险统筹基金", "390100": "城乡居民基本医疗保险基金"}
+
+
+def decode(req: Request) -> Any:
+    from pydantic import ValidationError
+    try:
+        return nat.NATIONAL_INPUTS[req.infno].model_validate(req.input)
+    except ValidationError as exc:
+        raise GongjiError(ErrorCode.BAD_INPUT, f"input for {req.infno}: {short_error(exc)}") from None
+
+
+def _d(fen: int) -> Decimal:
+    return from_fen(fen)
+
+
+# ---- the answers, numbers as the platform writes them ------------------------------------------------------
+def national_output(adjudication: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """A settlement (or reversal, or pre-settlement) answer: gongji's SetlInfo as it is when the request came in
+    gongji's flat form; `setlinfo` + `setldetail` with money as numbers when it came in the national form."""
+    nat_ctx = adjudication.get("national")
+    if not nat_ctx:
+        return info
+    setlinfo: dict[str, Any] = {k: (Decimal(v) if k in MONEY and isinstance(v, str) else v) for k, v in info.items()}
+    setlinfo["mdtrt_id"] = nat_ctx.get("mdtrt_id", "")
+    setlinfo["medins_setl_id"] = nat_ctx.get("msgid", "")
+    setlinfo["insutype"] = nat_ctx.get("insutype", "")
+    setlinfo["clr_optins"] = setlinfo.get("insuplc_admdvs", "")
+    fund = "390100" if nat_ctx.get("insutype") == "390" else "310100"
+    detail = [{"fund_pay_type": fund, "fund_pay_type_name": FUND_NAMES[fund],
+               "inscp_scp_amt": setlinfo["inscp_scp_amt"], "fund_payamt": setlinfo["hifp_pay"],
+               "crt_payb_lmt_amt": setlinfo["hifp_pay"], "setl_proc_info": "; ".join(info.get("notes", []))}]
+    return {"setlinfo": setlinfo, "setldetail": detail}
+
+
+def setlinfo_of(output: dict[str, Any]) -> dict[str, Any]:
+    """The SetlInfo inside either answer shape (for the POS and the tests)."""
+    info = output.get("setlinfo", output)
+    return {k: v for k, v in info.items() if k in SetlInfo.model_fields}
+
+
+class VisitDesk:
+    """The national visit transactions, for one bureau (uses its checks and its one settle path)."""
+
+    def __init__(self, bureau: "BureauService"):
+        self.b = bureau
+
+    # ---- dispatch ----------------------------------------------------------------------------------------
+    def effect(self, conn: sqlite3.Connection, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
+        inp = decode(req)
+        code = req.infno
+        handler = {"2201": self._register, "2401": self._admit, "2202": self._cancel_registration,
+                   "2203": self._visit_info, "2204": self._upload, "2301": self._upload, "2205": self._cancel_lines,
+                   "2302": self._cancel_lines, "2402": self._discharge, "5203": self._query_settlement,
+                   "5204": self._query_details}.get(code)
+        if handler is not None:
+            return _ok(req, handler(conn, req, inp))
+        if code in ("2207", "2304", "2102"):
+            settle, national = self._bill(conn, req, inp)
+            self.b._settle(conn, req, settle, reply_to, outbox)
+            row = db.settlement_by(conn, "msgid", req.msgid)
+            assert row is not None
+            adj = json.loads(row["adjudication"])
+            adj["national"] = national
+            conn.execute("UPDATE settlements SET adjudication=? WHERE setl_id=?", (json.dumps(adj), row["setl_id"]))
+            if national.get("form") == "visit":
+                conn.execute("UPDATE visits SET pre_state=state, state='settling', setl_id=?, last_time=? "
+                             "WHERE mdtrt_id=?", (row["setl_id"], format_biz_time(req.inf_time), national["mdtrt_id"]))
+                conn.execute("UPDATE visit_details SET setl_id=? WHERE mdtrt_id=? AND state='active' AND "
+                             "(? = '' OR chrg_bchno = ?)", (row["setl_id"], national["mdtrt_id"],
+                                                              national["batch"], national["batch"]))
+            return None
+        if code in ("2208", "2305", "2103"):
+            data = inp.data
+            if data.mdtrt_id is not None:
+                visit = conn.execute("SELECT setl_id FROM visits WHERE mdtrt_id=?", (data.mdtrt_id,)).fetchone()
+                if visit is None or visit["setl_id"] != data.setl_id:
+                    raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND,
+                                      f"settlement {data.setl_id} is not the settlement of visit {data.mdtrt_id}")
+            self.b._reverse(conn, req, ReverseInput(psn_no=data.psn_no, setl_id=data.setl_id), reply_to, outbox)
+            return None
+        raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {code} is not served here")
+
+    def presettle(self, conn: sqlite3.Connection, req: Request, reply_to: str | None, outbox: list[int]) -> None:
+        """2206 / 2303 / 2101 in the national form: changes nothing; the accounts service fills in balances."""
+        inp = decode(req)
+        settle, national = self._bill(conn, req, inp)
+        person, policy, facility = self.b._check_settle(conn, req, settle)
+        adj = self.b._adjudicate(conn, req, settle, person, policy, facility)
+        context = {"msgid": req.msgid, "reply_to": reply_to, "infno": req.infno, "national": national,
+                   "setlinfo": self.b._base_setlinfo(f"PRE{req.msgid}", req, settle.psn_no, settle.med_type, adj)}
+        self.b._ask_accounts(conn, outbox, "preview", f"pre:{req.msgid}", req, settle, adj, context)
+
+    # ---- checks --------------------------------------------------------------------------------------------
+    def _visit(self, conn: sqlite3.Connection, req: Request, mdtrt_id: str, psn_no: str) -> sqlite3.Row:
+        self.b._region(req)
+        row = conn.execute("SELECT * FROM visits WHERE mdtrt_id=?", (mdtrt_id,)).fetchone()
+        if (row is None or row["fixmedins_code"] != req.fixmedins_code or row["psn_no"] != psn_no
+                or row["insuplc_admdvs"] != req.insuplc_admdvs):
+            raise GongjiError(ErrorCode.VISIT_UNKNOWN, f"no visit {mdtrt_id} of {psn_no} at {req.fixmedins_code}")
+        return row
+
+    @staticmethod
+    def _must_be(row: sqlite3.Row, *states: str) -> None:
+        state = row["state"]
+        if state in states:
+            return
+        if state in ("settled", "settling", "reversed"):
+            raise GongjiError(ErrorCode.VISIT_SETTLED, f"visit {row['mdtrt_id']} is already {state}")
+        if state == "cancelled":
+            raise GongjiError(ErrorCode.VISIT_CANCELLED, f"visit {row['mdtrt_id']} was cancelled (2202)")
+        if state == "expired":
+            raise GongjiError(ErrorCode.VISIT_CANCELLED, f"visit {row['mdtrt_id']} was closed by the sweep: "
+                                                         "left open too long")
+        raise GongjiError(ErrorCode.VISIT_STATE, f"visit {row['mdtrt_id']} is {state}: not for this transaction "
+                                                 f"(expected {' or '.join(states)})")
+
+    def _touch(self, conn: sqlite3.Connection, mdtrt_id: str, req: Request) -> None:
+        conn.execute("UPDATE visits SET last_time=? WHERE mdtrt_id=?", (format_biz_time(req.inf_time), mdtrt_id))
+
+    # ---- registration, admission, discharge ------------------------------------------------------------------
+    def _new_visit(self, conn: sqlite3.Connection, req: Request, *, psn_no: str, insutype: str, med_type: str,
+                   kind: str, ipt_otp_no: str, begntime: Any, info: dict[str, Any] | None) -> dict[str, Any]:
+        self.b._region(req)
+        person = self.b._person(conn, psn_no, req.insuplc_admdvs)
+        if person["insutype"] != insutype:
+            raise GongjiError(ErrorCode.WRONG_INSUTYPE, f"{psn_no} is insured under {person['insutype']}, "
+                                                        f"not {insutype}")
+        facility = conn.execute("SELECT * FROM facilities WHERE code=?", (req.fixmedins_code,)).fetchone()
+        if facility is None:
+            raise GongjiError(ErrorCode.UNKNOWN_FACILITY, f"facility {req.fixmedins_code} is not a designated one")
+        if facility["type"] != "hospital":
+            raise GongjiError(ErrorCode.FACILITY_TYPE_MISMATCH, "a pharmacy settles with 2101/2102, it does not "
+                                                                "register visits")
+        # Deterministic from the msgid: replicas sharing the store, and a redelivery, give the same mdtrt_id.
+        mdtrt_id = "M" + hashlib.sha256(req.msgid.encode()).hexdigest()[:19].upper()
+        conn.execute("INSERT INTO visits (mdtrt_id, msgid, psn_no, fixmedins_code, insuplc_admdvs, mdtrtarea_admvs,"
+                     " insutype, med_type, kind, ipt_otp_no, begntime, state, info, last_time) "
+                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (mdtrt_id, req.msgid, psn_no, req.fixmedins_code, req.insuplc_admdvs, req.mdtrtarea_admvs,
+                      insutype, med_type, kind, ipt_otp_no, format_biz_time(begntime),
+                      "admitted" if kind == "inpatient" else "registered",
+                      json.dumps(info, default=str) if info else None, format_biz_time(req.inf_time)))
+        return {"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": ipt_otp_no}}
+
+    def _register(self, conn: sqlite3.Connection, req: Request, inp: nat.In2201) -> dict[str, Any]:
+        d = inp.data
+        return self._new_visit(conn, req, psn_no=d.psn_no, insutype=d.insutype, med_type="11", kind="outpatient",
+                               ipt_otp_no=d.ipt_otp_no, begntime=d.begntime, info=None)
+
+    def _admit(self, conn: sqlite3.Connection, req: Request, inp: nat.In2401) -> dict[str, Any]:
+        m = inp.mdtrtinfo
+        return self._new_visit(conn, req, psn_no=m.psn_no, insutype=m.insutype, med_type="21", kind="inpatient",
+                               ipt_otp_no=m.ipt_no, begntime=m.begntime,
+                               info={"adm": inp.model_dump(mode="json")})
+
+    def _cancel_registration(self, conn: sqlite3.Connection, req: Request, inp: nat.In2202) -> dict[str, Any]:
+        row = self._visit(conn, req, inp.data.mdtrt_id, inp.data.psn_no)
+        self._must_be(row, "registered")
+        conn.execute("UPDATE visit_details SET state='cancelled', cancel_msgid=? WHERE mdtrt_id=? AND state='active'",
+                     (req.msgid, row["mdtrt_id"]))
+        conn.execute("UPDATE visits SET state='cancelled', last_time=? WHERE mdtrt_id=?",
+                     (format_biz_time(req.inf_time), row["mdtrt_id"]))
+        return {"mdtrt_id": row["mdtrt_id"], "result": "cancelled"}
+
+    def _visit_info(self, conn: sqlite3.Connection, req: Request, inp: nat.In2203) -> dict[str, Any]:
+        m = inp.mdtrtinfo
+        row = self._visit(conn, req, m.mdtrt_id, m.psn_no)
+        self._must_be(row, "registered")
+        if m.med_type == "21" or m.med_type == "41":
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"med_type {m.med_type} is not an outpatient visit")
+        conn.execute("UPDATE visits SET med_type=?, info=?, last_time=? WHERE mdtrt_id=?",
+                     (m.med_type, json.dumps(inp.model_dump(mode="json")), format_biz_time(req.inf_time), m.mdtrt_id))
+        return {"mdtrt_id": m.mdtrt_id, "med_type": m.med_type}
+
+    def _discharge(self, conn: sqlite3.Connection, req: Request, inp: nat.In2402) -> dict[str, Any]:
+        d = inp.dscginfo
+        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        self._must_be(row, "admitted")
+        if self._active_lines(conn, row["mdtrt_id"], "") == []:
+            raise GongjiError(ErrorCode.VISIT_NO_DETAILS, f"visit {d.mdtrt_id} has no fee details: upload them "
+                                                          "(2301) before discharge")
+        info = json.loads(row["info"] or "{}")
+        info["dscg"] = inp.model_dump(mode="json")
+        conn.execute("UPDATE visits SET state='discharged', endtime=?, info=?, last_time=? WHERE mdtrt_id=?",
+                     (format_biz_time(d.endtime), json.dumps(info), format_biz_time(req.inf_time), d.mdtrt_id))
+        return {"mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "endtime": format_biz_time(d.endtime)}
+
+    # ---- fee details -----------------------------------------------------------------------------------------
+    def _catalog(self, req: Request) -> RegionPolicy:
+        policy = self.b._region(req)
+        return self.b.policies.get(req.mdtrtarea_admvs, policy)
+
+    def _upload(self, conn: sqlite3.Connection, req: Request, inp: nat.In2204 | nat.In2301) -> dict[str, Any]:
+        first = inp.feedetail[0]
+        row = self._visit(conn, req, first.mdtrt_id, first.psn_no)
+        inpatient = req.infno == "2301"
+        if (row["kind"] == "inpatient") != inpatient:
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is {row['kind']}: details go "
+                                                           f"with {'2301' if row['kind'] == 'inpatient' else '2204'}")
+        self._must_be(row, "admitted" if inpatient else "registered")
+        catalog = self._catalog(req)
+        result = []
+        for line in inp.feedetail:
+            internal = internal_line(line)
+            batch = line.chrg_bchno if line.chrg_bchno is not None else (line.drord_no or "")
+            split = line_split(internal, catalog)
+            answer = {"feedetl_sn": line.feedetl_sn, "det_item_fee_sumamt": line.det_item_fee_sumamt,
+                      "cnt": line.cnt, "pric": line.pric, **split}
+            national = line.model_dump(mode="json")
+            old = conn.execute("SELECT * FROM visit_details WHERE mdtrt_id=? AND feedetl_sn=?",
+                               (row["mdtrt_id"], line.feedetl_sn)).fetchone()
+            if old is not None:
+                if old["state"] != "active" or json.loads(old["national"]) != national:
+                    raise GongjiError(ErrorCode.DETAIL_CONFLICT, f"feedetl_sn {line.feedetl_sn} was uploaded before "
+                                                                 "with other content (or cancelled)")
+                result.append(json.loads(old["split"], parse_float=Decimal))
+                continue
+            conn.execute("INSERT INTO visit_details (mdtrt_id, feedetl_sn, chrg_bchno, state, fee_ocur_time, line, "
+                         "national, split, upload_msgid) VALUES (?,?,?, 'active', ?,?,?,?,?)",
+                         (row["mdtrt_id"], line.feedetl_sn, batch, format_biz_time(line.fee_ocur_time),
+                          internal.model_dump_json(), json.dumps(national), _plain_json(answer), req.msgid))
+            result.append(answer)
+        self._touch(conn, row["mdtrt_id"], req)
+        return {"result": result}
+
+    def _cancel_lines(self, conn: sqlite3.Connection, req: Request, inp: nat.In2205 | nat.In2302) -> dict[str, Any]:
+        d = inp.data
+        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        inpatient = req.infno == "2302"
+        if (row["kind"] == "inpatient") != inpatient:
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is {row['kind']}")
+        self._must_be(row, "admitted" if inpatient else "registered")
+        if inpatient:
+            sn, batch = (None, "") if d.feedetl_sn == nat.ALL_BATCHES else (d.feedetl_sn, "")
+        else:
+            sn, batch = d.feedetl_sn, ("" if d.chrg_bchno == nat.ALL_BATCHES else d.chrg_bchno)
+        where, args = "mdtrt_id=? AND state='active'", [row["mdtrt_id"]]
+        if batch:
+            where, args = where + " AND chrg_bchno=?", args + [batch]
+        if sn is not None:
+            where, args = where + " AND feedetl_sn=?", args + [sn]
+        found = [r["feedetl_sn"] for r in conn.execute(f"SELECT feedetl_sn FROM visit_details WHERE {where}", args)]
+        if not found:
+            if batch and sn is None and conn.execute("SELECT 1 FROM visit_details WHERE mdtrt_id=? AND chrg_bchno=?",
+                                                     (row["mdtrt_id"], batch)).fetchone() is None:
+                raise GongjiError(ErrorCode.CHRG_BCHNO_UNKNOWN, f"no details uploaded with chrg_bchno {batch}")
+            raise GongjiError(ErrorCode.DETAIL_UNKNOWN, f"no active detail {sn or batch or '(any)'} on visit "
+                                                        f"{row['mdtrt_id']}")
+        conn.execute(f"UPDATE visit_details SET state='cancelled', cancel_msgid=? WHERE {where}", [req.msgid, *args])
+        self._touch(conn, row["mdtrt_id"], req)
+        return {"mdtrt_id": row["mdtrt_id"], "cancelled": sorted(found)}
+
+    def _active_lines(self, conn: sqlite3.Connection, mdtrt_id: str, batch: str) -> list[sqlite3.Row]:
+        return conn.execute("SELECT * FROM visit_details WHERE mdtrt_id=? AND state='active' AND (? = '' OR "
+                            "chrg_bchno = ?) ORDER BY fee_ocur_time, rowid", (mdtrt_id, batch, batch)).fetchall()
+
+    # ---- the bill to settle ------------------------------------------------------------------------------------
+    def _bill(self, conn: sqlite3.Connection, req: Request, inp: Any) -> tuple[SettleInput, dict[str, Any]]:
+        if isinstance(inp, nat.InPharmacy):
+            i = inp.druginfo
+            details = [internal_line(d) for d in inp.drugdetail]
+            national = {"form": "pharmacy", "mdtrt_id": "", "msgid": req.msgid, "insutype": i.insutype}
+            # 外配处方: the national flag rides on each drug line; one prescribed line makes the purchase prescribed
+            rx = "1" if any(x.rx_circ_flag == "1" for x in inp.drugdetail) else "0"
+            return _settle_input(i, "41", i.medfee_sumamt, details, rx), national
+        d = inp.data
+        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        presettle = req.infno in PRESETTLE
+        inpatient = req.infno in ("2303", "2304")
+        if (row["kind"] == "inpatient") != inpatient:
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is {row['kind']}: settled with "
+                                                           f"{'2303/2304' if row['kind'] == 'inpatient' else '2206/2207'}")
+        if inpatient and not presettle and row["state"] == "admitted":
+            raise GongjiError(ErrorCode.NOT_DISCHARGED, f"visit {row['mdtrt_id']} is not discharged: 2402 first")
+        self._must_be(row, *(("admitted", "discharged") if inpatient else ("registered",)))
+        if d.med_type is not None and d.med_type != row["med_type"]:
+            raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is med_type {row['med_type']}")
+        batch = "" if inpatient or d.chrg_bchno in (None, nat.ALL_BATCHES) else d.chrg_bchno
+        if not self._active_lines(conn, row["mdtrt_id"], ""):
+            raise GongjiError(ErrorCode.VISIT_NO_DETAILS, f"visit {row['mdtrt_id']} has no fee details to settle")
+        if batch and conn.execute("SELECT 1 FROM visit_details WHERE mdtrt_id=? AND chrg_bchno=?",
+                                  (row["mdtrt_id"], batch)).fetchone() is None:
+            raise GongjiError(ErrorCode.CHRG_BCHNO_UNKNOWN, f"no details uploaded with chrg_bchno {batch} on visit "
+                                                            f"{row['mdtrt_id']}")
+        lines = self._active_lines(conn, row["mdtrt_id"], batch)
+        if not lines:
+            raise GongjiError(ErrorCode.VISIT_NO_DETAILS, f"visit {row['mdtrt_id']} has no fee details "
+                                                          f"{'in ' + batch if batch else ''} to settle")
+        details = [FeeDetail.model_validate_json(r["line"]) for r in lines]
+        total = sum((x.det_item_fee_sumamt for x in details), Decimal("0.00"))
+        if total != d.medfee_sumamt:
+            raise GongjiError(ErrorCode.AMOUNT_MISMATCH,
+                              f"medfee_sumamt {d.medfee_sumamt} != the visit's current details {total} (a line was "
+                              "cancelled or added since the pre-settlement: pre-settle again)")
+        national = {"form": "visit", "mdtrt_id": row["mdtrt_id"], "batch": batch, "msgid": req.msgid,
+                    "insutype": row["insutype"]}
+        return _settle_input(d, row["med_type"], total, details), national
+
+    # ---- queries -------------------------------------------------------------------------------------------------
+    def _query_settlement(self, conn: sqlite3.Connection, req: Request, inp: nat.InQuery) -> dict[str, Any]:
+        d = inp.data
+        self.b._region(req)
+        setl_id = d.setl_id
+        if not setl_id and d.mdtrt_id:
+            setl_id = self._visit(conn, req, d.mdtrt_id, d.psn_no)["setl_id"] or ""
+        row = db.settlement_by(conn, "setl_id", setl_id) if setl_id else None
+        if (row is None or row["psn_no"] != d.psn_no
+                or json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs):
+            raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {setl_id or '(none)'} of {d.psn_no}")
+        if row["setlinfo"] is None:
+            raise GongjiError(ErrorCode.SETTLEMENT_PENDING, f"settlement {setl_id} is {row['state']}")
+        adj = json.loads(row["adjudication"])
+        out = national_output({"national": adj.get("national") or {"mdtrt_id": "", "msgid": row["msgid"]}},
+                              json.loads(row["setlinfo"]))
+        out["setlinfo"]["setl_stas"] = row["state"]
+        return out
+
+    def _query_details(self, conn: sqlite3.Connection, req: Request, inp: nat.InQuery) -> dict[str, Any]:
+        d = inp.data
+        if not d.mdtrt_id:
+            raise GongjiError(ErrorCode.BAD_INPUT, "5204 names the visit (mdtrt_id)")
+        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        out = []
+        for r in conn.execute("SELECT * FROM visit_details WHERE mdtrt_id=? ORDER BY rowid", (row["mdtrt_id"],)):
+            split = json.loads(r["split"], parse_float=Decimal)
+            line = json.loads(r["national"], parse_float=Decimal)
+            out.append({**split, "mdtrt_id": row["mdtrt_id"], "setl_id": r["setl_id"] or "",
+                        "chrg_bchno": r["chrg_bchno"], "med_type": row["med_type"],
+                        "fee_ocur_time": r["fee_ocur_time"], "med_list_codg": line["med_list_codg"],
+                        "medins_list_codg": line.get("medins_list_codg", ""),
+                        "vali_flag": "1" if r["state"] == "active" else "0"})
+        return {"mdtrt_id": row["mdtrt_id"], "state": row["state"], "feedetail": out}
+
+    # ---- the reconciliation sweep ----------------------------------------------------------------------------------
+    @staticmethod
+    def sweep(conn: sqlite3.Connection, fixmedins_code: str, region: str, stmt_date: str) -> int:
+        """The reconciliation sweep, run by the facility's 3201 对总账 of a day (business time, never the wall
+        clock): its visits in the region still open with no transaction for SWEEP_AFTER_DAYS before the end of
+        that day are closed as abandoned ('expired'; nothing was paid, their details are kept for 5204).
+        Not on registrations: visits of different business days may be in flight at once."""
+        n = 0
+        end = datetime.strptime(stmt_date, "%Y-%m-%d") + timedelta(days=1)
+        for kind, days in SWEEP_AFTER_DAYS.items():
+            cutoff = (end - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
+            cur = conn.execute(f"UPDATE visits SET state='expired' WHERE fixmedins_code=? AND insuplc_admdvs=? AND "
+                               f"kind=? AND state IN ({','.join('?' * len(OPEN_STATES))}) AND last_time < ?",
+                               (fixmedins_code, region, kind, *OPEN_STATES, cutoff))
+            n += cur.rowcount
+        return n
+
+
+# ---- conversions --------------------------------------------------------------------------------------------------
+def internal_line(line: nat.FeeLine | nat.DrugDetail) -> FeeDetail:
+    data = {"feedetl_sn": line.feedetl_sn, "med_list_codg": line.med_list_codg, "med_list_name": line.med_list_name,
+            "cnt": line.cnt, "pric": line.pric, "det_item_fee_sumamt": line.det_item_fee_sumamt,
+            "chrgitm_lv": line.chrgitm_lv, "selfpay_prop": line.selfpay_prop, "pric_uplmt_amt": line.pric_uplmt_amt,
+            "item_scope": line.item_scope}
+    return FeeDetail.model_validate({k: v for k, v in data.items() if v is not None})
+
+
+def line_split(line: FeeDetail, catalog: RegionPolicy) -> dict[str, Any]:
+    """The 2204 / 2301 per-line answer: the class and ratio that applied, and the split (split_line's)."""
+    fulamt, over, pre, inscp, note = split_line(line, catalog)
+    item = catalog.catalog_item(line.med_list_codg)
+    if line_scope(line, catalog) != "medical":
+        lv, prop, limit = "03", Decimal(1), None
+    elif item is not None:
+        lv, prop, limit = item.lv, item.selfpay_prop, item.pric_uplmt_amt
+    elif catalog.unknown_items == "declared" and line.chrgitm_lv is not None:
+        lv, prop, limit = line.chrgitm_lv, line.selfpay_prop or Decimal(0), line.pric_uplmt_amt
+    else:
+        lv, prop, limit = "03", Decimal(1), None
+    if lv == "03":
+        prop = Decimal(1)
+    elif lv == "01":
+        prop = Decimal(0)
+    return {"chrgitm_lv": lv, "selfpay_prop": Decimal(prop), "pric_uplmt_amt": limit if limit is not None
+            else Decimal(0), "fulamt_ownpay_amt": _d(fulamt), "overlmt_amt": _d(over), "preselfpay_amt": _d(pre),
+            "inscp_scp_amt": _d(inscp), "memo": note}
+
+
+def _settle_input(d: Any, med_type: str, total: Decimal, details: list[FeeDetail], rx: str = "0") -> SettleInput:
+    data: dict[str, Any] = {"rx_circ_flag": rx, "psn_no": d.psn_no, "mdtrt_cert_type": d.mdtrt_cert_type, "mdtrt_cert_no": d.mdtrt_cert_no,
+                            "med_type": med_type, "insutype": d.insutype, "acct_used_flag": d.acct_used_flag,
+                            "medfee_sumamt": total, "setl_chnl": d.setl_chnl, "details": details}
+    if d.proxy_psn_no is not None:
+        data["proxy_psn_no"] = d.proxy_psn_no
+    if isinstance(d, nat.DrugInfo) and total != d.medfee_sumamt:
+        raise GongjiError(ErrorCode.AMOUNT_MISMATCH, f"medfee_sumamt {d.medfee_sumamt} != details {total}")
+    return SettleInput.model_validate(data)
+
+
+def _plain_json(obj: Any) -> str:
+    from contracts import wire
+    return wire.dumps(obj)
+
+
+def _ok(req: Request, output: dict[str, Any]) -> bytes:
+    return Reply.ok(req.msgid, output).model_dump_json().encode()

@@ -1,0 +1,1 @@
+"""The national interface over HTTP (`gongji gateway`), in front of the bureau."""
