@@ -80,10 +80,12 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": contract_path(name)}
 
 
-def _envelope(infno: str, input_model: str) -> dict[str, Any]:
-    """A national/admin request of one infno: the envelope with that infno and its input model."""
+def _envelope(infno: str, *input_models: str) -> dict[str, Any]:
+    """A national/admin request of one infno: the envelope with that infno and its input (one of the models:
+    gongji's own form, or the national interface's node where the bureau takes both)."""
+    inp = _ref(input_models[0]) if len(input_models) == 1 else {"anyOf": [_ref(m) for m in input_models]}
     return {"allOf": [_ref("Request"), {"type": "object", "properties": {"infno": {"const": infno},
-                                                                         "input": _ref(input_model)}}]}
+                                                                         "input": inp}}]}
 
 
 def asyncapi(ns: str = "gongji") -> dict[str, Any]:
@@ -106,9 +108,17 @@ def asyncapi(ns: str = "gongji") -> dict[str, Any]:
         messages[key] = {"name": key, "contentType": "application/json", "summary": summary, "payload": payload}
         return {"$ref": f"#/components/messages/{key}"}
 
-    bureau_msgs = {f"bureau_{code}": msg(f"bureau_{code}", _envelope(code, model.__name__),
-                                         f"{code} to the bureau (input {model.__name__})")
-                   for code, model in sorted(BUREAU_INPUTS.items())}
+    try:
+        from contracts.infno import NATIONAL_INPUTS
+    except ImportError:  # before the national visit flow
+        NATIONAL_INPUTS = {}
+    bureau_models: dict[str, list[str]] = {}
+    for table in (BUREAU_INPUTS, NATIONAL_INPUTS):
+        for code, model in table.items():
+            bureau_models.setdefault(code, []).append(model.__name__)
+    bureau_msgs = {f"bureau_{code}": msg(f"bureau_{code}", _envelope(code, *names),
+                                         f"{code} to the bureau (input {' or '.join(names)})")
+                   for code, names in sorted(bureau_models.items())}
     admin_msgs = {f"accounts_{code}": msg(f"accounts_{code}", _envelope(code, model.__name__),
                                           f"{code} to the accounts service (input {model.__name__})")
                   for code, model in sorted(ACCOUNTS_ADMIN_INPUTS.items())}

@@ -186,7 +186,9 @@ async def test_real_messages_of_each_kind_validate(schemas: Path, amqp_url: str,
 
     # ... and an invalid one does not: money as a float, an unknown field, a missing field.
     settle = next(b for _k, b in captured["pos"] if b["cmd"] == "settle")
-    for mutate in (lambda m: m["details"][0].__setitem__("pric", 12.5), lambda m: m.__setitem__("surprise", 1),
+    for mutate in (lambda m: m["details"][0].__setitem__("det_item_fee_sumamt", 12.5),  # gongji money: "12.50"
+                   lambda m: m["details"][0].__setitem__("pric", "12.5555555"),  # a unit price has ≤ 6 places
+                   lambda m: m.__setitem__("surprise", 1),
                    lambda m: m.pop("psn_no")):
         bad = copy.deepcopy(settle)
         mutate(bad)
