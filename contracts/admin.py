@@ -51,11 +51,22 @@ Relation = Literal["spouse", "parent", "child", "sibling", "grandparent", "grand
 
 
 class Verify(Strict):
-    """Identity check (simulated): an SMS code from G110, or the result of a face check."""
+    """Identity check: an SMS code from G110, or the token of a face check the accounts service recorded (G109).
+    A bare claim ({"method": "face", "passed": true}) proves nothing and is refused for a binding (G111)."""
 
     method: Literal["sms", "face"]
     code: str | None = Field(default=None, max_length=12)
     passed: bool | None = None
+    token: str | None = Field(default=None, max_length=64)
+
+
+class FaceCheck(Strict):
+    """G109 → accounts: the result of a face check of the person (人脸识别, simulated: the caller plays the
+    device). A passed check is recorded and answered with a one-time token, valid 5 minutes, that a G111 of
+    that person presents as its identity check."""
+
+    psn_no: PsnNo
+    passed: bool
 
 
 class OpenAccount(Strict):
@@ -216,6 +227,13 @@ class AccountQuery(Strict):
 
 
 class AuditQuery(Strict):
-    """G199 → a service: its own consistency figures (ledger sums, balances vs ledger, usage)."""
+    """G199 → a service: its own consistency figures (ledger sums, balances vs ledger, usage).
 
-    scope: Literal["all"] = "all"
+    scope "items": the detail for reconciliation item by item (like 3202 对明细账): the bureau's settlements
+    or the accounts service's payments by setl_id, a page of at most `limit` after the setl_id `after`,
+    only for the people insured in `regions` (all when empty)."""
+
+    scope: Literal["all", "items"] = "all"
+    after: str = Field(default="", max_length=64)
+    limit: int = Field(default=5000, ge=1, le=5000)
+    regions: list[str] = Field(default_factory=list, max_length=64)

@@ -47,6 +47,7 @@ ACCOUNTS_ADMIN_INPUTS: dict[str, type[BaseModel]] = {
     "G103": admin.OpenAccounts,
     "G104": admin.RegisterHolder,
     "G105": admin.AccountStatus,
+    "G109": admin.FaceCheck,
     "G110": admin.RequestCode,
     "G111": admin.Bind,
     "G112": admin.Unbind,

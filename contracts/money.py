@@ -15,6 +15,10 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _MONEY_RE = re.compile(r"^-?\d{1,12}\.\d{2}$")
 CENT = Decimal("0.01")
+# The one limit of every hop: the largest amount the wire format carries (12 digits of yuan). A balance or an
+# amount that would go beyond it is refused where it would arise, before any money moves.
+MAX_AMOUNT = Decimal("999999999999.99")
+MAX_FEN = 99_999_999_999_999
 
 
 def _parse_money(value: Any) -> Decimal:
@@ -25,8 +29,8 @@ def _parse_money(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         if not value.is_finite() or value.as_tuple().exponent < -2:  # type: ignore[operator]
             raise ValueError(f"money has at most 2 decimal places (数值型 16,2), got {value}")
-        if abs(value) >= Decimal("1e14"):
-            raise ValueError("money has at most 14 integer digits (数值型 16,2)")
+        if abs(value) > MAX_AMOUNT:
+            raise ValueError(f"money beyond {MAX_AMOUNT} does not fit the wire format")
         return value.quantize(CENT)
     if isinstance(value, str):
         if not _MONEY_RE.match(value):

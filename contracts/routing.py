@@ -1,11 +1,14 @@
 """Where messages go. Every name lives under a namespace so that test runs never meet each other.
 
-    <ns>.bureau    direct   key = insuplc_admdvs (参保地), or "registry" for facility broadcasts
+    <ns>.bureau    direct   key = insuplc_admdvs (参保地), or "registry" for broadcasts (9001 sign-in)
+    <ns>.registry  direct   the bureau's registry transactions (G001/G002/G003, G199): key as above; only the
+                            admin/simulator user may write here, and the bureau takes them from nowhere else
     <ns>.pay       direct   key = "pay": money movements, published by the bureau only (its own exchange, so
                             that broker permissions can say so)
     <ns>.accounts  direct   key = "admin": the accounts service's admin transactions
     <ns>.pos       direct   key = "command"
-    <ns>.reply     direct   key = a requester's reply key (durable reply queues; no direct reply-to)
+    <ns>.reply     topic    key = a requester's reply key (durable reply queues; no direct reply-to); topic so
+                            that broker topic permissions bound who may bind which key (a client only client-…)
     <ns>.events    topic    outcome.<fixmedins_code>, balance.<psn_no>
     <ns>.dlx       fanout   → <ns>.dead (every work queue dead-letters here)
 """
@@ -26,6 +29,11 @@ class Names:
 
     def bureau_queue(self, regions: list[str] | None) -> str:
         return f"{self.ns}.bureau.{'-'.join(sorted(regions)) if regions else 'all'}"
+
+    @property
+    def registry_exchange(self) -> str:
+        """The bureau's registry (G001/G002/G003) and audit (G199): writable by the admin/simulator user only."""
+        return f"{self.ns}.registry"
 
     @property
     def accounts_exchange(self) -> str:

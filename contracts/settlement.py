@@ -216,3 +216,14 @@ class Cumulative(Strict):
     crit_burden: Money = Decimal("0.00")  # in-scope personal burden counted toward the 大病 threshold
     crit_pay: Money = Decimal("0.00")  # 390200 大病保险 paid this year
     assist_pay: Money = Decimal("0.00")  # 610100 医疗救助 paid this year
+
+
+def setlinfo_of(output: dict | None) -> dict | None:
+    """gongji's SetlInfo out of a settlement answer: flat, the SetlInfo itself; national, its `setlinfo` node
+    with the `setldetail` node beside it."""
+    if not output:
+        return None
+    info = output.get("setlinfo", output)
+    if "setldetail" in output and "setlinfo" in output:
+        info = {**info, "setldetail": output["setldetail"]}
+    return {k: v for k, v in info.items() if k in SetlInfo.model_fields}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from contracts.base import format_biz_time
 from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
+from simulator.reconcile import fetch_items, reconcile
 
 from . import visit_audit
 
@@ -419,11 +420,38 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
     after = await runner.call("bureau", "G199", {}, when, region)
     problems, figures["visits"] = visit_audit.check(data, after.output or {} if after.infcode == 0 else None)
     inv["every_visit_settled_cancelled_or_open"] = _verdict(problems)
+    # 12. bureau against accounts, item by item by setl_id (3202 对明细账): a payment without its settlement,
+    # a settlement without its payment, an undone settlement not refunded, amounts that differ.
+    problems = []
+    if not data.mapper.tag:  # --external: the services hold more than this run
+        try:
+            diffs = await reconcile_services(runner, when, region)
+        except Exception as exc:  # a side that cannot answer is a finding too
+            diffs = [{"setl_id": "-", "problem": f"item reconciliation failed: {exc}"}]
+        problems = [f"{mapper.unmap_text(d['setl_id'])}: {d['problem']}" for d in diffs]
+        figures["item_differences"] = len(diffs)
+    inv["bureau_matches_accounts"] = _verdict(problems)
     # settlements the bureau had taken in (adjudicated, maybe paid) and then undid for a 2601 冲正
     figures["bureau_compensated"] = (bur.get("states", {}).get("compensated", 0)
                                      if bur is not None and not data.mapper.tag else None)  # --external: not ours alone
     data.figures = figures
     return inv
+
+
+async def reconcile_services(runner: "Runner", when: datetime, region: str) -> list[dict[str, Any]]:
+    """Both sides' G199 items (every bureau region of the run), compared by setl_id."""
+    async def side(service: str, reg: str, regions: list[str]) -> Any:
+        async def call(data: dict[str, Any]) -> dict[str, Any]:
+            rep = await runner.call(service, "G199", data, when, reg)
+            if rep.infcode != 0:
+                raise RuntimeError(f"{service} G199 items refused: {rep.err_code} {rep.err_msg}")
+            return rep.output or {}
+        return await fetch_items(call, regions)
+    bureau: dict[str, Any] = {}
+    for reg in runner.regions:
+        bureau.update(await side("bureau", reg, [reg]))
+    accounts = await side("accounts", region, list(runner.regions))
+    return reconcile(bureau, accounts)
 
 
 def _sample(items: list[Any], seed: int, must: set[Any] | None = None) -> list[Any]:

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "service) that docker-compose loads")
     bd.add_argument("--namespace", default="gongji")
 
+    from simulator import redrive
+    rd = sub.add_parser("redrive", help="put dead-lettered work back where it came from, after a fix")
+    _common(rd)
+    redrive.add_arguments(rd)
+
     from simulator import bench
     bench.add_arguments(sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
                                                      "latency, CPU and memory against the raw broker ceiling"))
@@ -162,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         from services.shared.definitions import build, render
         sys.stdout.write(render(build(args.namespace)))
         return 0
+    if args.command == "redrive":
+        from simulator import redrive
+        return asyncio.run(redrive.main(args))
     if args.command == "load-demo":
         return _guarded(args, lambda: _load_demo(args))
     if args.command == "settle":

@@ -11,11 +11,12 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts import wire
+from contracts import credentials, wire
 from contracts.base import SHANGHAI
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
 from contracts.routing import REGISTRY_KEY, Names
+from services.shared.access import outcome_publisher_ok
 from services.shared.broker import Broker
 from services.shared.store import OutMessage
 
@@ -31,6 +32,9 @@ class Client:
         self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._outcome_waiters: dict[str, asyncio.Future[VisitOutcome]] = {}
         self.outcomes: dict[str, VisitOutcome] = {}
+        self.outcome_events: list[VisitOutcome] = []  # every event, repeats included (tests count them)
+        self.untrusted_outcomes = 0  # events not published by the POS user: ignored
+        self.signed: dict[str, dict[str, str]] = {}  # msgid → x-tif headers of a 9001 about to be sent
         self._seq = itertools.count(random.randrange(0, 5000))
 
     async def __aenter__(self) -> "Client":
@@ -65,9 +69,20 @@ class Client:
             if fut is not None and not fut.done():
                 fut.set_result(reply)
 
+    def trusted_outcome(self, message: AbstractIncomingMessage) -> bool:
+        """Outcome events count only from the POS user (RabbitMQ's validated user_id)."""
+        if outcome_publisher_ok(message.user_id, self.broker.user):
+            return True
+        self.untrusted_outcomes += 1
+        return False
+
     async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
+        if not self.trusted_outcome(message):
+            await message.ack()
+            return
         outcome = VisitOutcome.model_validate_json(message.body)
         await message.ack()
+        self.outcome_events.append(outcome)
         self.outcomes.setdefault(outcome.visit_id, outcome)
         fut = self._outcome_waiters.get(outcome.visit_id)
         if fut is not None and not fut.done():
@@ -88,6 +103,10 @@ class Client:
                        mdtrtarea_admvs=mdtrtarea_admvs or insuplc_admdvs, opter="cli", sign_no=sign_no, input=data)
 
     async def call(self, exchange: str, routing_key: str, req: Request, timeout: float | None = None) -> Reply:
+        if exchange == self.names.bureau_exchange and req.infno.startswith("G"):
+            exchange = self.names.registry_exchange  # the bureau takes its admin transactions from there only
+        if req.infno == "9001":  # sign-in carries the facility's credential (x-tif headers)
+            self.signed[req.msgid] = credentials.sign(req.fixmedins_code, credentials.paas_token(req.fixmedins_code))
         return await self.call_raw(exchange, routing_key, req.model_dump_json().encode(), req.msgid, timeout)
 
     async def call_raw(self, exchange: str, routing_key: str, body: bytes, msgid: str,
@@ -96,7 +115,8 @@ class Client:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._replies[msgid] = fut
         try:
-            await self.broker.publish(OutMessage(exchange, routing_key, body, message_id=msgid, reply_to=self.key))
+            await self.broker.publish(OutMessage(exchange, routing_key, body, message_id=msgid, reply_to=self.key,
+                                                 headers=self.signed.pop(msgid, None)))
             return await asyncio.wait_for(fut, timeout or self.timeout)
         finally:
             self._replies.pop(msgid, None)

@@ -58,7 +58,13 @@ async def load(client: Client) -> None:
                                                         insuplc_admdvs=person.insuplc_admdvs, when=LOAD_TIME,
                                                         msgid=_msgid(3, i))))
     for i, bind in enumerate(BINDINGS):
-        await _ok(client.accounts_admin(client.envelope("G111", bind.model_dump(mode="json"), insuplc_admdvs=HZ,
+        # The identity check: the authorizer's face check, recorded by the accounts service (G109), its token.
+        check = await client.accounts_admin(client.envelope("G109", {"psn_no": bind.authorizer_psn_no, "passed": True},
+                                                            insuplc_admdvs=HZ, when=LOAD_TIME, msgid=_msgid(5, i)))
+        data = bind.model_dump(mode="json", exclude_none=True)
+        if check.infcode == 0 and check.output:
+            data["verify"] = {"method": "face", "token": check.output["face_token"]}
+        await _ok(client.accounts_admin(client.envelope("G111", data, insuplc_admdvs=HZ,
                                                         when=LOAD_TIME, msgid=_msgid(4, i))))
 
 

@@ -104,7 +104,11 @@ class WorkerStack:
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="gongji-run-"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = self.data_dir / "logs"
-        self.env = {**os.environ, "GONGJI_LOG_FORMAT": "json", "GONGJI_LOG_LEVEL": log_level, **(env or {})}
+        # Scenarios keep their virtual clock (a year in seconds, facilities sharing days out of order): the
+        # bureau's per-facility business-time tolerances are off unless the caller sets them.
+        self.env = {**os.environ, "GONGJI_LOG_FORMAT": "json", "GONGJI_LOG_LEVEL": log_level,
+                    "GONGJI_BIZ_TIME_BACK_S": os.environ.get("GONGJI_BIZ_TIME_BACK_S", "0"),
+                    "GONGJI_BIZ_TIME_AHEAD_S": os.environ.get("GONGJI_BIZ_TIME_AHEAD_S", "0"), **(env or {})}
 
     def command(self, service: str) -> list[str]:
         return [sys.executable, "-m", "simulator.cli", "worker", service, "--namespace", self.ns,
@@ -183,7 +187,8 @@ async def cleanup_namespace(amqp_url: str, ns: str, queues: list[str]) -> None:
                 await ch.queue_delete(q)
             except Exception:
                 pass
-        for ex in (names.bureau_exchange, names.accounts_exchange, names.pay_exchange, names.pos_exchange,
+        for ex in (names.bureau_exchange, names.registry_exchange, names.accounts_exchange, names.pay_exchange,
+                   names.pos_exchange,
                    names.reply_exchange,
                    names.events_exchange, names.dlx):
             ch = await conn.channel()

@@ -103,10 +103,18 @@ async def person(client: Client, psn_no: str, *, region: str = HZ, psn_type: str
     return psn_no
 
 
+async def face(client: Client, psn_no: str, *, region: str = HZ, when: str = T0) -> dict[str, Any]:
+    """A passed face check recorded by the accounts service (G109): the identity check a binding presents."""
+    out = await ok(client.accounts_admin(client.envelope("G109", {"psn_no": psn_no, "passed": True},
+                                                         insuplc_admdvs=region, when=when)))
+    return {"method": "face", "token": out["face_token"]}
+
+
 async def bind(client: Client, authorizer: str, member: str, *, rank: int = 1, region: str = HZ,
                relation: str = "child", when: str = T0, **caps: str) -> str:
+    verify = await face(client, authorizer, region=region, when=when)
     out = await ok(client.accounts_admin(bind_request(client, authorizer, member, rank=rank, region=region,
-                                                      relation=relation, when=when, **caps)))
+                                                      relation=relation, when=when, verify=verify, **caps)))
     return str(out["auth_id"])
 
 
@@ -197,3 +205,19 @@ def when(day: str, hhmmss: str = "10:00:00") -> str:
 
 
 __all__ = ["VisitOutcome"]
+
+
+async def item_differences(client: Client, regions: list[str] | None = None) -> list[dict[str, Any]]:
+    """Bureau against accounts by setl_id (G199 scope=items on both sides, simulator.reconcile)."""
+    from simulator.reconcile import fetch_items, reconcile
+
+    def side(call: Any, region: str) -> Any:
+        async def one(data: dict[str, Any]) -> dict[str, Any]:
+            return await ok(call(client.envelope("G199", data, insuplc_admdvs=region)))
+        return one
+    regions = regions or [HZ]
+    bureau: dict[str, Any] = {}
+    for r in regions:
+        bureau.update(await fetch_items(side(client.bureau, r), [r]))
+    accounts = await fetch_items(side(client.accounts_admin, regions[0]), regions)
+    return reconcile(bureau, accounts)

@@ -89,7 +89,7 @@ async def restricted(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPa
             assert proc.stdout is not None
             line_ = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
             assert b"ready" in line_, (tmp / f"{service}.log").read_text()
-        yield {"urls": urls, "vhost": vhost}
+        yield {"urls": urls, "vhost": vhost, "prefix": prefix}
     finally:
         for proc in procs:
             proc.terminate()
@@ -178,7 +178,7 @@ async def test_nobody_but_the_bureau_may_move_money(restricted: dict, user: str)
 
 
 async def test_the_bureau_may_and_others_cannot_read_foreign_queues(restricted: dict) -> None:
-    await _publish(restricted["urls"]["bureau"], "gongji.events", "probe.access")  # allowed
+    await _publish(restricted["urls"]["bureau"], "gongji.reply", "bureau-probe")  # allowed (it answers)
     for user, queue in (("pos", "gongji.accounts.pay"), ("accounts", "gongji.bureau.all"),
                         ("simulator", "gongji.pos.commands")):
         conn = await aio_pika.connect(restricted["urls"][user])
@@ -189,3 +189,141 @@ async def test_the_bureau_may_and_others_cannot_read_foreign_queues(restricted: 
                 await q.get(no_ack=False, fail=False)
         finally:
             await conn.close()
+
+
+
+# ---- issue 13: each forbidden act tried as the user who would try it, refused, nothing changes --------------
+async def _publish_as(url: str, exchange: str, key: str, body: bytes, **props: object) -> None:
+    """Publish with confirms; raises when the broker refuses (access, or a user_id that is not ours)."""
+    conn = await aio_pika.connect(url)
+    try:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(exchange, ensure=False)
+        await ex.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **props), key)
+        await asyncio.sleep(0.2)
+        await ch.close()
+    finally:
+        await conn.close()
+
+
+REFUSED = (aiormq.exceptions.ChannelAccessRefused, aio_pika.exceptions.ChannelClosed,
+           aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ChannelPreconditionFailed)
+
+
+async def _user_client(restricted: dict, name: str) -> Client:
+    client = Client(restricted["urls"]["simulator"], "gongji", name=name)
+    client.broker.passive = True
+    await client.connect()
+    return client
+
+
+async def _parked(restricted: dict, message_id: str) -> dict[str, str]:
+    """Wait until the message is in gongji.dead (read as the simulator user) and return its entry."""
+    from simulator.stack import read_dead_letters
+    for _ in range(150):
+        for d in await read_dead_letters(restricted["urls"]["simulator"], "gongji", consume=False):
+            if d["message_id"] == message_id:
+                return d
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{message_id} was not parked")
+
+
+async def test_only_the_admin_side_may_write_the_registry(restricted: dict) -> None:
+    """Attack 5: the pos user re-registers a person as retired and a pharmacy as a hospital."""
+    from tests.harness import direct
+    client = await _user_client(restricted, "reg")
+    try:
+        await register_facilities(client)
+        psn = "ACC-REG-1"
+        await ok(client.bureau(client.envelope("G002", {"psn_no": psn, "psn_name": "r", "insutype": "310",
+                                                        "psn_type": "employed", "insuplc_admdvs": HZ},
+                                               insuplc_admdvs=HZ, when=T0)))
+        retired = client.envelope("G002", {"psn_no": psn, "psn_name": "r", "insutype": "310", "psn_type": "retired",
+                                           "insuplc_admdvs": HZ}, insuplc_admdvs=HZ, when=T0)
+        hospital = client.envelope("G001", {"fixmedins_code": PHARMACY, "fixmedins_name": "x",
+                                            "fixmedins_type": "hospital", "hosp_lv": "level3", "admdvs": HZ},
+                                   insuplc_admdvs=HZ, when=T0)
+        pos = restricted["urls"]["pos"]
+        # The registry exchange refuses the pos user outright ...
+        with pytest.raises(REFUSED):
+            await _publish_as(pos, "gongji.registry", HZ, retired.model_dump_json().encode(), message_id=retired.msgid)
+        # ... and the same transactions through the national exchange (which the pos user may write) are parked.
+        for req, key in ((retired, HZ), (hospital, "registry")):
+            await _publish_as(pos, "gongji.bureau", key, req.model_dump_json().encode(), message_id=req.msgid,
+                              reply_to="pos", user_id=f"{restricted['prefix']}pos")
+            d = await _parked(restricted, req.msgid)
+            assert "accepted from gongji.registry only" in d["reason"]
+        # Nothing changed: still employed, and the pharmacy is still a pharmacy (it settles 41, not 11).
+        _, info = await direct(client, "1101", {"psn_no": psn}, when="2026-03-02 10:00:00", facility=PHARMACY)
+        assert info.infcode == 0 and info.output is not None and info.output["psn_type"] == "employed"
+        _, rep = await direct(client, "2207", {"psn_no": psn, "med_type": "11", "insutype": "310",
+                                               "medfee_sumamt": "10.00", "details": [line("EXAM", "10.00")]},
+                              when="2026-03-02 10:00:00", facility=PHARMACY)
+        assert rep.err_code == "E_FACILITY_TYPE_MISMATCH"
+    finally:
+        await client.close()
+
+
+async def test_replies_go_only_to_the_senders_own_reply_queue(restricted: dict) -> None:
+    """Attack 6: a request aimed at the POS's reply queue (a refusal with a guessed in-flight msgid)."""
+    client = await _user_client(restricted, "rt")
+    try:
+        req = client.envelope("2102", {"psn_no": "NOBODY"}, insuplc_admdvs=HZ, when="2026-03-02 10:00:00",
+                              fixmedins_code=PHARMACY)
+        sim = restricted["urls"]["simulator"]
+        await _publish_as(sim, "gongji.bureau", HZ, req.model_dump_json().encode(), message_id=req.msgid,
+                          reply_to="pos", user_id=f"{restricted['prefix']}simulator")
+        d = await _parked(restricted, req.msgid)
+        assert "is not a reply queue of user" in d["reason"]
+        # Without a user_id the sender is unknown: no answer goes anywhere either.
+        req2 = req.model_copy(update={"msgid": req.msgid[:-4] + "9999"})
+        await _publish_as(sim, "gongji.bureau", HZ, req2.model_dump_json().encode(), message_id=req2.msgid,
+                          reply_to="pos")
+        assert "is not a reply queue of user None" in (await _parked(restricted, req2.msgid))["reason"]
+        # Claiming to be the pos user is refused by the broker itself.
+        with pytest.raises(REFUSED):
+            await _publish_as(sim, "gongji.bureau", HZ, b"{}", user_id=f"{restricted['prefix']}pos")
+    finally:
+        await client.close()
+
+
+async def test_nobody_reads_replies_meant_for_others(restricted: dict) -> None:
+    """Attack 6: the simulator user binds a queue of its own to the reply exchange with the POS's key."""
+    conn = await aio_pika.connect(restricted["urls"]["simulator"])
+    try:
+        ch = await conn.channel()
+        q = await ch.declare_queue("gongji.reply.client-spy", durable=True, arguments={"x-expires": 60000})
+        with pytest.raises(REFUSED):
+            await q.bind("gongji.reply", "pos")
+        ch = await conn.channel()
+        q = await ch.get_queue("gongji.reply.client-spy", ensure=False)
+        await q.bind("gongji.reply", "client-spy")  # its own kind of key: allowed
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("user,key", [("simulator", "outcome.PHZ000000001"), ("pos", "balance.X"),
+                                      ("accounts", "outcome.PHZ000000001"), ("bureau", "outcome.PHZ000000001")])
+async def test_events_only_from_their_publisher(restricted: dict, user: str, key: str) -> None:
+    """Attack 6: outcome events only from the pos user, balance events only from the accounts user."""
+    with pytest.raises(REFUSED):
+        await _publish_as(restricted["urls"][user], "gongji.events", key, b"{}")
+
+
+async def test_the_auditor_believes_only_outcomes_the_pos_user_published(restricted: dict) -> None:
+    """Even a user the broker lets write events (admin) does not make the auditor believe an outcome."""
+    from contracts.pos import VisitOutcome
+    client = await _user_client(restricted, "aud")
+    try:
+        fake = VisitOutcome(visit_id="FAKE-1", cmd="settle", status="refused", fixmedins_code=PHARMACY, psn_no="X",
+                            msgid="PHZ00000000120260302100000" + "0001", infcode=-1, err_code="E_TIMEOUT",
+                            err_msg="planted", biz_time="2026-03-02 10:00:00")  # type: ignore[arg-type]
+        await _publish_as(restricted["urls"]["admin"], "gongji.events", f"outcome.{PHARMACY}",
+                          fake.model_dump_json().encode(), user_id=f"{restricted['prefix']}admin")
+        for _ in range(50):
+            if client.untrusted_outcomes:
+                break
+            await asyncio.sleep(0.1)
+        assert client.untrusted_outcomes == 1 and "FAKE-1" not in client.outcomes
+    finally:
+        await client.close()

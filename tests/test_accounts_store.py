@@ -73,8 +73,9 @@ class Harness:
 
     def bind(self, authorizer: str, member: str, rank: int = 1, *, day: int | None = None,
              month: int | None = None, year: int | None = None, region: str = HZ) -> str:
+        token = self.admin("G109", {"psn_no": authorizer, "passed": True}, region).output["face_token"]  # type: ignore
         inp: dict[str, Any] = {"authorizer_psn_no": authorizer, "member_psn_no": member, "relation": "parent",
-                               "rank": rank, "verify": {"method": "face", "passed": True}}
+                               "rank": rank, "verify": {"method": "face", "token": token}}
         for name, cap in (("day_cap", day), ("month_cap", month), ("year_cap", year)):
             if cap is not None:
                 inp[name] = money(cap)
@@ -336,7 +337,8 @@ def test_binding_ids_are_unique_across_months(h: Harness) -> None:
         req = Request(infno="G111", msgid=msgid, inf_time="2026-01-01 08:00:00", fixmedins_code="BINDFACILITY",
                       insuplc_admdvs=HZ, mdtrtarea_admvs=HZ,
                       input={"authorizer_psn_no": "A1", "member_psn_no": member, "relation": "child",
-                             "verify": {"method": "face", "passed": True}})
+                             "verify": {"method": "face", "token": h.admin("G109", {"psn_no": "A1", "passed": True}
+                                                                           ).output["face_token"]}})  # type: ignore
         h.store.run_sync(lambda conn: h.service.handle_admin(conn, req, None))
         reply = Reply.model_validate_json(h.sql("SELECT reply FROM inbox WHERE msgid=?", (msgid,))[0]["reply"])
         assert reply.infcode == 0, reply

@@ -368,6 +368,40 @@ async def _c38(stack: Stack, v: Victims) -> tuple[str, str | None]:
     return "dead-lettered", junk
 
 
+def _national_purchase(psn: str, pric: Any, total: Any) -> dict[str, Any]:
+    """A 2102 in the national nodes (druginfo + drugdetail), money as JSON numbers."""
+    return {"druginfo": {"psn_no": psn, "mdtrt_cert_type": "02", "medfee_sumamt": total, "insutype": "390",
+                         "acct_used_flag": "1"},
+            "drugdetail": [{"feedetl_sn": "1", "fee_ocur_time": f"{DAY} 10:00:00", "med_list_codg": "XA01",
+                            "det_item_fee_sumamt": total, "cnt": 1, "pric": pric}]}
+
+
+@case("national: pric with 7 places")
+async def _c40(stack: Stack, v: Victims) -> tuple[str, str | None]:
+    assert stack.client is not None
+    m, sn = _mid(stack), await sign_no(stack.client, PHARMACY, f"{DAY} 10:00:00")
+    return await _bureau_raw(stack, raw_envelope(stack, "2102", _national_purchase(v.kid, 10.0000001, 10.0), m, sn),
+                             m), None
+
+
+@case("national: NaN money")
+async def _c41(stack: Stack, v: Victims) -> tuple[str, str | None]:
+    assert stack.client is not None
+    m, sn = _mid(stack), await sign_no(stack.client, PHARMACY, f"{DAY} 10:00:00")
+    return await _bureau_raw(stack, raw_envelope(stack, "2102", _national_purchase(v.kid, 10, float("nan")), m, sn),
+                             m), None
+
+
+@case("national: fee details for a visit that does not exist")
+async def _c42(stack: Stack, v: Victims) -> tuple[str, str | None]:
+    assert stack.client is not None
+    m, sn = _mid(stack), await sign_no(stack.client, PHARMACY, f"{DAY} 10:00:00")
+    data = {"feedetail": [{"feedetl_sn": "1", "mdtrt_id": "MFORGED0000000000000", "psn_no": v.kid, "chrg_bchno": "1",
+                           "fee_ocur_time": f"{DAY} 10:00:00", "med_list_codg": "XA01", "det_item_fee_sumamt": 5,
+                           "cnt": 1, "pric": 5}]}
+    return await _bureau_raw(stack, raw_envelope(stack, "2204", data, m, sn), m), None
+
+
 @case("garbage visit command to the POS")
 async def _c39(stack: Stack, v: Victims) -> tuple[str, str | None]:
     assert stack.client is not None
@@ -397,6 +431,8 @@ EXPECTED = {
     "2601 for somebody else's message": "E_NOT_YOUR_SETTLEMENT",
     "reversal with another region's bureau": "E_SETTLEMENT_NOT_FOUND",
     "garbage to the accounts' pay queue": "dead-lettered", "garbage visit command to the POS": "dead-lettered",
+    "national: pric with 7 places": "E_BAD_INPUT", "national: NaN money": "E_BAD_INPUT",
+    "national: fee details for a visit that does not exist": "E_VISIT_UNKNOWN",
 }
 
 

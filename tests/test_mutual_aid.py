@@ -9,7 +9,8 @@ import pytest
 
 from contracts.pos import SettleVisit
 from tests.harness import (BJ, CLOSED, HK, HK_HOSPITAL2, HOSPITAL3, HZ, NO_CROSS, PHARMACY, SH, SH_PHARMACY, WH,
-                           Stack, account, admin_call, balance, bind, bind_request, line, ok, person, uid, visit)
+                           Stack, account, admin_call, balance, bind, bind_request, face, line, ok, person, uid,
+                           visit)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 D = Decimal
@@ -375,7 +376,8 @@ async def test_wallet_transfer_claim_and_settlement_order(stack: Stack) -> None:
     son = await person(c, uid("son"), balance="5000.00")  # Hangzhou employee
     mother = await person(c, uid("mom"), region=HK, psn_type="retired", balance="100.00")  # in Hainan
     sent = await ok(admin_call(c, "G131", {"from_psn_no": son, "to_psn_no": mother, "relation": "parent",
-                                           "amount": "2000.00", "verify": {"method": "face", "passed": True}},
+                                           "amount": "2000.00",
+                                           "verify": await face(c, son, when="2026-03-01 10:00:00")},
                                when="2026-03-01 10:00:00"))
     assert sent["returns_at"] == "2026-03-02 06:00:00"
     await ok(admin_call(c, "G132", {"to_psn_no": mother, "transfer_id": sent["transfer_id"]}, region=HK,
@@ -398,21 +400,27 @@ async def test_wallet_rules(stack: Stack) -> None:
     son = await person(c, uid("son"), balance="9000.00")
     mother = await person(c, uid("mom"), region=HK, balance=None)
     local = await person(c, uid("bro"), insutype="390", balance=None)
-    face = {"method": "face", "passed": True}
+    async def t(amount: str, at: str, to: str = mother) -> dict[str, Any]:
+        """A transfer with the sender's face check (G109) recorded at that time: a refusal uses no token up."""
+        return {"from_psn_no": son, "to_psn_no": to, "relation": "parent", "amount": amount,
+                "verify": await face(c, son, when=at)}
 
-    def t(amount: str, to: str = mother) -> dict[str, Any]:
-        return {"from_psn_no": son, "to_psn_no": to, "relation": "parent", "amount": amount, "verify": face}
+    async def refused_at(data_amount: str, code: str, at: str, to: str = mother) -> None:
+        await refused(stack, "G131", await t(data_amount, at, to), code, when=at)
 
-    await refused(stack, "G131", t("2000.01"), "E_WALLET_AMOUNT", when="2026-03-05 10:00:00")
-    await refused(stack, "G131", t("10.00"), "E_WALLET_QUIET_HOURS", when="2026-03-05 22:00:00")
-    await refused(stack, "G131", t("10.00"), "E_WALLET_QUIET_HOURS", when="2026-03-06 05:59:59")
-    await refused(stack, "G131", t("10.00", to=local), "E_WALLET_SAME_PROVINCE", when="2026-03-05 10:00:00")
+    await refused_at("2000.01", "E_WALLET_AMOUNT", "2026-03-05 10:00:00")
+    await refused_at("10.00", "E_WALLET_QUIET_HOURS", "2026-03-05 22:00:00")
+    await refused_at("10.00", "E_WALLET_QUIET_HOURS", "2026-03-06 05:59:59")
+    await refused_at("10.00", "E_WALLET_SAME_PROVINCE", "2026-03-05 10:00:00", to=local)
     for minute in range(3):
-        await ok(admin_call(c, "G131", t("10.00"), when=f"2026-03-05 10:0{minute}:00"))
-    await refused(stack, "G131", t("10.00"), "E_WALLET_DAILY_COUNT", when="2026-03-05 10:05:00")
-    assert await ok(admin_call(c, "G131", t("10.00"), when="2026-03-06 06:00:00"))  # a new day
-    no_face = dict(t("10.00"), verify={"method": "face", "passed": False})
-    await refused(stack, "G131", no_face, "E_VERIFY_FAILED", when="2026-03-06 10:00:00")
+        at = f"2026-03-05 10:0{minute}:00"
+        await ok(admin_call(c, "G131", await t("10.00", at), when=at))
+    await refused_at("10.00", "E_WALLET_DAILY_COUNT", "2026-03-05 10:05:00")
+    at = "2026-03-06 06:00:00"
+    assert await ok(admin_call(c, "G131", await t("10.00", at), when=at))  # a new day
+    at = "2026-03-06 10:00:00"
+    for verify in ({"method": "face", "passed": False}, {"method": "face", "passed": True}):  # a claim is not enough
+        await refused(stack, "G131", dict(await t("10.00", at), verify=verify), "E_VERIFY_FAILED", when=at)
 
 
 async def test_unclaimed_transfer_returns_at_six_next_day(stack: Stack) -> None:
@@ -420,7 +428,8 @@ async def test_unclaimed_transfer_returns_at_six_next_day(stack: Stack) -> None:
     son = await person(c, uid("son"), balance="1000.00")
     mother = await person(c, uid("mom"), region=HK, balance=None)
     sent = await ok(admin_call(c, "G131", {"from_psn_no": son, "to_psn_no": mother, "relation": "parent",
-                                           "amount": "300.00", "verify": {"method": "face", "passed": True}},
+                                           "amount": "300.00",
+                                           "verify": await face(c, son, when="2026-03-10 21:00:00")},
                                when="2026-03-10 21:00:00"))
     before = await ok(admin_call(c, "G121", {"psn_no": son}, when="2026-03-11 05:59:59"))
     assert before["balc"] == "700.00"  # still in transit
@@ -437,11 +446,11 @@ async def test_proxy_settles_with_the_members_own_account(stack: Stack) -> None:
     father = await person(c, uid("fa"), psn_type="retired", balance="50.00")
     helper = await person(c, uid("helper"), balance="3000.00")
     await bind(c, helper, father, relation="parent")  # 共济 exists too, but a proxy settlement ignores it
-    face = {"method": "face", "passed": True}
+    checked = await face(c, daughter)
     await refused(stack, "G151", {"proxy_psn_no": daughter, "member_psn_no": father, "relation": "parent"},
                   "E_VERIFY_FAILED")
     await ok(admin_call(c, "G151", {"proxy_psn_no": daughter, "member_psn_no": father, "relation": "parent",
-                                    "verify": face}))
+                                    "verify": checked}))
     proxy_visit = await c.visit(proxied(father, daughter, "80.00", "2026-03-13 09:00:00"))
     s = proxy_visit.setlinfo
     assert s is not None
@@ -461,10 +470,11 @@ async def test_proxy_settles_with_the_members_own_account(stack: Stack) -> None:
     for _ in range(4):
         m = await person(c, uid("m"), balance=None)
         await ok(admin_call(c, "G151", {"proxy_psn_no": daughter, "member_psn_no": m, "relation": "parent",
-                                        "verify": face}))
+                                        "verify": await face(c, daughter)}))
     sixth = await person(c, uid("m"), balance=None)
     await refused(stack, "G151", {"proxy_psn_no": daughter, "member_psn_no": sixth, "relation": "parent",
-                                  "verify": face}, "E_TOO_MANY_PROXY_MEMBERS")
+                                  "verify": await face(c, daughter, when="2026-02-01 10:00:00")},
+                  "E_TOO_MANY_PROXY_MEMBERS")
 
 
 def proxied(member: str, proxy: str, amount: str, when: str) -> SettleVisit:

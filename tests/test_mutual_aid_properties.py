@@ -98,8 +98,9 @@ def test_no_payment_by_unbound_frozen_or_capped_authorizer(ops: list[tuple], bal
             ids = sorted(m.active)
             if kind == "bind":
                 _, a, mem, day_cap, month_cap = op
+                token = w.admin("G109", {"psn_no": a, "passed": True}, day).output["face_token"]  # type: ignore
                 data = {"authorizer_psn_no": a, "member_psn_no": mem, "relation": "child",
-                        "verify": {"method": "face", "passed": True}}
+                        "verify": {"method": "face", "token": token}}
                 if day_cap is not None:
                     data["day_cap"] = f"{from_fen(day_cap)}"
                 if month_cap is not None:

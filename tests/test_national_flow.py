@@ -161,6 +161,9 @@ async def test_outpatient_two_uploads_one_cancelled_line(stack: Stack) -> None:
     q = ok(await send(stack, "5203", {"data": {"psn_no": psn, "setl_id": s["setl_id"], "mdtrt_id": mdtrt_id}},
                       "2026-05-06 09:40:00"))
     assert q["setlinfo"]["hifp_pay"] == D("77.90") and q["setlinfo"]["setl_stas"] == "settled"
+    # Another facility may not read it.
+    refused(await send(stack, "5203", {"data": {"psn_no": psn, "setl_id": s["setl_id"]}}, "2026-05-06 09:40:00",
+                       facility=PHARMACY), "E_SETTLEMENT_NOT_FOUND")
     q = ok(await send(stack, "5204", {"data": {"psn_no": psn, "mdtrt_id": mdtrt_id}}, "2026-05-06 09:40:00"))
     assert {x["feedetl_sn"]: x["vali_flag"] for x in q["feedetail"]} == {"1": "1", "2": "1", "3": "1", "4": "0"}
     assert {x["setl_id"] for x in q["feedetail"] if x["vali_flag"] == "1"} == {s["setl_id"]}

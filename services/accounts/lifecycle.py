@@ -6,7 +6,9 @@ Each handler runs inside the caller's transaction; raising GongjiError rolls its
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import sqlite3
 from datetime import datetime, time, timedelta
 from typing import Any, Callable
@@ -58,22 +60,29 @@ def _money(value: Any, what: str, positive: bool = False) -> int:
     return fen
 
 
-def verify_identity(conn: sqlite3.Connection, psn_no: str, verify: admin.Verify | None, when: str) -> None:
-    """Simulated identity check: a face check result, or an unexpired, unused SMS code from G110."""
+def verify_identity(conn: sqlite3.Connection, psn_no: str, verify: admin.Verify | None, when: str,
+                    token_required: bool = False) -> None:
+    """Identity check: an unexpired, unused SMS code from G110, or the token of a face check recorded by G109.
+    `token_required` (a binding): a face check must be the token; a bare {"passed": true} is only a claim."""
     if verify is None:
         raise fail(ErrorCode.VERIFY_FAILED, f"identity check of {psn_no} required (SMS code from G110, or face)")
-    if verify.method == "face":
+    if verify.method == "face" and verify.token is None:
+        if token_required:
+            raise fail(ErrorCode.VERIFY_FAILED, f"face check of {psn_no}: a token from G109 is required, "
+                                                "a claim that it passed is not enough")
         if verify.passed is not True:
             raise fail(ErrorCode.VERIFY_FAILED, f"face check of {psn_no} failed")
         return
-    row = conn.execute("SELECT * FROM verify_codes WHERE psn_no=? AND code=?", (psn_no, verify.code or "")).fetchone()
+    code = verify.code if verify.method == "sms" else f"F{verify.token}"
+    row = conn.execute("SELECT * FROM verify_codes WHERE psn_no=? AND code=?", (psn_no, code or "")).fetchone()
     if row is None:
-        raise fail(ErrorCode.VERIFY_FAILED, f"wrong verification code for {psn_no}")
+        raise fail(ErrorCode.VERIFY_FAILED, f"wrong verification {'code' if verify.method == 'sms' else 'token'} "
+                                            f"for {psn_no}")
     if row["used"]:
         raise fail(ErrorCode.VERIFY_FAILED, f"verification code for {psn_no} was already used")
     if row["expires_time"] < when:
         raise fail(ErrorCode.VERIFY_FAILED, f"verification code for {psn_no} expired at {row['expires_time']}")
-    conn.execute("UPDATE verify_codes SET used=1 WHERE psn_no=? AND code=?", (psn_no, verify.code))
+    conn.execute("UPDATE verify_codes SET used=1 WHERE psn_no=? AND code=?", (psn_no, code))
 
 
 # ---- people and accounts ---------------------------------------------------------------------------
@@ -141,6 +150,20 @@ def request_code(svc: Any, conn: sqlite3.Connection, req: Request, r: admin.Requ
     return {"psn_no": r.psn_no, "code": code, "expires_time": expires}
 
 
+def face_check(svc: Any, conn: sqlite3.Connection, req: Request, f: admin.FaceCheck, outbox: list[int]) -> dict:
+    """G109: record a face check; a passed one gets a one-time token (keyed by a server secret, so it cannot
+    be computed from the msgid) that the person's next G111 presents."""
+    _person(conn, f.psn_no)
+    if not f.passed:
+        raise fail(ErrorCode.VERIFY_FAILED, f"face check of {f.psn_no} failed")
+    secret = (os.environ.get("GONGJI_VERIFY_SECRET") or "gongji-local-verify-secret").encode()
+    token = hmac.new(secret, f"face:{req.msgid}:{f.psn_no}".encode(), hashlib.sha256).hexdigest()[:24]
+    expires = format_biz_time(req.inf_time + timedelta(minutes=CODE_VALID_MINUTES))
+    conn.execute("INSERT OR REPLACE INTO verify_codes (psn_no, code, expires_time, used) VALUES (?,?,?,0)",
+                 (f.psn_no, f"F{token}", expires))
+    return {"psn_no": f.psn_no, "face_token": token, "expires_time": expires}
+
+
 # ---- the binding lifecycle -------------------------------------------------------------------------
 def bind(svc: Any, conn: sqlite3.Connection, req: Request, b: admin.Bind, outbox: list[int]) -> dict:
     when = _when(req)
@@ -149,7 +172,6 @@ def bind(svc: Any, conn: sqlite3.Connection, req: Request, b: admin.Bind, outbox
     acct = _account(conn, b.authorizer_psn_no, "authorizer")
     auth_person = _person(conn, b.authorizer_psn_no, "authorizer")
     member = _person(conn, b.member_psn_no, "member")
-    verify_identity(conn, b.authorizer_psn_no, b.verify, when)
     rules, mrules = svc.rules(acct["insuplc_admdvs"]), svc.rules(member["insuplc_admdvs"])
     if acct["insutype"] != "310":
         raise fail(ErrorCode.AUTHORIZER_NOT_EMPLOYEE, f"{b.authorizer_psn_no} is not employee-insured (职工医保)")
@@ -190,6 +212,8 @@ def bind(svc: Any, conn: sqlite3.Connection, req: Request, b: admin.Bind, outbox
         if changes >= rules.max_binding_changes_per_year:
             raise fail(ErrorCode.TOO_MANY_CHANGES, f"{b.authorizer_psn_no} made {changes} binding changes in "
                                                    f"{year} (at most {rules.max_binding_changes_per_year})")
+    # The identity check last: a binding refused for a rule does not use up the code or token.
+    verify_identity(conn, b.authorizer_psn_no, b.verify, when, token_required=True)
     caps = [_money(c, "cap") if c is not None else None for c in (b.day_cap, b.month_cap, b.year_cap)]
     auth_id = f"B{req.msgid}"
     conn.execute("INSERT INTO bindings (auth_id, authorizer_psn_no, member_psn_no, relation, rank, day_cap_fen, "
@@ -335,7 +359,7 @@ def wallet_transfer(svc: Any, conn: sqlite3.Connection, req: Request, t: admin.W
     when = _when(req)
     acct = _account(conn, t.from_psn_no, "sender")
     to = _person(conn, t.to_psn_no, "recipient")
-    verify_identity(conn, t.from_psn_no, t.verify, when)
+    verify_identity(conn, t.from_psn_no, t.verify, when, token_required=True)
     wrules = svc.rules(acct["insuplc_admdvs"]).wallet
     if t.relation not in ALL_RELATIONS:
         raise fail(ErrorCode.RELATION_NOT_ALLOWED, f"{t.relation} is not a near relative")
@@ -451,7 +475,7 @@ def _contribution_usage(svc: Any, conn: sqlite3.Connection, req: Request, acct: 
 def add_proxy(svc: Any, conn: sqlite3.Connection, req: Request, p: admin.Proxy, outbox: list[int]) -> dict:
     proxy = _person(conn, p.proxy_psn_no, "proxy")
     _person(conn, p.member_psn_no, "member")
-    verify_identity(conn, p.proxy_psn_no, p.verify, _when(req))
+    verify_identity(conn, p.proxy_psn_no, p.verify, _when(req), token_required=True)
     if p.relation not in ALL_RELATIONS:
         raise fail(ErrorCode.RELATION_NOT_ALLOWED, f"{p.relation} is not a family relation")
     limit = svc.rules(proxy["insuplc_admdvs"]).proxy_max_members
@@ -475,11 +499,13 @@ def remove_proxy(svc: Any, conn: sqlite3.Connection, req: Request, p: admin.Prox
 
 
 def audit(svc: Any, conn: sqlite3.Connection, req: Request, q: admin.AuditQuery, outbox: list[int]) -> dict:
+    if q.scope == "items":
+        return db.audit_items(conn, q.after, q.limit, set(q.regions))
     return db.audit(conn)
 
 
 HANDLERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "G101": open_account, "G103": open_accounts, "G104": register_holder, "G105": account_status, "G102": deposit, "G110": request_code,
+    "G109": face_check, "G101": open_account, "G103": open_accounts, "G104": register_holder, "G105": account_status, "G102": deposit, "G110": request_code,
     "G111": bind, "G112": unbind, "G113": _freeze(1), "G114": _freeze(0), "G115": reorder, "G116": change_caps,
     "G117": list_bindings, "G118": member_costs, "G119": transaction_records, "G121": account_query,
     "G131": wallet_transfer, "G132": wallet_claim, "G141": resident_contribution, "G151": add_proxy,

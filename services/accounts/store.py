@@ -14,6 +14,9 @@ import json
 import sqlite3
 from typing import Any
 
+from contracts.errors import ErrorCode, GongjiError
+from contracts.money import MAX_FEN, from_fen
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
     psn_no TEXT PRIMARY KEY,
@@ -154,6 +157,21 @@ def post(conn: sqlite3.Connection, txn_id: str, kind: str, biz_time: str, postin
             cur = conn.execute(f"UPDATE {table} SET {column} = {column} + ? WHERE psn_no=?", (amount, psn_no))
             if cur.rowcount != 1:
                 raise AssertionError(f"posting to unknown pocket {account}")
+            if amount > 0:
+                _within_wire(conn, prefix, psn_no)
+
+
+def _within_wire(conn: sqlite3.Connection, prefix: str, psn_no: str) -> None:
+    """A credit may not take a balance beyond what the wire can carry (balc = 当年 + 历年; the wallet): refused
+    here, in the transaction, so the caller's savepoint undoes it and nothing moves."""
+    if prefix == "wallet":
+        value = conn.execute("SELECT wallet_fen FROM people WHERE psn_no=?", (psn_no,)).fetchone()[0]
+    else:
+        value = balance(conn, psn_no)
+    if value > MAX_FEN:
+        raise GongjiError(ErrorCode.AMOUNT_TOO_LARGE,
+                          f"the {'wallet' if prefix == 'wallet' else 'account'} of {psn_no} would hold "
+                          f"{from_fen(value)}, beyond the largest amount the wire carries ({from_fen(MAX_FEN)})")
 
 
 def person_deltas(postings: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
@@ -246,3 +264,20 @@ def audit(conn: sqlite3.Connection) -> dict[str, Any]:
         "total_balance_fen": conn.execute("SELECT COALESCE(SUM(balance_fen + prior_fen),0) FROM accounts").fetchone()[0],
         "total_wallet_fen": conn.execute("SELECT COALESCE(SUM(wallet_fen),0) FROM people").fetchone()[0],
     }
+
+
+def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[str]) -> dict[str, Any]:
+    """G199 scope=items: each payment by setl_id with what it took from the accounts (3202 对明细账)."""
+    items: dict[str, dict[str, Any]] = {}
+    last = None
+    for row in conn.execute("SELECT p.setl_id, p.state, p.medfee_fen, p.psn_part_fen, p.cash_fen, e.insuplc_admdvs "
+                            "FROM payments p LEFT JOIN people e ON e.psn_no = p.psn_no WHERE p.setl_id > ? "
+                            "ORDER BY p.setl_id LIMIT ?", (after, limit)):
+        last = row["setl_id"]
+        if regions and row["insuplc_admdvs"] not in regions:
+            continue
+        items[row["setl_id"]] = {"state": row["state"], "medfee_fen": row["medfee_fen"],
+                                 "taken_fen": row["psn_part_fen"] - row["cash_fen"], "cash_fen": row["cash_fen"]}
+    more = last is not None and conn.execute("SELECT 1 FROM payments WHERE setl_id > ? LIMIT 1",
+                                             (last,)).fetchone() is not None
+    return {"items": items, "next": last if more else None}

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from dataclasses import asdict
 from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
-from contracts import admin, infno, national
+from contracts import admin, credentials, infno, national
 from contracts.base import SHANGHAI, format_biz_time
 from contracts.envelope import Reply, Request
 from contracts.errors import ErrorCode, GongjiError
@@ -24,7 +25,7 @@ from contracts.settlement import (CompensateInput, Cumulative, CumulativeInput, 
 from services.shared.inbox import decode_input, envelope_refusal, handle_idempotent
 from services.shared.policy import RegionPolicy
 from services.shared.runtime import inbox_counters
-from services.shared.store import OutMessage, inbox_put, inbox_set_reply, outbox_add, transaction
+from services.shared.store import OutMessage, inbox_get, inbox_put, inbox_set_reply, outbox_add, transaction
 
 from . import store as db
 from .domain import Adjudication, adjudicate
@@ -34,6 +35,10 @@ from .visits import VisitDesk, national_output
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
                 "psn_cash_pay", "wallet_pay")
+
+
+DEFAULT_TIME_BACK_S = 3600  # a facility's messages may arrive out of order by up to an hour of business time
+DEFAULT_TIME_AHEAD_S = 31 * 86400  # and resume after a closure of up to a month
 
 
 def insurance_year(policy: RegionPolicy, when: datetime) -> int:
@@ -48,17 +53,29 @@ class BureauService:
         self.served = set(served)
         self.reply_key = reply_key
         self.visits = VisitDesk(self)
+        # Business-time tolerances per facility (seconds; 0 = no bound). Scenarios keep their virtual clock:
+        # the simulator's own workers run with both off.
+        self.time_back_s = float(os.environ.get("GONGJI_BIZ_TIME_BACK_S", str(DEFAULT_TIME_BACK_S)))
+        self.time_ahead_s = float(os.environ.get("GONGJI_BIZ_TIME_AHEAD_S", str(DEFAULT_TIME_AHEAD_S)))
 
     # ---- national transactions ----------------------------------------------------------------
-    def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
-        if infno.needs_sign_in(req.infno):
+    def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+                       headers: dict[str, Any] | None = None) -> list[int]:
+        nonce = None
+        if req.infno == infno.SIGN_IN:
+            refusal, nonce = self._check_credential(conn, req, reply_to, headers or {})
+        elif infno.needs_sign_in(req.infno):
             refusal = self._check_sign_no(conn, req)
-            if refusal is not None:
-                # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
-                if not reply_to:
-                    return []
-                with transaction(conn):
-                    return [self._reply(conn, reply_to, req.msgid, refusal)]
+        else:
+            refusal = None
+        if refusal is None:  # only once the sender is who it says (else anyone could move a facility's clock)
+            refusal = self._check_clock(conn, req)
+        if refusal is not None:
+            # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
+            if not reply_to:
+                return []
+            with transaction(conn):
+                return [self._reply(conn, reply_to, req.msgid, refusal)]
         if national.is_national(req.infno, req.input):  # the national visit flow (services/bureau/visits.py)
             if req.infno in NATIONAL_PRESETTLE:
                 return self._read_only(conn, req, reply_to, national=True)
@@ -68,10 +85,71 @@ class BureauService:
                                      refusal=envelope_refusal(req.msgid))
         if req.infno in infno.PRESETTLE or req.infno == infno.PERSON_INFO:
             return self._read_only(conn, req, reply_to)
+        if nonce is not None:  # remembered in the sign-in's own transaction: a replay is refused
+            with transaction(conn):
+                db.remember_nonce(conn, req.fixmedins_code, nonce)
+                return self._idempotent(conn, req, reply_to)
+        return self._idempotent(conn, req, reply_to)
+
+    def _idempotent(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
         return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
                                  reply_to=reply_to, reply_exchange=self.names.reply_exchange,
                                  effect=lambda outbox: self._effect(conn, req, reply_to, outbox),
                                  refusal=envelope_refusal(req.msgid))
+
+    def _check_clock(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
+        """Business time per facility: never more than `time_back_s` behind the latest time the facility had
+        accepted, never more than `time_ahead_s` ahead of it (0: no bound). Back-dating would reopen closed
+        day/month windows (a 50.00 day cap spent again on "yesterday"); running ahead would open future ones.
+        A repeat of a message already handled is not checked (the inbox answers it as before)."""
+        if not infno.needs_sign_in(req.infno) and req.infno != infno.SIGN_IN:
+            return None  # gongji's own G-transactions: the registry's business, not a facility's
+        if not (self.time_back_s or self.time_ahead_s) or inbox_get(conn, req.msgid) is not None:
+            return None
+        when = req.inf_time.astimezone(SHANGHAI).replace(tzinfo=None)
+        row = conn.execute("SELECT latest FROM facility_clock WHERE fixmedins_code=?", (req.fixmedins_code,)).fetchone()
+        if row is not None:
+            latest = datetime.strptime(row["latest"], "%Y-%m-%d %H:%M:%S")
+            behind, ahead = (latest - when).total_seconds(), (when - latest).total_seconds()
+            if self.time_back_s and behind > self.time_back_s:
+                return Reply.fail(req.msgid, ErrorCode.BIZ_TIME_REFUSED,
+                                  f"inf_time {format_biz_time(req.inf_time)} is {behind:.0f} s behind the latest time "
+                                  f"{row['latest']} of {req.fixmedins_code} (tolerance {self.time_back_s:.0f} s)")
+            if self.time_ahead_s and ahead > self.time_ahead_s:
+                return Reply.fail(req.msgid, ErrorCode.BIZ_TIME_REFUSED,
+                                  f"inf_time {format_biz_time(req.inf_time)} is {ahead:.0f} s ahead of the latest time "
+                                  f"{row['latest']} of {req.fixmedins_code} (tolerance {self.time_ahead_s:.0f} s)")
+            if ahead <= 0:
+                return None
+        with transaction(conn):
+            conn.execute("INSERT INTO facility_clock (fixmedins_code, latest) VALUES (?, ?) ON CONFLICT(fixmedins_code) "
+                         "DO UPDATE SET latest=excluded.latest WHERE excluded.latest > latest",
+                         (req.fixmedins_code, format_biz_time(req.inf_time)))
+        return None
+
+    def _check_credential(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+                          headers: dict[str, Any]) -> tuple[Reply | None, str | None]:
+        """9001 needs the facility's credential (x-tif headers, contracts.credentials) as AMQP headers: a
+        signature by the facility's paasToken, fresh, with a nonce not seen before. A redelivery of the very
+        same message (same msgid, same reply queue) is replayed by the inbox; the same msgid to another reply
+        queue is a replay by someone else, refused (it would hand them the sign_no)."""
+        entry = inbox_get(conn, req.msgid)
+        if entry is not None:
+            if entry.reply_to != reply_to:
+                return Reply.fail(req.msgid, ErrorCode.NONCE_REUSED, f"9001 {req.msgid} was already signed in "
+                                                                    "from elsewhere; a replay is refused"), None
+            return None, None
+        h = {str(k).lower(): v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+             for k, v in headers.items()}
+        code, message = credentials.check(h)
+        if code is None and h.get(credentials.PAASID) != req.fixmedins_code:
+            code, message = ErrorCode.SIGNATURE_INVALID, (f"{credentials.PAASID} {h.get(credentials.PAASID)} "
+                                                          f"is not {req.fixmedins_code}")
+        if code is None and db.nonce_seen(conn, req.fixmedins_code, h[credentials.NONCE]):
+            code, message = ErrorCode.NONCE_REUSED, f"nonce {h[credentials.NONCE]} was already used"
+        if code is not None:
+            return Reply.fail(req.msgid, code, f"9001 of {req.fixmedins_code}: {message}"), None
+        return None, h[credentials.NONCE]
 
     def _check_sign_no(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
         row = conn.execute("SELECT * FROM signins WHERE sign_no=?", (req.sign_no,)).fetchone() if req.sign_no else None
@@ -79,9 +157,13 @@ class BureauService:
             return Reply.fail(req.msgid, ErrorCode.SIGN_NO_UNKNOWN,
                               f"sign_no {req.sign_no or '(none)'} is not a sign-in of {req.fixmedins_code}; sign in "
                               "with 9001 first")
-        if row["valid_until"] < format_biz_time(req.inf_time):
+        when = format_biz_time(req.inf_time)
+        if row["valid_until"] < when:
             return Reply.fail(req.msgid, ErrorCode.SIGN_NO_EXPIRED,
                               f"sign_no {req.sign_no} expired at {row['valid_until']}; sign in again with 9001")
+        if row["valid_until"][:10] != when[:10]:  # valid the one business day it was issued for, not before
+            return Reply.fail(req.msgid, ErrorCode.SIGN_NO_WRONG_DAY,
+                              f"sign_no {req.sign_no} is valid on {row['valid_until'][:10]} only, not on {when[:10]}")
         return None
 
     def _sign_in(self, conn: sqlite3.Connection, req: Request, inp: SignInInput) -> dict[str, Any]:
@@ -216,6 +298,9 @@ class BureauService:
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {inp.setl_id} in {req.insuplc_admdvs}")
         if row["psn_no"] != inp.psn_no:
             raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"settlement {inp.setl_id} is not {inp.psn_no}'s")
+        if row["fixmedins_code"] != req.fixmedins_code:  # only the facility that settled may reverse it
+            raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT,
+                              f"settlement {inp.setl_id} was not made by {req.fixmedins_code}")
         if req.infno != infno.TRIPLES[row["med_type"]][2]:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"settlement {inp.setl_id} (med_type {row['med_type']}) "
                                                            f"is reversed with {infno.TRIPLES[row['med_type']][2]}")
@@ -251,6 +336,14 @@ class BureauService:
 
     def _compensate(self, conn: sqlite3.Connection, req: Request, inp: CompensateInput, reply_to: str | None,
                     outbox: list[int]) -> bytes | None:
+        # A facility cancels only what it sent: a settlement records who made it, and any other msgid (one not
+        # received yet: a tombstone) must begin with the sender's fixmedins_code, so B can neither undo A's
+        # settlement nor tombstone A's future msgids.
+        made = db.settlement_by(conn, "msgid", inp.omsgid)
+        mine = made["fixmedins_code"] == req.fixmedins_code if made is not None \
+            else inp.omsgid.startswith(req.fixmedins_code)
+        if not mine:
+            raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
         original = conn.execute("SELECT kind FROM inbox WHERE msgid=?", (inp.omsgid,)).fetchone()
         if original is None:
             # Never arrived (yet): leave a tombstone so that, if it does arrive, it is refused and does nothing.
@@ -288,6 +381,7 @@ class BureauService:
     def handle_accounts_reply(self, conn: sqlite3.Connection, rep: AccountsReply) -> list[int]:
         outbox: list[int] = []
         with transaction(conn):
+            db.awaiting_done(conn, rep.req_id)
             if rep.kind == "preview":
                 ctx = rep.context
                 reply = (Reply.ok(ctx["msgid"], national_output(ctx, self._final_setlinfo(ctx["setlinfo"], rep)))
@@ -411,9 +505,23 @@ class BureauService:
             medfee_sumamt=from_fen(adj.medfee), proxy_psn_no=inp.proxy_psn_no, context=context))
 
     def _send_accounts(self, conn: sqlite3.Connection, outbox: list[int], request: AccountsRequest) -> None:
-        outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay",
-                                                  request.model_dump_json().encode(), message_id=request.req_id,
+        body = request.model_dump_json().encode()
+        outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay", body, message_id=request.req_id,
                                                   reply_to=self.reply_key)))
+        if request.kind in ("pay", "refund"):  # money in flight: the sweep asks again until it is answered
+            db.awaiting_add(conn, request.req_id, request.setl_id or "", body)
+
+    def sweep_pending(self, conn: sqlite3.Connection, older_than_s: float) -> list[int]:
+        """Reconciliation sweep: a payment or refund the accounts service has not answered within `older_than_s`
+        (wall-clock transport time) is asked again, with the same req_id: its inbox answers a repeat with the
+        stored reply, so a lost request or a lost answer ends the same way (settled, failed, or, after a 2601,
+        compensated), and nothing is paid twice."""
+        outbox: list[int] = []
+        with transaction(conn):
+            for req_id, body in db.awaiting_due(conn, older_than_s):
+                outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay", body, message_id=req_id,
+                                                          reply_to=self.reply_key)))
+        return outbox
 
     def _reply(self, conn: sqlite3.Connection, reply_to: str, msgid: str, reply: Reply) -> int:
         return outbox_add(conn, OutMessage(self.names.reply_exchange, reply_to, reply.model_dump_json().encode(),
@@ -435,6 +543,9 @@ class BureauService:
                              [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs, p.resident_group,
                                int(p.low_income)) for p in people])
             return {"registered": len(people)}
+        if inp.scope == "items":
+            regions = set(inp.regions) & self.served if inp.regions else self.served
+            return {**db.audit_items(conn, inp.after, inp.limit, regions), "regions": sorted(regions)}
         return db.audit(conn)
 
     def _cumulative(self, conn: sqlite3.Connection, req: Request, inp: CumulativeInput) -> dict[str, Any]:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import asdict
 from decimal import Decimal
 
+from contracts import credentials
 from contracts.money import to_fen
 
 from .domain import Accumulators
@@ -56,6 +58,17 @@ CREATE TABLE IF NOT EXISTS settlements (
     cancel_msgid TEXT, cancel_reply_to TEXT
 );
 CREATE INDEX IF NOT EXISTS settlements_psn ON settlements(psn_no);
+CREATE TABLE IF NOT EXISTS awaiting (  -- payments and refunds asked of the accounts service, not yet answered
+    req_id TEXT PRIMARY KEY, setl_id TEXT NOT NULL, body BLOB NOT NULL, asked_at REAL NOT NULL, asks INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS awaiting_asked ON awaiting(asked_at);
+CREATE TABLE IF NOT EXISTS facility_clock (  -- the latest business time each facility had accepted
+    fixmedins_code TEXT PRIMARY KEY, latest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signin_nonces (  -- x-tif-nonce of accepted 9001s (replays refused)
+    paasid TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (paasid, nonce)
+);
+CREATE INDEX IF NOT EXISTS signin_nonces_seen ON signin_nonces(seen_at);
 CREATE TABLE IF NOT EXISTS signins (
     sign_no TEXT PRIMARY KEY, fixmedins_code TEXT NOT NULL, opter_no TEXT NOT NULL,
     sign_time TEXT NOT NULL, valid_until TEXT NOT NULL
@@ -138,3 +151,55 @@ def audit(conn: sqlite3.Connection) -> dict:
             "accumulator_totals": list(totals),
             "persons": conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0],
             "visits": visit_summary(conn)}
+
+
+def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[str]) -> dict:
+    """G199 scope=items: each settlement by setl_id with what it says was taken from the accounts (3202)."""
+    items: dict[str, dict] = {}
+    last = None
+    for row in conn.execute("SELECT setl_id, state, adjudication, setlinfo FROM settlements WHERE setl_id > ? "
+                            "ORDER BY setl_id LIMIT ?", (after, limit)):
+        last = row["setl_id"]
+        adj = json.loads(row["adjudication"])
+        if regions and adj.get("insuplc_admdvs") not in regions:
+            continue
+        item: dict = {"state": row["state"]}
+        if row["setlinfo"]:
+            info = json.loads(row["setlinfo"])
+            part, cash = to_fen(Decimal(info["psn_part_amt"])), to_fen(Decimal(info["psn_cash_pay"]))
+            item.update(medfee_fen=to_fen(Decimal(info["medfee_sumamt"])), taken_fen=part - cash, cash_fen=cash)
+        items[row["setl_id"]] = item
+    more = last is not None and conn.execute("SELECT 1 FROM settlements WHERE setl_id > ? LIMIT 1",
+                                             (last,)).fetchone() is not None
+    return {"items": items, "next": last if more else None}
+
+
+def nonce_seen(conn: sqlite3.Connection, paasid: str, nonce: str) -> bool:
+    return conn.execute("SELECT 1 FROM signin_nonces WHERE paasid=? AND nonce=?", (paasid, nonce)).fetchone() \
+        is not None
+
+
+def remember_nonce(conn: sqlite3.Connection, paasid: str, nonce: str) -> None:
+    """Kept twice as long as a signature is valid (older signatures are refused by their timestamp anyway)."""
+    now = time.time()
+    conn.execute("DELETE FROM signin_nonces WHERE seen_at < ?", (now - 2 * credentials.MAX_SKEW_S,))
+    conn.execute("INSERT OR IGNORE INTO signin_nonces (paasid, nonce, seen_at) VALUES (?,?,?)", (paasid, nonce, now))
+
+
+def awaiting_add(conn: sqlite3.Connection, req_id: str, setl_id: str, body: bytes) -> None:
+    conn.execute("INSERT OR REPLACE INTO awaiting (req_id, setl_id, body, asked_at, asks) VALUES (?,?,?,?,1)",
+                 (req_id, setl_id, body, time.time()))
+
+
+def awaiting_done(conn: sqlite3.Connection, req_id: str) -> None:
+    conn.execute("DELETE FROM awaiting WHERE req_id=?", (req_id,))
+
+
+def awaiting_due(conn: sqlite3.Connection, older_than_s: float, limit: int = 500) -> list[tuple[str, bytes]]:
+    """Requests asked longer ago than `older_than_s`; each is marked as asked again now."""
+    now = time.time()
+    rows = conn.execute("SELECT req_id, body FROM awaiting WHERE asked_at < ? ORDER BY asked_at LIMIT ?",
+                        (now - older_than_s, limit)).fetchall()
+    for r in rows:
+        conn.execute("UPDATE awaiting SET asked_at=?, asks=asks+1 WHERE req_id=?", (now, r["req_id"]))
+    return [(r["req_id"], bytes(r["body"])) for r in rows]

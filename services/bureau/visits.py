@@ -22,7 +22,7 @@ from contracts.base import format_biz_time
 from contracts.envelope import Reply, Request
 from contracts.errors import ErrorCode, GongjiError
 from contracts.money import from_fen
-from contracts.settlement import FeeDetail, ReverseInput, SetlInfo, SettleInput
+from contracts.settlement import FeeDetail, ReverseInput, SettleInput
 from services.shared.inbox import short_error
 from services.shared.policy import RegionPolicy
 
@@ -37,7 +37,7 @@ PRESETTLE = {"2101", "2206", "2303"}
 MONEY = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
          "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay", "psn_cash_pay", "wallet_pay",
          "balc")
-FUND_NAMES = {"310100": "职工基本医疗保险统筹基金", "390100": "城乡居民基本医疗保险基金"}
+FUND_MONEY = ("inscp_scp_amt", "crt_payb_lmt_amt", "fund_payamt")
 
 
 def decode(req: Request) -> Any:
@@ -64,17 +64,13 @@ def national_output(adjudication: dict[str, Any], info: dict[str, Any]) -> dict[
     setlinfo["medins_setl_id"] = nat_ctx.get("msgid", "")
     setlinfo["insutype"] = nat_ctx.get("insutype", "")
     setlinfo["clr_optins"] = setlinfo.get("insuplc_admdvs", "")
-    fund = "390100" if nat_ctx.get("insutype") == "390" else "310100"
-    detail = [{"fund_pay_type": fund, "fund_pay_type_name": FUND_NAMES[fund],
-               "inscp_scp_amt": setlinfo["inscp_scp_amt"], "fund_payamt": setlinfo["hifp_pay"],
-               "crt_payb_lmt_amt": setlinfo["hifp_pay"], "setl_proc_info": "; ".join(info.get("notes", []))}]
+    # setldetail is a node of its own in the national answer: every fund line (the basic fund, 大额, 大病, 救助)
+    lines = setlinfo.pop("setldetail", None) or []
+    detail = [{k: (Decimal(v) if k in FUND_MONEY and isinstance(v, str) else v) for k, v in line.items()}
+              for line in lines]
     return {"setlinfo": setlinfo, "setldetail": detail}
 
 
-def setlinfo_of(output: dict[str, Any]) -> dict[str, Any]:
-    """The SetlInfo inside either answer shape (for the POS and the tests)."""
-    info = output.get("setlinfo", output)
-    return {k: v for k, v in info.items() if k in SetlInfo.model_fields}
 
 
 class VisitDesk:
@@ -343,7 +339,7 @@ class VisitDesk:
         if not setl_id and d.mdtrt_id:
             setl_id = self._visit(conn, req, d.mdtrt_id, d.psn_no)["setl_id"] or ""
         row = db.settlement_by(conn, "setl_id", setl_id) if setl_id else None
-        if (row is None or row["psn_no"] != d.psn_no
+        if (row is None or row["psn_no"] != d.psn_no or row["fixmedins_code"] != req.fixmedins_code
                 or json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs):
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {setl_id or '(none)'} of {d.psn_no}")
         if row["setlinfo"] is None:

@@ -6,18 +6,17 @@ outcome event. Deadlines are real (wall-clock) transport timeouts; the business 
 visit's. Requests are kept and sent with money as JSON numbers (contracts.wire), never through a float."""
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from contracts import infno, wire
+from contracts import credentials, infno, wire
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.errors import ErrorCode, GongjiError
 from contracts.pos import PosCommand, ReverseVisit, SettleVisit, VisitOutcome
-from contracts.settlement import SetlInfo
+from contracts.settlement import setlinfo_of
 from contracts.base import format_biz_time
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.runtime import inbox_counters
@@ -41,12 +40,6 @@ def stage_timeout(cmd: SettleVisit | ReverseVisit, stage: str) -> float:
     return cmd.timeout_ms / 1000
 
 
-def setlinfo_of(output: dict[str, Any] | None) -> dict[str, Any] | None:
-    """gongji's SetlInfo out of a settlement answer (flat: the SetlInfo; national: its `setlinfo` node)."""
-    if not output:
-        return None
-    info = output.get("setlinfo", output)
-    return {k: v for k, v in info.items() if k in SetlInfo.model_fields}
 
 
 def encode(request: Request) -> str:
@@ -97,6 +90,11 @@ class PosService:
         with transaction(conn):
             row = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
             if row is not None:
+                if row["command"] != cmd.model_dump_json():
+                    # Like a msgid conflict: a visit_id names one visit; other content under it is refused
+                    # (never answered with the first visit's outcome).
+                    raise GongjiError(ErrorCode.VISIT_ID_CONFLICT,
+                                      f"visit_id {cmd.visit_id} was already used for a different visit")
                 inbox_counters["duplicates_absorbed"] += 1
                 if row["outcome"] is not None:  # a repeated command: repeat the outcome
                     outbox.append(self._event(conn, VisitOutcome.model_validate_json(row["outcome"])))
@@ -164,9 +162,13 @@ class PosService:
     def _send(self, conn: sqlite3.Connection, request: Request) -> int:
         # 9001 goes to every bureau (each checks the sign_no of the requests it serves).
         key = REGISTRY_KEY if request.infno == infno.SIGN_IN else request.insuplc_admdvs
+        headers = {"gongji-kind": "bureau-request"}
+        if request.infno == infno.SIGN_IN:  # signed with the facility's credential (x-tif headers)
+            code = request.fixmedins_code
+            headers.update(credentials.sign(code, credentials.paas_token(code)))
         return outbox_add(conn, OutMessage(self.names.bureau_exchange, key,
                                            encode(request).encode(), message_id=request.msgid,
-                                           reply_to=self.reply_key, headers={"gongji-kind": "bureau-request"}))
+                                           reply_to=self.reply_key, headers=headers))
 
     # ---- answers from the bureau --------------------------------------------------------------------
     def handle_reply(self, conn: sqlite3.Connection, reply: Reply) -> list[int]:
@@ -177,6 +179,10 @@ class PosService:
             if row is None:
                 inbox_counters["duplicates_absorbed"] += 1
                 return outbox  # late (after 冲正 or a resend) or a duplicate: the visit has moved on
+            if reply.err_code == ErrorCode.MSGID_CONFLICT:
+                # We never send other content under one msgid (a resend is the very same request): this answers
+                # someone else's message that reused our msgid. Our own answer is still to come.
+                return outbox
             cmd = COMMAND.validate_json(row["command"])
             stage = row["stage"]
             if stage == "signin" and reply.infcode == 0 and reply.output:

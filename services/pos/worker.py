@@ -9,6 +9,7 @@ import structlog
 from pydantic import ValidationError
 
 from contracts.envelope import Reply
+from contracts.errors import GongjiError
 from services.shared.broker import Broker
 from services.shared.entry import WorkerConfig
 from services.shared.inbox import short_error
@@ -57,8 +58,11 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
             raise Poison(str(exc)) from None
         structlog.contextvars.bind_contextvars(visit_id=cmd.visit_id)
         ids = None
-        if not admission.locked():  # nobody waiting: try at once
-            ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+        try:
+            if not admission.locked():  # nobody waiting: try at once
+                ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+        except GongjiError as exc:  # a visit_id reused with other content: parked with the reason
+            raise Poison(f"{exc.code}: {exc.message}") from None
         if ids is None:
             # Admission control: too many visits open. Hold the command (unacked; the broker keeps the rest
             # queued) rather than start a visit whose deadline would run out while the bureau works through
@@ -68,7 +72,10 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
             async with admission:
                 while True:
                     slot_freed.clear()  # before trying: a visit finishing meanwhile is not missed
-                    ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+                    try:
+                        ids = await store.run(lambda c: service.handle_command(c, cmd, max_open))
+                    except GongjiError as exc:
+                        raise Poison(f"{exc.code}: {exc.message}") from None
                     if ids is not None:
                         break
                     try:

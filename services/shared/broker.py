@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -43,8 +44,31 @@ class Unroutable(Exception):
 
 
 def topology_exchanges(n: Names) -> list[str]:
-    return [n.bureau_exchange, n.accounts_exchange, n.pay_exchange, n.pos_exchange, n.reply_exchange,
-            n.events_exchange, n.dlx]
+    return [n.bureau_exchange, n.registry_exchange, n.accounts_exchange, n.pay_exchange, n.pos_exchange,
+            n.reply_exchange, n.events_exchange, n.dlx]
+
+
+def dead_queue_args() -> dict[str, Any]:
+    """<ns>.dead is bounded by length, bytes and age (oldest dropped first), so that a flood of poison can
+    neither fill the broker's disk nor keep parked messages forever (GONGJI_DEAD_MAX_LENGTH,
+    GONGJI_DEAD_MAX_MB, GONGJI_DEAD_TTL_DAYS). Quorum queues support all three since RabbitMQ 3.10."""
+    return {"x-queue-type": "quorum", "x-overflow": "drop-head",
+            "x-max-length": int(os.environ.get("GONGJI_DEAD_MAX_LENGTH", "100000")),
+            "x-max-length-bytes": int(os.environ.get("GONGJI_DEAD_MAX_MB", "256")) * 1024 * 1024,
+            "x-message-ttl": int(float(os.environ.get("GONGJI_DEAD_TTL_DAYS", "14")) * 86400 * 1000)}
+
+
+def dead_body_limit() -> int:
+    """Bytes of a parked message's body that are kept (GONGJI_DEAD_BODY_KB, default 64 KB)."""
+    return int(os.environ.get("GONGJI_DEAD_BODY_KB", "64")) * 1024
+
+
+def parked(body: bytes, headers: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """A body cut to the dead-letter limit, saying so (x-gongji-body-bytes: the original size)."""
+    limit = dead_body_limit()
+    if len(body) <= limit:
+        return body, headers
+    return body[:limit], {**headers, "x-gongji-truncated": True, "x-gongji-body-bytes": len(body)}
 
 
 def work_queue_args(names: Names) -> dict[str, Any]:
@@ -80,6 +104,9 @@ class Broker:
         self._closing = False
         self.reconnects = 0
         self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
+        # Every message names its sender; RabbitMQ refuses a user_id other than the connection's user, so the
+        # receiver can trust it (services.shared.access).
+        self.user = urllib.parse.unquote(urllib.parse.urlparse(url).username or "") or None
 
     async def connect(self) -> None:
         await self._open()
@@ -164,11 +191,11 @@ class Broker:
                 await ch.get_queue(queue, ensure=True)
             return
         dlx = await ch.declare_exchange(n.dlx, ExchangeType.FANOUT, durable=True)
-        dead = await ch.declare_queue(n.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        dead = await ch.declare_queue(n.dead_queue, durable=True, arguments=dead_queue_args())
         await dead.bind(dlx, "")
-        for name, kind in [(n.bureau_exchange, ExchangeType.DIRECT), (n.accounts_exchange, ExchangeType.DIRECT),
-                           (n.pay_exchange, ExchangeType.DIRECT),
-                           (n.pos_exchange, ExchangeType.DIRECT), (n.reply_exchange, ExchangeType.DIRECT),
+        for name, kind in [(n.bureau_exchange, ExchangeType.DIRECT), (n.registry_exchange, ExchangeType.DIRECT),
+                           (n.accounts_exchange, ExchangeType.DIRECT), (n.pay_exchange, ExchangeType.DIRECT),
+                           (n.pos_exchange, ExchangeType.DIRECT), (n.reply_exchange, ExchangeType.TOPIC),
                            (n.events_exchange, ExchangeType.TOPIC)]:
             self._exchanges[name] = await ch.declare_exchange(name, kind, durable=True)
         self._exchanges[n.dlx] = dlx
@@ -185,7 +212,8 @@ class Broker:
 
     async def declare_bureau_queue(self, regions: list[str] | None, served: list[str]) -> str:
         name = self.names.bureau_queue(regions)
-        bindings = [(self.names.bureau_exchange, r) for r in served] + [(self.names.bureau_exchange, REGISTRY_KEY)]
+        bindings = [(ex, key) for ex in (self.names.bureau_exchange, self.names.registry_exchange)
+                    for key in [*served, REGISTRY_KEY]]
         await self.declare_queue(name, bindings)
         return name
 
@@ -229,6 +257,7 @@ class Broker:
             correlation_id=msg.correlation_id,
             reply_to=msg.reply_to,
             headers=msg.headers or {},
+            user_id=self.user,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_s
@@ -278,8 +307,10 @@ class Broker:
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """Park an unprocessable message in <ns>.dead with the reason, before acking the original."""
         headers = dict(message.headers or {})
-        headers.update({"x-gongji-reason": reason[:1000], "x-gongji-queue": queue})
-        await self.publish(OutMessage(self.names.dlx, "", message.body, message.message_id,
+        headers.update({"x-gongji-reason": reason[:1000], "x-gongji-queue": queue,
+                        "x-gongji-exchange": message.exchange or "", "x-gongji-routing-key": message.routing_key or ""})
+        body, headers = parked(message.body, headers)
+        await self.publish(OutMessage(self.names.dlx, "", body, message.message_id,
                                       message.correlation_id, message.reply_to, headers))
 
     async def consume(self, queue: str, callback: Callable[[AbstractIncomingMessage], Awaitable[None]],

@@ -1,10 +1,11 @@
 """The RabbitMQ definitions file for a deployment (docker-compose loads deploy/rabbitmq/definitions.json at
 broker start): the topology, and one user per service with only the permissions it needs.
 
-    bureau    reads its own queues; writes to pay (moves money), reply, events, dlx
+    bureau    reads its own queues; writes to pay (moves money), reply, dlx
     accounts  reads accounts.pay and accounts.admin; writes to reply, events, dlx
     pos       reads pos.commands and its replies; writes to bureau (settlements), events, dlx
-    simulator declares its own reply/observer queues; writes to bureau, accounts (admin), pos; never to pay
+    simulator declares its own reply/observer queues; writes to bureau, registry, accounts (admin), pos;
+              never to pay, reply or events; binds only client-… reply keys (topic permissions)
     admin     the management UI (administrator)
 
 Only the bureau may write to <ns>.pay, so only the bureau can ask the accounts service to move money.
@@ -20,7 +21,7 @@ from typing import Any
 
 from contracts.routing import REGISTRY_KEY, Names
 
-from .broker import DELIVERY_LIMIT, topology_exchanges
+from .broker import DELIVERY_LIMIT, dead_queue_args, topology_exchanges
 
 LOCAL_PASSWORDS = {"bureau": "bureau-local", "accounts": "accounts-local", "pos": "pos-local",
                    "simulator": "simulator-local", "gateway": "gateway-local", "admin": "admin-local"}
@@ -36,20 +37,36 @@ def password_hash(user: str, password: str) -> str:
 def permissions(ns: str) -> dict[str, dict[str, str]]:
     n = re.escape(ns)
     return {
-        "bureau": {"configure": "^$", "write": rf"^{n}\.(pay|reply|events|dlx)$",
+        "bureau": {"configure": "^$", "write": rf"^{n}\.(pay|reply|dlx)$",
                    "read": rf"^{n}\.(bureau\..+|reply\.bureau-.+)$"},
         "accounts": {"configure": "^$", "write": rf"^{n}\.(reply|events|dlx)$",
                      "read": rf"^{n}\.accounts\.(pay|admin)$"},
         "pos": {"configure": "^$", "write": rf"^{n}\.(bureau|events|dlx)$",
                 "read": rf"^{n}\.(pos\.commands|reply\.pos)$"},
         "simulator": {"configure": rf"^{n}\.(reply\.client-.+|observe\..+)$",
-                      "write": rf"^{n}\.(bureau|accounts|pos|reply\.client-.+|observe\..+)$",
+                      "write": rf"^{n}\.(bureau|registry|accounts|pos|reply\.client-.+|observe\..+)$",
                       "read": rf"^{n}\.(reply|events|dead|reply\.client-.+|observe\..+)$"},
         # the HTTP gateway (services/gateway): publishes national requests as the POS does, G-codes of the
         # admin paasid to the accounts, outcome and conformance events; reads its own reply queues
         "gateway": {"configure": "^$", "write": rf"^{n}\.(bureau|accounts|events)$",
                     "read": rf"^{n}\.reply\.gateway-.+$"},
         "admin": {"configure": ".*", "write": ".*", "read": ".*"},
+    }
+
+
+def topic_permissions(ns: str) -> dict[str, dict[str, dict[str, str]]]:
+    """Routing keys per user on the topic exchanges: who may bind which reply key (a client only its own
+    kind, so nobody reads the POS's or the bureau's answers), and who may publish which events (outcomes
+    only the POS, balance changes only the accounts service)."""
+    n = Names(ns)
+    return {
+        "bureau": {n.reply_exchange: {"write": ".*", "read": "^bureau-.+$"}},
+        "accounts": {n.reply_exchange: {"write": ".*", "read": "^$"},
+                     n.events_exchange: {"write": r"^balance\..+$", "read": "^$"}},
+        "pos": {n.reply_exchange: {"write": "^$", "read": "^pos$"},
+                n.events_exchange: {"write": r"^outcome\..+$", "read": "^$"}},
+        "simulator": {n.reply_exchange: {"write": "^$", "read": "^client-.+$"},
+                      n.events_exchange: {"write": "^$", "read": ".*"}},
     }
 
 
@@ -61,10 +78,11 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
     regions = sorted(regions if regions is not None else load_policies())
     users = users or LOCAL_PASSWORDS
     work = {"x-queue-type": "quorum", "x-dead-letter-exchange": n.dlx, "x-delivery-limit": DELIVERY_LIMIT}
-    kinds = {n.bureau_exchange: "direct", n.accounts_exchange: "direct", n.pay_exchange: "direct",
-             n.pos_exchange: "direct", n.reply_exchange: "direct", n.events_exchange: "topic", n.dlx: "fanout"}
+    kinds = {n.bureau_exchange: "direct", n.registry_exchange: "direct", n.accounts_exchange: "direct",
+             n.pay_exchange: "direct", n.pos_exchange: "direct", n.reply_exchange: "topic",
+             n.events_exchange: "topic", n.dlx: "fanout"}
     queues: dict[str, dict[str, Any]] = {
-        n.dead_queue: {"x-queue-type": "quorum"},
+        n.dead_queue: dead_queue_args(),
         n.bureau_queue(None): work, n.reply_queue("bureau-all"): work,
         n.accounts_pay_queue: work, n.accounts_admin_queue: work, n.pos_command_queue: work,
         n.reply_queue("pos"): work, n.reply_queue("gateway-1"): work,
@@ -76,7 +94,8 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
                 (n.reply_exchange, n.reply_queue("gateway-1"), "gateway-1"),
                 (n.reply_exchange, n.reply_queue("bureau-all"), "bureau-all"),
                 (n.events_exchange, n.events_archive_queue, "#")]
-    bindings += [(n.bureau_exchange, n.bureau_queue(None), key) for key in [*regions, REGISTRY_KEY]]
+    bindings += [(ex, n.bureau_queue(None), key) for ex in (n.bureau_exchange, n.registry_exchange)
+                 for key in [*regions, REGISTRY_KEY]]
     assert set(kinds) == set(topology_exchanges(n))
     perms = permissions(ns)
     return {
@@ -85,6 +104,8 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
                    "tags": ["administrator"] if u == "admin" else []} for u, pw in users.items()],
         "vhosts": [{"name": vhost}],
         "permissions": [{"user": prefix + u, "vhost": vhost, **perms[u]} for u in users],
+        "topic_permissions": [{"user": prefix + u, "vhost": vhost, "exchange": exchange, **tp}
+                              for u in users for exchange, tp in topic_permissions(ns).get(u, {}).items()],
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
                        "internal": False, "arguments": {}} for name, kind in kinds.items()],
         "queues": [{"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args}

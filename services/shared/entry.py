@@ -40,7 +40,12 @@ async def serve_forever(service: str, cfg: WorkerConfig, setup: Setup) -> None:
     broker = Broker(cfg.amqp_url, cfg.names, name=f"gongji-{service}")
     await broker.connect()
     await broker.declare_topology()
-    worker = await setup(cfg, broker)
+    try:
+        worker = await setup(cfg, broker)
+    except SystemExit as exc:  # e.g. a damaged database: say why, leave the broker cleanly, exit non-zero
+        log.error("worker refuses to start", reason=str(exc.code))
+        await broker.close()
+        raise
     worker.start_stats(cfg.data_dir / "stats", service)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

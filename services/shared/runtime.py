@@ -23,7 +23,9 @@ from contracts import wire
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode
 
-from .broker import Broker, Unroutable
+from .access import reply_allowed
+from .broker import Broker, Unroutable, parked
+from .health import is_transient
 from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_load
 
 # Duplicates the handlers recognised and absorbed (inbox hits, stale answers); shared by this process.
@@ -37,6 +39,15 @@ MAX_BODY = 1_000_000  # bytes; larger messages are refused before parsing
 class Poison(Exception):
     """The message can never be processed (not JSON, no envelope, too large): dead-letter it."""
 
+    reply = True  # tell the sender (its reply_to) too
+
+
+class Forbidden(Poison):
+    """The sender may not ask for this (wrong exchange, someone else's reply queue): parked with the reason,
+    and no answer is sent anywhere."""
+
+    reply = False
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -46,6 +57,8 @@ class Incoming:
     reply_to: str | None
     headers: dict[str, Any]
     redelivered: bool
+    exchange: str = ""  # where it was published (set by the broker)
+    user_id: str | None = None  # the authenticated sender (validated by the broker)
 
     def json(self) -> Any:
         if len(self.body) > MAX_BODY:
@@ -66,8 +79,13 @@ class Worker:
         self.broker = broker
         self.store = store
         self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"handled": 0, "dead_lettered": 0, "redelivered": 0, "published": 0, "chaos_duplicates": 0,
-                      "chaos_delays": 0}
+        self.stats: dict[str, Any] = {"handled": 0, "dead_lettered": 0, "redelivered": 0, "published": 0,
+                                      "chaos_duplicates": 0, "chaos_delays": 0, "healthy": True,
+                                      "unhealthy_spells": 0, "transient_failures": 0, "transient_retries": 0}
+        # Cleared while the store or the broker fails (transient): deliveries are held, not nacked.
+        self.healthy = asyncio.Event()
+        self.healthy.set()
+        self._probing = asyncio.Lock()
         self.chaos = Chaos.from_env()
         # Called for an outbox message no queue would take, after it is parked in the dead-letter queue.
         self.on_unroutable: Callable[[OutMessage], Awaitable[None]] | None = None
@@ -75,16 +93,21 @@ class Worker:
     async def serve(self, queue: str, handler: Handler, prefetch: int = 64) -> None:
         async def on_message(message: AbstractIncomingMessage) -> None:
             incoming = Incoming(message.body, message.message_id, message.correlation_id, message.reply_to,
-                                dict(message.headers or {}), bool(message.redelivered))
+                                dict(message.headers or {}), bool(message.redelivered), message.exchange or "",
+                                message.user_id)
             structlog.contextvars.bind_contextvars(msgid=message.message_id, queue=queue)
             if incoming.redelivered:
                 self.stats["redelivered"] += 1
             try:
-                ids = await handler(incoming)
+                if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
+                    raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user {incoming.user_id}")
+                if self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug):
+                    raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
+                ids = await self._call(handler, incoming)
             except Poison as exc:
                 log.warning("dead-lettered", reason=str(exc))
                 await self.broker.dead_letter(message, str(exc), queue)
-                if incoming.reply_to:  # tell the sender too, if it can be told; nothing changed
+                if incoming.reply_to and exc.reply:  # tell the sender too, if it can be told; nothing changed
                     ref = incoming.message_id or incoming.correlation_id or ""
                     body = Reply.fail(ref, ErrorCode.BAD_MESSAGE, str(exc)).model_dump_json().encode()
                     try:
@@ -96,7 +119,8 @@ class Worker:
                 await message.ack()
                 return
             except Exception:
-                # Not acked: the broker redelivers; after DELIVERY_LIMIT tries it dead-letters it.
+                # A failure of the handler itself (a bug the message triggers), not of the store or the broker:
+                # not acked, the broker redelivers; after DELIVERY_LIMIT tries it dead-letters it.
                 log.exception("handler failed; message returned to the queue")
                 await asyncio.sleep(0.5)
                 await message.nack(requeue=True)
@@ -109,6 +133,53 @@ class Worker:
             self.stats["handled"] += 1
 
         await self.broker.consume(queue, on_message, prefetch=prefetch)
+
+    async def _call(self, handler: Handler, incoming: Incoming) -> list[int]:
+        """Run the handler; while the store (or the broker) fails, keep the delivery unacked and try again.
+
+        RabbitMQ counts a redelivery after a nack-requeue and after a channel close alike, so a transient
+        fault handled by either would use up the quorum queue's delivery limit and dead-letter valid work.
+        Instead the delivery stays with us: while unhealthy, one message at a time probes the store, backing
+        off 0.1 s → 5 s; the others wait for the all-clear, and the prefetch bounds how many deliveries the
+        broker hands us meanwhile (no new work is taken beyond them)."""
+        delay = 0.1
+        while True:
+            if not self.healthy.is_set():
+                async with self._probing:
+                    if not self.healthy.is_set():
+                        try:
+                            result = await handler(incoming)
+                        except Exception as exc:
+                            if not is_transient(exc):
+                                raise
+                            self.stats["transient_retries"] += 1
+                            await asyncio.sleep(delay)
+                            delay = min(delay * 2, 5.0)
+                            continue
+                        self._set_healthy(True, None)
+                        return result
+            try:
+                return await handler(incoming)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.stats["transient_failures"] += 1
+                self._set_healthy(False, exc)
+
+    def _set_healthy(self, healthy: bool, exc: BaseException | None) -> None:
+        if healthy == self.healthy.is_set():
+            return
+        if healthy:
+            self.healthy.set()
+            self.stats["healthy"] = True
+            log.warning("healthy again: the store works; consuming resumes")
+        else:
+            self.healthy.clear()
+            self.stats["healthy"] = False
+            self.stats["unhealthy_spells"] += 1
+            log.error("unhealthy: the store or the broker fails; holding deliveries and retrying",
+                      error=repr(exc))
+        self.write_stats()
 
     async def flush(self, ids: list[int] | None = None, older_than: float | None = None) -> int:
         """Publish outbox rows (these ids, or one bounded batch older than a time); returns how many.
@@ -124,9 +195,11 @@ class Worker:
             except Unroutable as exc:
                 # Nobody can receive it (e.g. a client that went away): park it with the reason.
                 log.warning("unroutable outbox message dead-lettered", error=str(exc))
-                await self.broker.publish(OutMessage(self.broker.names.dlx, "", msg.body, msg.message_id,
-                                                     msg.correlation_id, msg.reply_to,
-                                                     {**(msg.headers or {}), "x-gongji-reason": str(exc)}))
+                body, headers = parked(msg.body, {**(msg.headers or {}), "x-gongji-reason": str(exc),
+                                                  "x-gongji-exchange": msg.exchange,
+                                                  "x-gongji-routing-key": msg.routing_key})
+                await self.broker.publish(OutMessage(self.broker.names.dlx, "", body, msg.message_id,
+                                                     msg.correlation_id, msg.reply_to, headers))
                 if self.on_unroutable is not None:
                     await self.on_unroutable(msg)
                 return row_id
@@ -175,8 +248,11 @@ class Worker:
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
                 "duplicates_absorbed": inbox_counters["duplicates_absorbed"]}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            tmp.replace(path)
+        except OSError:  # a full disk must not stop the worker (or turn a transient fault into a nack)
+            pass
 
     async def start_relay(self, every: float = 2.0, grace: float = 5.0) -> None:
         """Publishes what a crash left in the outbox now, then keeps an eye on rows older than `grace`."""
@@ -210,6 +286,7 @@ class Chaos:
     duplicate: float = 0.0
     delay: float = 0.0
     delay_ms: int = 0
+    bug: tuple[str, ...] = ()  # queues (name suffixes) whose handler fails as a bug would (redrive tests)
 
     @classmethod
     def from_env(cls) -> "Chaos | None":
@@ -218,7 +295,7 @@ class Chaos:
             return None
         cfg = json.loads(raw)
         return cls(random.Random(f"{cfg.get('seed', 0)}:{os.getpid()}"), float(cfg.get("duplicate", 0)),
-                   float(cfg.get("delay", 0)), int(cfg.get("delay_ms", 0)))
+                   float(cfg.get("delay", 0)), int(cfg.get("delay_ms", 0)), tuple(cfg.get("bug", ())))
 
     def roll(self, kind: str) -> bool:
         return self.rng.random() < getattr(self, kind)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from .health import StoreFault
+
 T = TypeVar("T")
 
 BASE_SCHEMA = """
@@ -85,10 +87,17 @@ class Store:
         self._thread = threading.Thread(target=self._loop, name=f"store-{self.path.stem}", daemon=True)
         self._thread.start()
         self.commits = 0  # transactions committed (a group counts once)
+        self.fault = StoreFault.from_env(self.path.name)  # injected failures (tests), None normally
 
     async def open(self) -> None:
+        """Open and check the file: a damaged database is refused before the worker serves anything."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self.run(lambda _c: None)
+        try:
+            problems = await self.run(quick_check)
+        except sqlite3.DatabaseError as exc:
+            raise DamagedStore(f"database {self.path} cannot be used: {exc}") from None
+        if problems:
+            raise DamagedStore(f"database {self.path} is damaged (PRAGMA quick_check): " + "; ".join(problems[:5]))
 
     def _loop(self) -> None:
         while True:
@@ -117,6 +126,8 @@ class Store:
 
     def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
         try:
+            if self.fault is not None:
+                self.fault.check()
             conn = self._connection()
         except BaseException as exc:
             for _, fut in batch:
@@ -181,6 +192,16 @@ class Store:
             await self.run(_close)
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+
+
+class DamagedStore(SystemExit):
+    """The database file fails its integrity check: the worker must not start on it."""
+
+
+def quick_check(conn: sqlite3.Connection) -> list[str]:
+    """PRAGMA quick_check: [] when the file is sound, else what is wrong."""
+    rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+    return [] if rows == ["ok"] else rows
 
 
 def _settle(fut: Future[Any], value: Any, failed: bool = False) -> None:
