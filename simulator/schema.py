@@ -143,12 +143,21 @@ def asyncapi(ns: str = "gongji") -> dict[str, Any]:
             ch["parameters"] = {k: {"description": v} for k, v in params.items()}
         channels[cid] = ch
 
-    channel("bureau", n.bureau_exchange, "{insuplc_admdvs}", bureau_msgs,
-            "national transactions and G0xx to the bureau of the insured region (参保地)",
+    registry = getattr(n, "registry_exchange", None)  # the bureau's G-codes come from there only
+    national = {k: v for k, v in bureau_msgs.items() if registry is None or not k.startswith("bureau_G")}
+    channel("bureau", n.bureau_exchange, "{insuplc_admdvs}", national,
+            "national transactions to the bureau of the insured region (参保地)",
             {"insuplc_admdvs": "the insured region, e.g. 330100"})
     channel("bureau_registry", n.bureau_exchange, REGISTRY_KEY,
-            {k: v for k, v in bureau_msgs.items() if k in ("bureau_G001", "bureau_9001")},
-            "facility registration and 9001 sign-in, to every bureau")
+            {k: v for k, v in national.items() if k in ("bureau_9001", "bureau_G001")},
+            "9001 sign-in, to every bureau")
+    if registry is not None:
+        admin_g = {k: v for k, v in bureau_msgs.items() if k.startswith("bureau_G")}
+        channel("registry", registry, "{insuplc_admdvs}", admin_g,
+                "the bureau's registry and audit transactions (G0xx, G199): the admin/simulator user only",
+                {"insuplc_admdvs": "the insured region, e.g. 330100"})
+        channel("registry_broadcast", registry, REGISTRY_KEY,
+                {k: v for k, v in admin_g.items() if k == "bureau_G001"}, "facility registration, to every bureau")
     channel("pay", n.pay_exchange, "pay", {"accounts_request": msg("accounts_request", _ref("AccountsRequest"),
                                                                    "money movement, only the bureau may send")},
             "bureau → accounts: pay, preview, refund, balance")
@@ -179,7 +188,11 @@ def asyncapi(ns: str = "gongji") -> dict[str, Any]:
 
     operations = {
         "bureau_receives": op("receive", "bureau", "the bureau adjudicates and settles", "bureau"),
-        "bureau_receives_registry": op("receive", "bureau_registry", "every bureau registers / signs in", "bureau"),
+        "bureau_receives_registry": op("receive", "bureau_registry", "every bureau signs in", "bureau"),
+        **({"bureau_receives_admin": op("receive", "registry", "registry and audit", "bureau"),
+            "simulator_sends_registry": op("send", "registry", "the simulator registers people", "simulator"),
+            "bureau_receives_facilities": op("receive", "registry_broadcast", "every bureau registers a facility",
+                                             "bureau")} if registry is not None else {}),
         "pos_sends_to_bureau": op("send", "bureau", "the POS sends national transactions", "pos"),
         "bureau_sends_pay": op("send", "pay", "the bureau asks the accounts to move money", "bureau"),
         "accounts_receives_pay": op("receive", "pay", "the accounts move money", "accounts"),

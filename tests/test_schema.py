@@ -117,6 +117,8 @@ async def _capture(amqp_url: str, ns: str) -> tuple[aio_pika.abc.AbstractConnect
             "pay": (n.pay_exchange, ["pay"]), "accounts_admin": (n.accounts_exchange, ["admin"]),
             "pos": (n.pos_exchange, ["command"]), "reply": (n.reply_exchange, ["pos", "bureau-all"]),
             "events": (n.events_exchange, ["#"])}
+    if hasattr(n, "registry_exchange"):  # the bureau's G-codes travel on their own exchange
+        keys["registry"] = (n.registry_exchange, ["330100", "110000", "310000", "420100", "460100", REGISTRY_KEY])
     queues = {}
     for cid, (exchange, routing) in keys.items():
         q = await ch.declare_queue(exclusive=True, auto_delete=True)
@@ -155,7 +157,7 @@ async def test_real_messages_of_each_kind_validate(schemas: Path, amqp_url: str,
         assert errors == [], (kind, [e.message for e in errors[:3]], body)
 
     seen: set[str] = set()
-    for _key, body in captured["bureau"]:
+    for _key, body in [*captured["bureau"], *captured.get("registry", [])]:
         kind = f"bureau_{body['infno']}"
         check(kind, body)
         seen.add(kind)
