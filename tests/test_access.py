@@ -161,7 +161,7 @@ async def test_the_gateway_runs_as_its_own_user(restricted: dict) -> None:
     proc, base = await start_gateway(restricted["urls"]["gateway"], "gongji", env={"GONGJI_DECLARE": "passive"})
     his = His(base, PHARMACY, HZ)
     try:
-        rep = await his.sign_in("2026-03-01 08:00:00")
+        rep = await his.sign_in("2026-03-01 11:00:00")  # after ACC-1 (10:00): the deployment keeps each facility's clock
         assert rep["infcode"] == 0, rep
         async with httpx.AsyncClient() as http:
             assert (await http.get(base + "/healthz")).json()["forwarded"] == 1
