@@ -81,7 +81,7 @@ def test_faults_that_need_own_workers_refuse_external(amqp_url: str) -> None:
     env.pop("GONGJI_SCALE", None)
     out = subprocess.run([sys.executable, "-m", "simulator.cli", "run", "scenarios/faults/broker_restart.yaml",
                           "--external", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr  # invalid input for this mode (exit codes: `gongji run --help`)
     assert "scenarios/faults/broker_restart.yaml:" in out.stderr and "not possible with --external" in out.stderr
 
 

@@ -187,9 +187,9 @@ async def test_report_shows_where_each_yuan_came_from_by_fund(amqp_url: str, tmp
     loaded = load_scenario(repo / "scenarios" / "low_income_assistance.yaml")
     result = await run_loaded(loaded, RunOptions(amqp_url=amqp_url, report_dir=tmp_path, progress=False),
                               Progress(enabled=False))
-    src = result.report["sources"]
-    assert src["pooled fund 统筹基金"] == "13800.00"
-    assert src["医疗救助 (610100)"] == "2170.00"
-    assert src["cash 现金"] == "4030.00"
-    assert "大病保险 (390200)" not in src  # a fund that paid nothing is left out
+    src = result.report["sources"]  # report.json's published form: snake_case keys, money as numbers
+    assert src["pooled_fund"] == 13800.00
+    assert src["medical_assistance_610100"] == 2170.00
+    assert src["cash"] == 4030.00
+    assert "critical_illness_insurance_390200" not in src  # a fund that paid nothing is left out
     assert all(v == "ok" for v in result.report["invariants"].values()), result.report["invariants"]
