@@ -222,7 +222,25 @@ class In2302(Strict):
 
 
 # ---- 2401 入院 / 2402 出院 -----------------------------------------------------------------------------------
-class AdmInfo(Strict):
+class StayDiagnosis(Strict):
+    """The diagnosis, operation and maternity fields that 2401 (admission) and 2402 (discharge) share."""
+
+    dise_codg: Text30 = ""
+    dise_name: Text = ""
+    oprn_oprt_code: Text30 = ""
+    oprn_oprt_name: Text = ""
+    fpsc_no: Text30 = ""
+    matn_type: Text30 = ""
+    birctrl_type: Text30 = ""
+    latechb_flag: Flag = ""
+    geso_val: int | None = None
+    fetts: int | None = None
+    fetus_cnt: int | None = None
+    pret_flag: Flag = ""
+    birctrl_matn_date: Text30 = ""
+
+
+class AdmInfo(StayDiagnosis):
     psn_no: PsnNo
     insutype: Insutype
     coner_name: Text = ""
@@ -242,19 +260,6 @@ class AdmInfo(Strict):
     dscg_maindiag_code: Text30 = ""
     dscg_maindiag_name: Text = ""
     main_cond_dscr: LongText = ""
-    dise_codg: Text30 = ""
-    dise_name: Text = ""
-    oprn_oprt_code: Text30 = ""
-    oprn_oprt_name: Text = ""
-    fpsc_no: Text30 = ""
-    matn_type: Text30 = ""
-    birctrl_type: Text30 = ""
-    latechb_flag: Flag = ""
-    geso_val: int | None = None
-    fetts: int | None = None
-    fetus_cnt: int | None = None
-    pret_flag: Flag = ""
-    birctrl_matn_date: Text30 = ""
     dise_type_code: Text30 = ""
     insuplc_admdvs: Text30 = ""
     mdtrtarea_admvs: Text30 = ""
@@ -265,24 +270,11 @@ class In2401(Strict):
     diseinfo: list[DiseInfo] = Field(default=[], max_length=50)
 
 
-class DscgInfo(Strict):
+class DscgInfo(StayDiagnosis):
     mdtrt_id: MdtrtId
     psn_no: PsnNo
     insutype: Insutype
     endtime: BizTime
-    dise_codg: Text30 = ""
-    dise_name: Text = ""
-    oprn_oprt_code: Text30 = ""
-    oprn_oprt_name: Text = ""
-    fpsc_no: Text30 = ""
-    matn_type: Text30 = ""
-    birctrl_type: Text30 = ""
-    latechb_flag: Flag = ""
-    geso_val: int | None = None
-    fetts: int | None = None
-    fetus_cnt: int | None = None
-    pret_flag: Flag = ""
-    birctrl_matn_date: Text30 = ""
     cop_flag: Flag = ""
     dscg_dept_codg: Text30 = ""
     dscg_dept_name: Text = ""

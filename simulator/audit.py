@@ -9,7 +9,7 @@ import asyncio
 import random
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from contracts.base import format_biz_time
 from contracts.money import from_fen, to_fen
@@ -61,6 +61,25 @@ def standing(data: "RunData") -> tuple[list["Obs"], dict[str, "Obs"]]:
                and isinstance(o.cmd, SettleVisit) and o.setlinfo is not None]
     return [o for o in settled if o.setlinfo["setl_id"] not in reversals], reversals  # type: ignore[index]
 
+
+
+def ledger_problems(acc: dict[str, Any] | None, unmap: Callable[[str], str] = lambda t: t) -> list[str]:
+    """The accounts service's own figures (G199): the ledger sums to zero, every transaction balances, every
+    stored balance equals its ledger, wallet transfers in transit match, nothing was posted twice."""
+    if acc is None:
+        return ["no accounts audit"]
+    problems = []
+    if acc.get("ledger_sum_fen") != 0:
+        problems.append(f"ledger sums to {from_fen(int(acc.get('ledger_sum_fen') or 0))}")
+    if acc.get("unbalanced_txns"):
+        problems.append(f"{acc['unbalanced_txns']} unbalanced transactions")
+    for mm in acc.get("balance_mismatches", []):
+        problems.append(f"{unmap(mm['psn_no'])}: stored balance != ledger ({mm})")
+    if acc.get("transit_mismatch_fen"):
+        problems.append(f"wallet transfers in transit differ from the ledger by {from_fen(acc['transit_mismatch_fen'])}")
+    if acc.get("double_debits"):
+        problems.append(f"{acc['double_debits']} postings made twice (double debits)")
+    return problems
 
 async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
     inv: dict[str, str] = {}
@@ -214,21 +233,7 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
     inv["caps_respected"] = _verdict(problems)
 
     # 5. the ledger sums to zero and every balance equals its ledger
-    problems = []
-    if acc is None:
-        problems.append("no accounts audit")
-    else:
-        if acc.get("ledger_sum_fen") != 0:
-            problems.append(f"ledger sums to {from_fen(acc['ledger_sum_fen'])}")
-        if acc.get("unbalanced_txns"):
-            problems.append(f"{acc['unbalanced_txns']} unbalanced transactions")
-        for mm in acc.get("balance_mismatches", []):
-            problems.append(f"{mapper.unmap_text(mm['psn_no'])}: stored balance != ledger ({mm})")
-        if acc.get("transit_mismatch_fen"):
-            problems.append(f"wallet transfers in transit differ from the ledger by "
-                            f"{from_fen(acc['transit_mismatch_fen'])}")
-        if acc.get("double_debits"):
-            problems.append(f"{acc['double_debits']} postings made twice (double debits)")
+    problems = ledger_problems(acc, mapper.unmap_text)
     figures["double_debits"] = acc.get("double_debits") if acc is not None else None
     inv["ledger_balanced"] = _verdict(problems)
 

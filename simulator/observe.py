@@ -28,7 +28,7 @@ from contracts.money import from_fen
 from contracts.pos import VisitOutcome
 from services.shared.entry import DEFAULT_AMQP_URL
 
-from .audit import _fen, _verdict
+from .audit import _fen, _verdict, ledger_problems
 from .export import SettlementExport
 
 SETTLEMENT_COLUMNS = ["visit_id", "status", "fixmedins_code", "psn_no", "msgid", "setl_id", "orig_setl_id",
@@ -133,19 +133,7 @@ def invariants(obs: Observed, accounts: dict[str, Any] | None, bureaus: dict[str
     problems += [f"{setl_id} reversed {n} times" for setl_id, n in undone.items() if n > 1]
     inv["reversals_undo_settlements"] = _verdict(problems)
 
-    problems = []
-    if accounts is None:
-        problems.append("no accounts audit")
-    else:
-        if accounts.get("ledger_sum_fen") != 0:
-            problems.append(f"ledger sums to {from_fen(int(accounts.get('ledger_sum_fen') or 0))}")
-        if accounts.get("unbalanced_txns"):
-            problems.append(f"{accounts['unbalanced_txns']} unbalanced transactions")
-        for mm in accounts.get("balance_mismatches", []):
-            problems.append(f"stored balance != ledger ({mm})")
-        if accounts.get("double_debits"):
-            problems.append(f"{accounts['double_debits']} postings made twice (double debits)")
-    inv["ledger_balanced"] = _verdict(problems)
+    inv["ledger_balanced"] = _verdict(ledger_problems(accounts))
 
     problems = []
     for region, bur in sorted(bureaus.items()):
