@@ -404,7 +404,11 @@ async def test_openapi_has_the_schema_of_every_transaction(gw: tuple[Stack, str]
         doc = (await http.get(base + "/openapi.json")).json()
     op = doc["paths"][f"{PATH}/2102"]["post"]
     body = op["requestBody"]["content"]["application/json"]["schema"]
-    assert body["allOf"][1]["properties"]["input"]["$ref"].endswith("/SettleInput")
+    forms = [x["$ref"].rsplit("/", 1)[1] for x in body["allOf"][1]["properties"]["input"]["anyOf"]]
+    assert forms == ["InPharmacy", "SettleInput"]  # the national nodes (druginfo + drugdetail), then the flat form
+    assert "drugdetail" in doc["components"]["schemas"]["InPharmacy"]["properties"]
+    visit = doc["paths"][f"{PATH}/2204"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert visit["allOf"][1]["properties"]["input"]["$ref"].endswith("/In2204")  # national only
     out = op["responses"]["200"]["content"]["application/json"]["schema"]
     assert out["allOf"][1]["properties"]["output"]["anyOf"][0]["$ref"].endswith("/SetlInfo")
     assert "medfee_sumamt" in doc["components"]["schemas"]["SettleInput"]["properties"]

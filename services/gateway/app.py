@@ -313,7 +313,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def with_infno(request: HttpRequest, infno: str) -> JSONResponse:
         return national_json(await gateway.call(request, infno))
 
-    transactions = {**codes.BUREAU_INPUTS, **codes.ACCOUNTS_ADMIN_INPUTS}
+    transactions = documented_inputs()
     for code in sorted(transactions):  # one documented path per transaction, before the generic one
         def fixed(code: str = code):  # type: ignore[no-untyped-def]
             async def handler(request: HttpRequest) -> JSONResponse:
@@ -352,20 +352,29 @@ def create_app(settings: Settings) -> FastAPI:
 REF = "#/components/schemas/{model}"
 
 
-def _components(transactions: dict[str, type[BaseModel]]) -> dict[str, Any]:
+def documented_inputs() -> dict[str, tuple[type[BaseModel], ...]]:
+    """Every transaction's input models: the national nodes first (what a HIS sends), then gongji's flat form
+    (its documented shortcut) where the infno has one."""
+    flat = {**codes.BUREAU_INPUTS, **codes.ACCOUNTS_ADMIN_INPUTS}
+    return {code: tuple(m for m in (national.NATIONAL_INPUTS.get(code), flat.get(code)) if m is not None)
+            for code in {*flat, *national.NATIONAL_INPUTS}}
+
+
+def _components(transactions: dict[str, tuple[type[BaseModel], ...]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for model in {*transactions.values(), *OUTPUTS.values(), Request, Reply}:
+    for model in {*(m for models in transactions.values() for m in models), *OUTPUTS.values(), Request, Reply}:
         schema = model.model_json_schema(ref_template=REF)
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
     return out
 
 
-def _operation(code: str | None, model: type[BaseModel] | None) -> dict[str, Any]:
+def _operation(code: str | None, models: tuple[type[BaseModel], ...] | None) -> dict[str, Any]:
     envelope: dict[str, Any] = {"$ref": REF.format(model="Request")}
-    if model is not None:
+    if models:
+        refs = [{"$ref": REF.format(model=m.__name__)} for m in models]
         envelope = {"allOf": [envelope, {"type": "object", "properties": {
-            "infno": {"const": code}, "input": {"$ref": REF.format(model=model.__name__)}}}]}
+            "infno": {"const": code}, "input": refs[0] if len(refs) == 1 else {"anyOf": refs}}}]}
     reply: dict[str, Any] = {"$ref": REF.format(model="Reply")}
     out_model = OUTPUTS.get(code or "")
     if out_model is not None:
