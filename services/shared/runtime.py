@@ -26,7 +26,7 @@ from contracts.errors import ErrorCode
 from .access import reply_allowed
 from .broker import Broker, Unroutable, parked
 from .health import is_transient
-from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_load
+from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_forget, outbox_load, outbox_written
 
 # Duplicates the handlers recognised and absorbed (inbox hits, stale answers); shared by this process.
 inbox_counters = {"duplicates_absorbed": 0}
@@ -87,6 +87,9 @@ class Worker:
         self.healthy.set()
         self._probing = asyncio.Lock()
         self.chaos = Chaos.from_env()
+        self._deleting: set[int] = set()  # published outbox rows whose DELETE is queued or running
+        self._to_delete: list[int] = []  # … of which not yet handed to the store
+        self._deleters: set[asyncio.Task[None]] = set()
         # Called for an outbox message no queue would take, after it is parked in the dead-letter queue.
         self.on_unroutable: Callable[[OutMessage], Awaitable[None]] | None = None
 
@@ -187,7 +190,17 @@ class Worker:
         The rows go out together and their confirms are awaited together (one wait for the batch, not one
         per message). A row leaves the outbox only once the broker has confirmed it; if any publish fails,
         the confirmed rows are still removed and the rest stay for the relay."""
-        rows = await self.store.run(lambda c: outbox_load(c, ids=ids, older_than=older_than))
+        if ids is not None:
+            # Just committed by this process: the messages come from the handler's own writes, not a re-read.
+            rows, missing = outbox_written(self.store._conn, ids)
+            if missing:
+                rows += await self.store.run(lambda c: outbox_load(c, ids=missing))
+        else:
+            await self._drain_deletes()  # so that a backlog is not read back before its published rows go
+            rows = await self.store.run(lambda c: outbox_load(c, older_than=older_than))
+            # rows whose delete is queued were published already: not again
+            rows = [(i, m) for i, m in rows if i not in self._deleting]
+            outbox_forget(self.store._conn, [i for i, _ in rows])
 
         async def one(row_id: int, msg: OutMessage) -> int:
             try:
@@ -209,11 +222,45 @@ class Worker:
         results = await asyncio.gather(*(one(row_id, msg) for row_id, msg in rows), return_exceptions=True)
         done = [r for r in results if isinstance(r, int)]
         if done:
-            await self.store.run(lambda c: outbox_delete(c, done))
+            self._delete_later(done)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
         return len(rows)
+
+    def _delete_later(self, ids: list[int]) -> None:
+        """Published rows leave the outbox in one store call per loop pass, off the message's path: the ack no
+        longer waits for a commit of its own, and the group commit folds the DELETE into the transaction of
+        whatever handlers run next. If the delete fails or the process dies first, the relay publishes the
+        rows again and the receivers' inboxes absorb the duplicates (as after any crash between publish and
+        delete)."""
+        first = not self._to_delete
+        self._to_delete.extend(ids)
+        self._deleting.update(ids)
+        if first:
+            asyncio.get_running_loop().call_soon(self._start_delete)
+
+    def _start_delete(self) -> None:
+        if not self._to_delete:
+            return
+        ids, self._to_delete = self._to_delete, []
+        task = asyncio.ensure_future(self._delete(ids))
+        self._deleters.add(task)
+        task.add_done_callback(self._deleters.discard)
+
+    async def _drain_deletes(self) -> None:
+        if self._to_delete:
+            self._start_delete()
+        if self._deleters:
+            await asyncio.gather(*self._deleters, return_exceptions=True)
+
+    async def _delete(self, ids: list[int]) -> None:
+        try:
+            await self.store.run(lambda c: outbox_delete(c, ids))
+        except Exception as exc:
+            log.warning("deleting published outbox rows failed; the relay will publish them again", error=repr(exc))
+        finally:
+            self._deleting.difference_update(ids)
 
     async def flush_backlog(self, older_than: float) -> None:
         """Everything older than a time, batch by batch (a bulk load can leave hundreds of thousands)."""
@@ -271,6 +318,7 @@ class Worker:
         self._tasks.append(asyncio.ensure_future(coro))  # type: ignore[arg-type]
 
     async def stop(self) -> None:
+        await self._drain_deletes()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
