@@ -762,6 +762,17 @@ def worker_publishes(data_dir: Path) -> dict[str, int]:
     return out
 
 
+def sum_stat(data_dir: Path, key: str) -> int:
+    """A counter summed over every worker's stats files (whole run)."""
+    total = 0
+    for f in (data_dir / "stats").glob("*.json"):
+        try:
+            total += int(json.loads(f.read_text()).get(key) or 0)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 async def publish_mark(data_dir: Path, client: Any, timeout: float) -> dict[str, int]:
     """Every publish so far, once the outboxes are empty and the stats files (written each second) caught up."""
     await quiesce(data_dir, timeout)
@@ -1074,6 +1085,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             n_settled = sum(1 for r in got if r.status == "settled")
             result["publishes"] = {"by_process": per, "total": sum(per.values()), "settlements": n_settled}
             result["publishes_per_settlement"] = round(sum(per.values()) / max(1, n_settled), 3)
+            result["batching"] = {k: sum_stat(data_dir, k) for k in ("batches_out", "batch_items_out",
+                                                                    "batches_in", "batch_items_in")}
         if not workers.alive():
             raise RuntimeError("a worker died during the run; see the logs in " + str(data_dir / "logs"))
 

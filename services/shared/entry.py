@@ -62,4 +62,8 @@ async def serve_forever(service: str, cfg: WorkerConfig, setup: Setup) -> None:
 
 def run(service: str, cfg: WorkerConfig, setup: Setup) -> None:
     configure(service)
+    if os.environ.get("GONGJI_UVLOOP") == "1":  # measured in BENCHMARKS.md (2026-11-29); opt-in
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.run(serve_forever(service, cfg, setup))
+        return
     asyncio.run(serve_forever(service, cfg, setup))
