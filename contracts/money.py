@@ -102,5 +102,7 @@ Price = Annotated[
     Decimal,
     BeforeValidator(_parse_price),
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
-    WithJsonSchema({"type": "string"}),
+    # What _parse_price takes: the national interface's JSON number, or a decimal string (published schemas).
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,6})?$"}],
+                    "description": "unit price 单价 (数值型 16,6)"}),
 ]

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="prefix of every exchange and queue (env GONGJI_NAMESPACE)")
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _v
+    try:
+        return _v("gongji")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from simulator.errors import EXIT_CODES_HELP
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="gongji", description="Medical-insurance settlement simulator with "
-                                                                "family mutual aid (医保家庭共济).")
+                                                                "family mutual aid (医保家庭共济).",
+                                     epilog=EXIT_CODES_HELP, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"gongji {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run one worker process")
@@ -100,18 +113,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     from simulator import compare, runner
     runner.add_arguments(sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
-                                                    "audit the invariants, write report.json and report.html"))
+                                                    "audit the invariants, write report.json and report.html",
+                                        epilog=EXIT_CODES_HELP, formatter_class=raw))
     compare.add_arguments(sub.add_parser("compare", help="policy what-if: run one scenario under two policy sets "
-                                                         "and compare family out-of-pocket and pooled-fund spending"))
+                                                         "and compare family out-of-pocket and pooled-fund spending",
+                                         epilog=EXIT_CODES_HELP, formatter_class=raw))
+    h = sub.add_parser("health", help="is a worker consuming? (exit 0 healthy, 1 not; the compose healthcheck)")
+    h.add_argument("service", choices=WORKERS)
+    _common(h)
+    h.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
+                   help="bureau only: the regions the worker serves (as given to `gongji worker`)")
+    sc = sub.add_parser("schema", help="write JSON Schemas of every contract and of the scenario file, and an "
+                                       "AsyncAPI 3.0 document of the exchanges, routing keys and messages")
+    sc.add_argument("directory", help="where to write them (created)")
+    sc.add_argument("--namespace", default="gongji")
     return parser
 
 
+def _preflight(argv: list[str]) -> int | None:
+    """run / compare with a broker URL given: a broker that is not there, or refuses us, is said in one line
+    (exit 3) before the scenario machinery (a second of pydantic models) is even loaded."""
+    if not argv or argv[0] not in ("run", "compare") or "-h" in argv or "--help" in argv:
+        return None
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--amqp-url", default=os.environ.get("AMQP_URL"))
+    pre.add_argument("--junit", default=None)
+    known, rest = pre.parse_known_args(argv[1:])
+    if not known.amqp_url:
+        return None
+    from simulator.errors import EXIT_INFRA, InfrastructureError, check_broker
+    try:
+        asyncio.run(check_broker(known.amqp_url))
+    except InfrastructureError as exc:
+        print(f"gongji {argv[0]}: {exc}", file=sys.stderr)
+        if known.junit:
+            from simulator import junit
+            name = Path(next((a for a in rest if not a.startswith("-")), "scenario")).stem
+            junit.write(known.junit, junit.error_suite(name, str(exc)))
+        return EXIT_INFRA
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    early = _preflight(list(sys.argv[1:] if argv is None else argv))
+    if early is not None:
+        return early
     args = build_parser().parse_args(argv)
     if args.command == "worker":
         return _worker(args)
     if args.command == "demo":
-        return asyncio.run(_demo(args))
+        return _guarded(args, lambda: _demo(args))
     if args.command == "broker-definitions":
         from services.shared.definitions import build, render
         sys.stdout.write(render(build(args.namespace)))
@@ -120,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         from simulator import redrive
         return asyncio.run(redrive.main(args))
     if args.command == "load-demo":
-        return asyncio.run(_load_demo(args))
+        return _guarded(args, lambda: _load_demo(args))
     if args.command == "settle":
-        return asyncio.run(_settle(args))
+        return _guarded(args, lambda: _settle(args))
     if args.command == "up":
         return _up(args)
     if args.command == "bench":
@@ -142,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         from simulator import compare
         return compare.main(args)
+    if args.command == "health":
+        from simulator import health
+        return health.main(args)
+    if args.command == "schema":
+        from simulator import schema
+        return schema.main(args)
     return 2
 
 
@@ -173,17 +230,28 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _client(args: argparse.Namespace, name: str):  # type: ignore[no-untyped-def]
-    from services.shared.broker import wait_for_broker
+async def _client(args: argparse.Namespace, name: str, needs: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """A connected client; InfrastructureError (one line, exit 3) if the broker or a needed worker is not there."""
     from simulator.client import Client
-    try:
-        await wait_for_broker(args.amqp_url, timeout=30)
-    except Exception as exc:
-        raise SystemExit(f"cannot reach RabbitMQ at {args.amqp_url}: {exc}\n"
-                         "start one (`rabbitmq-server -detached`, or `docker compose up rabbitmq`) or set AMQP_URL")
+    from simulator.errors import InfrastructureError, check_broker
+    from simulator.health import check
+    await check_broker(args.amqp_url)
+    for service in needs:  # a clear message now rather than a timeout later
+        ok, line = await check(args.amqp_url, args.namespace, service)
+        if not ok:
+            raise InfrastructureError(f"{line}: start the workers (`gongji up`, `docker compose up`)")
     client = Client(args.amqp_url, args.namespace, name=name)
     await client.connect()
     return client
+
+
+def _guarded(args: argparse.Namespace, make) -> int:  # type: ignore[no-untyped-def]
+    from simulator.errors import run_guarded
+    code, result, message = run_guarded(make, args.amqp_url, args.namespace)
+    if message is not None:
+        print(f"gongji {args.command}: {message}", file=sys.stderr)
+        return code
+    return int(result or 0)
 
 
 async def _load_demo(args: argparse.Namespace) -> int:
@@ -215,16 +283,38 @@ async def _demo(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+class ItemError(ValueError):
+    pass
+
+
+def _number(text: str, item: str, what: str, example: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ItemError(f"--item {item!r}: {what} {text!r} is not a number (e.g. {example})") from None
+    if not value.is_finite() or value < 0:
+        raise ItemError(f"--item {item!r}: {what} {text!r} must be a number ≥ 0 (e.g. {example})")
+    return value
+
+
 def _parse_item(text: str, n: int) -> dict[str, Any]:
     parts = text.split(":")
-    if len(parts) < 2:
-        raise SystemExit(f"--item {text!r}: expected CODE:PRICE[:CNT[:LV[:PROP]]]")
-    code, price = parts[0], parts[1]
+    if len(parts) < 2 or len(parts) > 5 or not parts[0]:
+        raise ItemError(f"--item {text!r}: expected CODE:PRICE[:CNT[:LV[:PROP]]], e.g. XB02:36.50:2:02:0.05")
+    code = parts[0]
+    price = _number(parts[1], text, "PRICE", "12.50")
+    if int(price.as_tuple().exponent) < -6:  # 单价 is 数值型(16,6): at most 6 decimal places
+        raise ItemError(f"--item {text!r}: PRICE {parts[1]!r} has more than 6 decimals (e.g. 12.50 or 0.123456)")
     cnt = parts[2] if len(parts) > 2 else "1"
+    _number(cnt, text, "CNT", "2")
     lv = parts[3] if len(parts) > 3 else "01"
+    if lv not in ("01", "02", "03"):
+        raise ItemError(f"--item {text!r}: LV {lv!r} must be 01 (甲), 02 (乙) or 03 (丙)")
     prop = parts[4] if len(parts) > 4 else None
-    total = line_total(Decimal(price), cnt)
-    item = {"feedetl_sn": str(n), "med_list_codg": code, "cnt": cnt, "pric": price,
+    if prop is not None:
+        _number(prop, text, "PROP", "0.05")
+    total = line_total(price, cnt)
+    item = {"feedetl_sn": str(n), "med_list_codg": code, "cnt": cnt, "pric": f"{price}",
             "det_item_fee_sumamt": f"{total}", "chrgitm_lv": lv}
     if prop is not None:
         item["selfpay_prop"] = prop
@@ -238,22 +328,41 @@ async def _settle(args: argparse.Namespace) -> int:
     from contracts.pos import SettleVisit
     when = args.time or datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
     try:
+        details = [_parse_item(t, i + 1) for i, t in enumerate(args.item)]
+    except ItemError as exc:
+        print(f"gongji settle: {exc}", file=sys.stderr)
+        return 2
+    try:
         cmd = SettleVisit.model_validate({
             "visit_id": f"cli-{uuid.uuid4().hex[:16]}", "fixmedins_code": args.facility, "insuplc_admdvs": args.insuplc,
             "mdtrtarea_admvs": args.mdtrtarea or args.insuplc, "psn_no": args.psn, "med_type": args.med_type,
             "insutype": args.insutype, "acct_used_flag": "0" if args.no_account else "1", "setl_chnl": args.channel,
-            "biz_time": when, "details": [_parse_item(t, i + 1) for i, t in enumerate(args.item)],
-            "timeout_ms": int(args.timeout * 1000)})
+            "biz_time": when, "details": details, "timeout_ms": int(args.timeout * 1000)})
     except ValidationError as exc:
-        print(f"invalid visit: {exc}", file=sys.stderr)
+        print("gongji settle: invalid visit: " + "; ".join(_field_error(e) for e in exc.errors(include_url=False)),
+              file=sys.stderr)
         return 2
-    client = await _client(args, "settle")
+    client = await _client(args, "settle", needs=WORKERS)
     try:
         outcome = await client.visit(cmd, timeout=args.timeout * 3 + 10)
     finally:
         await client.close()
     print(outcome.model_dump_json(indent=2) if args.json else render_outcome(outcome.model_dump(mode="json")))
     return 0 if outcome.status == "settled" else 1
+
+
+# The settle options by the name of the field they fill, for errors a person can map back to the command line.
+_OPTION_OF = {"fixmedins_code": "--facility", "insuplc_admdvs": "--insuplc", "mdtrtarea_admvs": "--mdtrtarea",
+              "psn_no": "--psn", "biz_time": "--time", "timeout_ms": "--timeout"}
+
+
+def _field_error(e: Any) -> str:
+    loc = [str(x) for x in e.get("loc", ())]
+    if loc and loc[0] == "details" and len(loc) > 2:
+        where = f"--item #{int(loc[1]) + 1} {loc[2]}"
+    else:
+        where = _OPTION_OF.get(loc[0], ".".join(loc)) if loc else "visit"
+    return f"{where}: {e.get('msg', 'invalid')}"
 
 
 def render_outcome(o: dict[str, Any]) -> str:
@@ -266,8 +375,9 @@ def render_outcome(o: dict[str, Any]) -> str:
             ("hifp_pay", "pooled fund 统筹基金"), ("psn_part_amt", "patient share 个人负担"),
             ("acct_pay", "personal accounts 个人账户"), ("acct_mulaid_pay", "  of which family 共济"),
             ("psn_cash_pay", "cash 现金"), ("balc", "own balance after 余额")]
+    from simulator.terminal import table
     lines = [head, f"  setl_id {s['setl_id']}"]
-    lines += [f"  {label:<28}{s[key]:>12}" for key, label in rows]
+    lines.append(table(("", "yuan", "field"), [(label, s[key], key) for key, label in rows], right={1}))
     for part in s.get("mulaid_detail", []):
         lines.append(f"    family: {part['authorizer_psn_no']} paid {part['amount']} (balance now {part['balc']})")
     lines += [f"  why: {note}" for note in s.get("notes", [])]
@@ -277,23 +387,32 @@ def render_outcome(o: dict[str, Any]) -> str:
 def _up(args: argparse.Namespace) -> int:
     """The no-Docker `docker compose up`: the same worker commands, as child processes."""
     env = {**os.environ, "AMQP_URL": args.amqp_url, "GONGJI_NAMESPACE": args.namespace,
-           "GONGJI_DATA_DIR": args.data_dir}
+           "GONGJI_DATA_DIR": str(Path(args.data_dir).resolve())}
+    repo = Path(__file__).resolve().parents[1]  # the workers and the job run this very code
     from simulator.stack import die_with_parent
-    procs = [subprocess.Popen([sys.executable, "-m", "simulator.cli", "worker", name], env=env,
-                              preexec_fn=die_with_parent, stdout=subprocess.PIPE) for name in WORKERS]
+    # The workers' own logs (JSON lines) go to files; the terminal gets only the lines written for people.
+    log_dir = Path(args.data_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env.setdefault("GONGJI_LOG_FORMAT", "json")
+    procs = []
+    for name in WORKERS:
+        with open(log_dir / f"{name}.log", "ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "simulator.cli", "worker", name], env=env, cwd=repo,
+                                          preexec_fn=die_with_parent, stdout=subprocess.PIPE, stderr=log))
     code = 0
     try:
         for name, proc in zip(WORKERS, procs):  # each prints one line when its queues are declared
             assert proc.stdout is not None
             line = proc.stdout.readline().decode(errors="replace").strip()
             if "ready" not in line:
-                print(f"the {name} worker did not start ({line or 'no output'}); see its log above", file=sys.stderr)
-                return 1
-            print(line, flush=True)
+                tail = (log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
+                print(f"the {name} worker did not start ({line or 'no output'}); its log: {log_dir / (name + '.log')}"
+                      + "".join(f"\n  {t}" for t in tail), file=sys.stderr)
+                return 3
+            print(f"{line} (log: {log_dir / (name + '.log')})", flush=True)
         # From the repository (where scenarios/ lives); the report lands in ./reports of the caller.
         job = [str(Path.cwd() / "reports") if a == "reports" else a for a in MAIN_JOB]
-        code = subprocess.call([sys.executable, "-m", "simulator.cli", *job], env=env,
-                               cwd=Path(__file__).resolve().parents[1])
+        code = subprocess.call([sys.executable, "-m", "simulator.cli", *job], env=env, cwd=repo)
         if not args.once:
             print("workers running; Ctrl-C to stop", flush=True)
             while all(p.poll() is None for p in procs):

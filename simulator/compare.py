@@ -14,7 +14,6 @@ Each run gets its own workers with GONGJI_POLICY_DIR pointing at its set.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -26,9 +25,12 @@ import yaml
 
 from contracts.money import from_fen
 
+from .errors import EXIT_INVALID, run_guarded
+from .published import SCHEMA_VERSION, snake, yuan
 from .report import _e, _table, dumps, family_figures, sources
 from .runner import Progress, RunResult, options_from, run_loaded, totals
 from .scenario import ScenarioError, load_scenario
+from .terminal import table
 
 
 class PolicySet:
@@ -95,7 +97,7 @@ def add_arguments(p: Any) -> None:
 def main(args: Any) -> int:
     if len(args.policy) != 2:
         print("give exactly two policy sets: --policy A --policy B", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     try:
         loaded = load_scenario(args.scenario, scale=args.scale, seed=args.seed)
     except ScenarioError as exc:
@@ -105,6 +107,18 @@ def main(args: Any) -> int:
     sets = [PolicySet(s) for s in args.policy]
     if sets[0].label == sets[1].label:
         sets[1].label += "-2"
+    problems = []
+    for ps in sets:  # every input checked before anything runs
+        try:
+            with ps:
+                pass
+        except SystemExit as exc:
+            problems.append(str(exc.code))
+        except Exception as exc:  # noqa: BLE001 - a broken policy file, in one line
+            problems.append(f"--policy {ps.spec}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if problems:
+        print("gongji compare: " + "\n".join(problems), file=sys.stderr)
+        return EXIT_INVALID
     results: list[RunResult] = []
     for ps in sets:
         with ps as pdir:
@@ -113,7 +127,11 @@ def main(args: Any) -> int:
             opts.report_dir = out_dir / ps.label
             progress = Progress(enabled=not args.quiet)
             progress.message(f"— policy set {ps.label} ({ps.spec})")
-            results.append(asyncio.run(run_loaded(loaded, opts, progress)))
+            code, result, message = run_guarded(lambda: run_loaded(loaded, opts, progress), opts.amqp_url)
+            if result is None:
+                print(f"gongji compare: {message}", file=sys.stderr)
+                return code
+            results.append(result)
     cmp = compare(loaded.scenario.name, sets, results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(dumps(cmp), encoding="utf-8")
@@ -138,14 +156,16 @@ def compare(name: str, sets: list[PolicySet], results: list[RunResult]) -> dict[
     a, b = results
     ta, tb = totals(a.data.observations), totals(b.data.observations)
     fa, fb = family_figures(a.data), family_figures(b.data)
+    # key (stable, snake_case) → (display label, A, B)
     metrics = {
-        "pooled fund 统筹基金 (hifp_pay)": (ta["hifp_pay"], tb["hifp_pay"]),
-        "family out-of-pocket 个人负担 (accounts + cash)": (ta["acct_pay"] + ta["psn_cash_pay"],
-                                                        tb["acct_pay"] + tb["psn_cash_pay"]),
-        "  from personal accounts (acct_pay)": (ta["acct_pay"], tb["acct_pay"]),
-        "  of which family mutual aid (acct_mulaid_pay)": (ta["acct_mulaid_pay"], tb["acct_mulaid_pay"]),
-        "  cash (psn_cash_pay)": (ta["psn_cash_pay"], tb["psn_cash_pay"]),
-        "bill (medfee_sumamt)": (ta["medfee_sumamt"], tb["medfee_sumamt"]),
+        "pooled_fund": ("pooled fund 统筹基金 (hifp_pay)", ta["hifp_pay"], tb["hifp_pay"]),
+        "family_out_of_pocket": ("family out-of-pocket 个人负担 (accounts + cash)",
+                                 ta["acct_pay"] + ta["psn_cash_pay"], tb["acct_pay"] + tb["psn_cash_pay"]),
+        "personal_accounts": ("  from personal accounts (acct_pay)", ta["acct_pay"], tb["acct_pay"]),
+        "family_mutual_aid": ("  of which family mutual aid (acct_mulaid_pay)", ta["acct_mulaid_pay"],
+                              tb["acct_mulaid_pay"]),
+        "cash": ("  cash (psn_cash_pay)", ta["psn_cash_pay"], tb["psn_cash_pay"]),
+        "bill": ("bill (medfee_sumamt)", ta["medfee_sumamt"], tb["medfee_sumamt"]),
     }
     fams = sorted(set(fa) | set(fb))
     zero = {"medfee": 0, "pooled": 0, "out_of_pocket": 0, "cash": 0, "mulaid": 0}
@@ -166,35 +186,40 @@ def compare(name: str, sets: list[PolicySet], results: list[RunResult]) -> dict[
     return {
         "scenario": name,
         "policy_sets": [{"label": ps.label, "spec": ps.spec, "description": ps.description} for ps in sets],
-        "metrics": {k: {"a": _y(x), "b": _y(y), "delta": _y(y - x)} for k, (x, y) in metrics.items()},
+        "schema_version": SCHEMA_VERSION,
+        "money_unit": "yuan",  # every money value: a JSON number, at most 2 decimals
+        "metrics": {k: {"label": label.strip(), "a": _y(x), "b": _y(y), "delta": _y(y - x)}
+                    for k, (label, x, y) in metrics.items()},
         "families": {"count": len(fams), "pay_less_under_b": better, "pay_more_under_b": worse,
                      "unchanged": len(fams) - better - worse},
         "largest_family_changes": top,
-        "sources": {"a": {k: _y(v) for k, v in sources(a.data.observations).items()},
-                    "b": {k: _y(v) for k, v in sources(b.data.observations).items()}},
+        "sources": {"a": {snake(k): _y(v) for k, v in sources(a.data.observations).items()},
+                    "b": {snake(k): _y(v) for k, v in sources(b.data.observations).items()}},
+        "source_labels": {snake(k): k for k in sources(a.data.observations)},
         "runs": [{"label": ps.label, "expectations": r.report["expectations"]["failed"] == 0,
                   "invariants": r.report["invariants"]} for ps, r in zip(sets, results)],
     }
 
 
-def _y(fen: int) -> str:
-    return f"{from_fen(fen):.2f}"
+def _y(fen: int) -> float:
+    return float(from_fen(fen))  # published money: a JSON number in yuan
 
 
 def text_table(cmp: dict[str, Any]) -> str:
     a, b = (ps["label"] for ps in cmp["policy_sets"])
-    lines = [f"policy what-if for {cmp['scenario']}: A = {a}, B = {b}", "",
-             f"  {'':<52}{'A':>16}{'B':>16}{'B - A':>16}"]
-    for k, v in cmp["metrics"].items():
-        lines.append(f"  {k:<52}{v['a']:>16}{v['b']:>16}{v['delta']:>16}")
+    lines = [f"policy what-if for {cmp['scenario']}: A = {a}, B = {b}", ""]
+    sub = ("from", "of which", "cash")
+    lines.append(table(("", "A", "B", "B - A"), [(("  " if v["label"].startswith(sub) else "") + v["label"],
+                                                   yuan(v["a"]), yuan(v["b"]), yuan(v["delta"]))
+                                                  for v in cmp["metrics"].values()], right={1, 2, 3}))
     f = cmp["families"]
     lines += ["", f"  families: {f['count']}; pay less under B: {f['pay_less_under_b']}, more: {f['pay_more_under_b']}, "
                   f"unchanged: {f['unchanged']}"]
     if cmp["largest_family_changes"]:
-        lines.append(f"  {'family':<20}{'out-of-pocket A':>18}{'B':>14}{'B - A':>12}{'pooled B - A':>14}")
-        for d in cmp["largest_family_changes"][:10]:
-            lines.append(f"  {d['family'][:19]:<20}{d['out_of_pocket_a']:>18}{d['out_of_pocket_b']:>14}"
-                         f"{d['delta_out_of_pocket']:>12}{d['delta_pooled']:>14}")
+        lines.append(table(("family", "out-of-pocket A", "B", "B - A", "pooled B - A"),
+                           [(d["family"][:30], yuan(d["out_of_pocket_a"]), yuan(d["out_of_pocket_b"]),
+                             yuan(d["delta_out_of_pocket"]), yuan(d["delta_pooled"]))
+                            for d in cmp["largest_family_changes"][:10]], right={1, 2, 3, 4}))
     for r in cmp["runs"]:
         bad = [k for k, v in r["invariants"].items() if v != "ok"]
         lines.append(f"  run {r['label']}: invariants {'ok' if not bad else 'FAILED: ' + ', '.join(bad)}"
@@ -204,11 +229,14 @@ def text_table(cmp: dict[str, Any]) -> str:
 
 def render_html(cmp: dict[str, Any]) -> str:
     a, b = (ps["label"] for ps in cmp["policy_sets"])
-    rows = [[_e(k), _e(v["a"]), _e(v["b"]), _e(v["delta"])] for k, v in cmp["metrics"].items()]
-    fam_rows = [[_e(d["family"]), _e(d["out_of_pocket_a"]), _e(d["out_of_pocket_b"]), _e(d["delta_out_of_pocket"]),
-                 _e(d["delta_cash"]), _e(d["delta_pooled"])] for d in cmp["largest_family_changes"]]
-    bars = {"labels": list(cmp["sources"]["a"]), "a": cmp["sources"]["a"], "b": cmp["sources"]["b"],
-            "names": [a, b]}
+    rows = [[_e(v["label"]), _e(yuan(v["a"])), _e(yuan(v["b"])), _e(yuan(v["delta"]))]
+            for v in cmp["metrics"].values()]
+    fam_rows = [[_e(d["family"]), _e(yuan(d["out_of_pocket_a"])), _e(yuan(d["out_of_pocket_b"])),
+                 _e(yuan(d["delta_out_of_pocket"])), _e(yuan(d["delta_cash"])), _e(yuan(d["delta_pooled"]))]
+                for d in cmp["largest_family_changes"]]
+    names = cmp.get("source_labels", {})
+    bars = {"keys": list(cmp["sources"]["a"]), "labels": [names.get(k, k) for k in cmp["sources"]["a"]],
+            "a": cmp["sources"]["a"], "b": cmp["sources"]["b"], "names": [a, b]}
     payload = json.dumps(bars, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
     descs = "".join(f"<li><b>{_e(ps['label'])}</b>: {_e(ps['spec'])} {_e(ps['description'])}</li>"
                     for ps in cmp["policy_sets"])
@@ -217,7 +245,8 @@ def render_html(cmp: dict[str, Any]) -> str:
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>body{{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d2430}}table{{border-collapse:collapse}}
 th,td{{border-bottom:1px solid #e6e9ee;padding:4px 10px;text-align:right}}th:first-child,td:first-child{{text-align:left}}
-section{{margin-bottom:22px}}</style></head>
+section{{margin-bottom:22px}}.legend span{{display:inline-block;margin-right:14px}}
+.legend i{{display:inline-block;width:11px;height:11px;margin-right:5px;border-radius:2px;vertical-align:-1px}}</style></head>
 <body data-report-ready="no"><h1>Policy what-if: {_e(cmp['scenario'])}</h1><ul>{descs}</ul>
 <section><h2>Totals (yuan, net of reversals)</h2>{_table(["", "A " + a, "B " + b, "B − A"], rows, {1, 2, 3})}</section>
 <section><h2>Where each yuan came from</h2><div id="chart"></div></section>
@@ -227,16 +256,22 @@ section{{margin-bottom:22px}}</style></head>
         {1, 2, 3, 4, 5})}</section>
 <script type="application/json" id="cmp-data">{payload}</script>
 <script>
-(function(){{"use strict";var NS="http://www.w3.org/2000/svg";
-try{{var d=JSON.parse(document.getElementById("cmp-data").textContent);var W=900,H=70+d.labels.length*44,L=240;
-var max=1;d.labels.forEach(function(k){{max=Math.max(max,Math.abs(parseFloat(d.a[k])),Math.abs(parseFloat(d.b[k])));}});
+(function(){{"use strict";var NS="http://www.w3.org/2000/svg";var COLORS=["#2f6db3","#e0a030"];
+try{{var d=JSON.parse(document.getElementById("cmp-data").textContent);
+var leg=document.createElement("div");leg.className="legend";d.names.forEach(function(n,j){{
+var s=document.createElement("span");var c=document.createElement("i");c.style.background=COLORS[j];
+s.appendChild(c);s.appendChild(document.createTextNode((j?"B ":"A ")+n));leg.appendChild(s);}});
+document.getElementById("chart").appendChild(leg);
+var W=960,H=20+d.keys.length*44,L=230,VAL=210,BAR=W-L-VAL;
+var max=1;d.keys.forEach(function(k){{max=Math.max(max,Math.abs(d.a[k]),Math.abs(d.b[k]));}});
 var svg=document.createElementNS(NS,"svg");svg.setAttribute("viewBox","0 0 "+W+" "+H);svg.setAttribute("width","100%");
 svg.setAttribute("class","chart-rendered");
 function add(tag,at){{var e=document.createElementNS(NS,tag);for(var k in at){{e.setAttribute(k,at[k]);}}svg.appendChild(e);return e;}}
-d.labels.forEach(function(k,i){{var y=10+i*44;var t=add("text",{{x:4,y:y+20,"font-size":12}});t.textContent=k;
-[["a","#2f6db3"],["b","#e0a030"]].forEach(function(p,j){{var v=Math.max(0,parseFloat(d[p[0]][k]));
-add("rect",{{x:L,y:y+j*18,width:(W-L-130)*v/max,height:16,fill:p[1]}});
-var s=add("text",{{x:L+(W-L-130)*v/max+4,y:y+j*18+12,"font-size":11}});s.textContent=d.names[j]+" "+d[p[0]][k];}});}});
+d.keys.forEach(function(k,i){{var y=10+i*44;var t=add("text",{{x:4,y:y+20,"font-size":12}});t.textContent=d.labels[i];
+[["a",0],["b",1]].forEach(function(p){{var v=Math.max(0,d[p[0]][k]);
+add("rect",{{x:L,y:y+p[1]*18,width:BAR*v/max,height:16,fill:COLORS[p[1]]}});
+var s=add("text",{{x:L+BAR*v/max+4,y:y+p[1]*18+12,"font-size":11}});
+s.textContent=(p[1]?"B ":"A ")+v.toFixed(2);}});}});
 document.getElementById("chart").appendChild(svg);document.body.setAttribute("data-report-ready","ok");}}
 catch(e){{document.body.setAttribute("data-report-error",String(e));throw e;}}}})();
 </script></body></html>

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import signal
@@ -30,6 +29,7 @@ from contracts.pos import VisitOutcome
 from services.shared.entry import DEFAULT_AMQP_URL
 
 from .audit import _fen, _verdict
+from .export import SettlementExport
 
 SETTLEMENT_COLUMNS = ["visit_id", "status", "fixmedins_code", "psn_no", "msgid", "setl_id", "orig_setl_id",
                       "setl_time", "medfee_sumamt", "fund_pay_sumamt", "hifp_pay", "psn_part_amt", "acct_pay",
@@ -195,13 +195,6 @@ def settlement_rows(obs: Observed) -> list[dict[str, str]]:
     return rows
 
 
-def write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
-    """Plain RFC 4180 CSV (UTF-8 with BOM, so that spreadsheet programs read the Chinese text right)."""
-    with open(path, "w", newline="", encoding="utf-8-sig") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
 
 def _e(value: Any) -> str:
     import html
@@ -237,7 +230,9 @@ def write(directory: Path, obs: Observed, rep: dict[str, Any]) -> None:
     (directory / "report.json").write_text(json.dumps(rep, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
     (directory / "report.html").write_text(render_html(rep, rows), encoding="utf-8")
-    write_csv(directory / "settlements.csv", SETTLEMENT_COLUMNS, rows)
+    with SettlementExport(directory) as export:  # the same settlements.csv / .ndjson as `gongji run` writes
+        for o in obs.final():
+            export.write(o)
 
 
 # ---- the command -----------------------------------------------------------------------------------------

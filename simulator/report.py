@@ -14,6 +14,8 @@ from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
 
 from .audit import insurance_year, standing
+from .figures import totals
+from .report_assets import CSS, JS  # the page's inline style and script
 
 if TYPE_CHECKING:
     from .runner import Obs, RunData
@@ -55,7 +57,6 @@ def sources(observations: list["Obs"]) -> dict[str, int]:
 
 
 def _totals(observations: list["Obs"]) -> dict[str, str]:
-    from .runner import totals
     return {k: _y(v) for k, v in totals(observations).items()}
 
 
@@ -133,7 +134,8 @@ def build(data: "RunData", invariants: dict[str, str], *, scale: str) -> dict[st
         report["aborted"] = m.unmap_text(data.aborted)
     if data.faults is not None:
         report["faults"] = fault_section(data)
-    return json.loads(json.dumps(report, default=str))
+    from . import published
+    return published.report(json.loads(json.dumps(report, default=str)))
 
 
 def dead_letter_key(entry: dict[str, str], ns: str) -> str:
@@ -236,8 +238,37 @@ def chart_data(data: "RunData") -> dict[str, Any]:
     for region in sorted({o.cmd.insuplc_admdvs for o in obs}):
         src_rows.append({"label": f"insured in {region}", "parts": parts([o for o in obs
                                                                            if o.cmd.insuplc_admdvs == region])})
-    return {"sources": src_rows, "families": _family_series(data), "limits": _limits(data),
-            "unit": "yuan", "title": data.loaded.scenario.name}
+    families = _family_series(data)
+    times = [p[0] for f in families for p in f["points"]]
+    return {"sources": src_rows, "families": families, "limits": _limits(data), "unit": "yuan",
+            "title": data.loaded.scenario.name, "ticks": time_ticks(min(times), max(times)) if times else []}
+
+
+def time_ticks(first: str, last: str, most: int = 8) -> list[list[str]]:
+    """Ticks for the time axis, [time, label], each label different: whole days over a span of 2 days or
+    more (every k-th day so that there are at most `most`), whole hours below that."""
+    from datetime import timedelta
+    t0, t1 = _t(first), _t(last)
+    if t1 <= t0:
+        return [[first, first[:16]]]
+    if t1 - t0 >= timedelta(days=2):
+        start = t0.replace(hour=0, minute=0, second=0) + (timedelta(days=1) if t0.time() != t0.min.time() else
+                                                          timedelta(0))
+        days = (t1 - start).days + 1
+        step, fmt, unit = max(1, -(-days // most)), "%m-%d", timedelta(days=1)
+    else:
+        start = t0.replace(minute=0, second=0) + (timedelta(hours=1) if (t0.minute, t0.second) != (0, 0) else
+                                                  timedelta(0))
+        hours = int((t1 - start).total_seconds() // 3600) + 1
+        step, fmt, unit = max(1, -(-hours // most)), "%m-%d %H:00", timedelta(hours=1)
+    ticks: list[list[str]] = []
+    at = start
+    while at <= t1:
+        label = at.strftime(fmt)
+        if not ticks or ticks[-1][1] != label:
+            ticks.append([at.strftime("%Y-%m-%d %H:%M:%S"), label])
+        at += unit * step
+    return ticks or [[first, first[:16]]]
 
 
 def _family_series(data: "RunData") -> list[dict[str, Any]]:
@@ -342,13 +373,14 @@ def why_rows(data: "RunData") -> tuple[list[dict[str, Any]], int]:
     gen_shown = 0
     for o in sorted(data.observations, key=lambda o: o.order):
         s = o.setlinfo
-        if s is None:
-            continue
         total += 1
         if o.generated:
             if gen_shown >= WHY_LIMIT:
                 continue
             gen_shown += 1
+        if s is None:  # refused, compensated, or no outcome: why it has no split
+            rows.append(_unsettled_row(o, m))
+            continue
         rows.append({"step": o.step, "kind": o.kind, "status": o.outcome.status if o.outcome else "",
                      "psn_no": m.unmap_text(s["psn_no"]), "facility": m.unmap_text(o.cmd.fixmedins_code),
                      "setl_id": m.unmap_text(s["setl_id"]), "setl_time": s["setl_time"],
@@ -359,95 +391,21 @@ def why_rows(data: "RunData") -> tuple[list[dict[str, Any]], int]:
     return rows, total
 
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","Microsoft YaHei",sans-serif;margin:0;
-color:#1d2430;background:#f6f7f9}
-header{background:#16324f;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;opacity:.85}main{padding:18px 28px;max-width:1200px}
-section{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:14px 18px;margin:0 0 18px}
-h2{font-size:17px;margin:0 0 10px}table{border-collapse:collapse;width:100%}
-th,td{border-bottom:1px solid #e6e9ee;padding:4px 8px;text-align:left;vertical-align:top}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.ok{color:#17803d;font-weight:600}
-.bad{color:#b42318;font-weight:600}.muted{color:#667085}.chart{width:100%;overflow-x:auto}
-.legend span{display:inline-block;margin-right:14px}.legend i{display:inline-block;width:11px;height:11px;
-margin-right:5px;border-radius:2px;vertical-align:-1px}ul.notes{margin:2px 0 0 0;padding-left:18px}
-details summary{cursor:pointer}.kpi{display:inline-block;margin:0 28px 6px 0}.kpi b{display:block;font-size:20px}
-input#filter{padding:4px 8px;width:280px;margin-bottom:8px}
-"""
-
-JS = r"""
-(function(){
-"use strict";
-var NS="http://www.w3.org/2000/svg";
-var COLORS=["#2f6db3","#56a97a","#e0a030","#8e6cc2","#d0543f","#3ab0c0","#9a7b4f","#c2477f"];
-function el(tag,attrs,parent){var e=document.createElementNS(NS,tag);for(var k in attrs){e.setAttribute(k,attrs[k]);}
- if(parent){parent.appendChild(e);}return e;}
-function text(parent,x,y,s,extra){var t=el("text",Object.assign({x:x,y:y,"font-size":11,fill:"#344054"},extra||{}),parent);
- t.textContent=s;return t;}
-function yuan(fen){return (fen/100).toLocaleString("en-US",{minimumFractionDigits:2,maximumFractionDigits:2});}
-function legend(box,keys){var d=document.createElement("div");d.className="legend";keys.forEach(function(k,i){
- var s=document.createElement("span");var c=document.createElement("i");c.style.background=COLORS[i%COLORS.length];
- s.appendChild(c);s.appendChild(document.createTextNode(k));d.appendChild(s);});box.appendChild(d);}
-function stacked(box,rows){
- if(!rows.length){box.textContent="no settlements";return;}
- var keys=rows[0].parts.map(function(p){return p[0];});legend(box,keys);
- rows.forEach(function(r){var o={};r.parts.forEach(function(p){o[p[0]]=p[1];});r.parts=o;});
- var W=900,rowH=34,left=170,H=rows.length*rowH+30;
- var svg=el("svg",{viewBox:"0 0 "+W+" "+H,width:"100%",class:"chart-rendered",role:"img"},box);
- rows.forEach(function(r,i){var total=0;keys.forEach(function(k){total+=Math.max(0,r.parts[k]);});
-  var y=i*rowH+8,x=left;text(svg,4,y+16,r.label);
-  keys.forEach(function(k,j){var v=Math.max(0,r.parts[k]);var w=total?(W-left-110)*v/total:0;
-   var rect=el("rect",{x:x,y:y,width:Math.max(0,w),height:22,fill:COLORS[j%COLORS.length]},svg);
-   var t=el("title",{},rect);t.textContent=k+": "+yuan(v)+" ("+(total?(100*v/total).toFixed(1):"0")+"%)";x+=w;});
-  text(svg,W-104,y+16,yuan(total));});
-}
-function parseT(s){var p=s.split(/[- :]/);return Date.UTC(+p[0],+p[1]-1,+p[2],+p[3],+p[4],+p[5]);}
-function lines(box,series){
- if(!series.length){box.textContent="no personal accounts to follow";return;}
- legend(box,series.map(function(s){return s.name+" ("+s.members.join(", ")+")";}));
- var W=900,H=300,L=70,R=20,T=10,B=40,tmin=Infinity,tmax=-Infinity,vmax=0;
- series.forEach(function(s){s.points.forEach(function(p){var t=parseT(p[0]);tmin=Math.min(tmin,t);tmax=Math.max(tmax,t);
-  vmax=Math.max(vmax,p[1]);});});
- if(tmax===tmin){tmax=tmin+1;} if(vmax===0){vmax=1;}
- var svg=el("svg",{viewBox:"0 0 "+W+" "+H,width:"100%",class:"chart-rendered",role:"img"},box);
- function X(t){return L+(W-L-R)*(t-tmin)/(tmax-tmin);} function Y(v){return T+(H-T-B)*(1-v/vmax);}
- el("line",{x1:L,y1:H-B,x2:W-R,y2:H-B,stroke:"#98a2b3"},svg);el("line",{x1:L,y1:T,x2:L,y2:H-B,stroke:"#98a2b3"},svg);
- for(var i=0;i<=4;i++){var v=vmax*i/4;text(svg,4,Y(v)+4,yuan(v));
-  el("line",{x1:L,y1:Y(v),x2:W-R,y2:Y(v),stroke:"#eef0f3"},svg);}
- [tmin,(tmin+tmax)/2,tmax].forEach(function(t,i){var d=new Date(t).toISOString().slice(0,10);
-  text(svg,X(t)-(i===2?60:i===1?30:0),H-B+16,d);});
- series.forEach(function(s,i){var d="",last=null;s.points.forEach(function(p){var x=X(parseT(p[0])),y=Y(p[1]);
-   d+=(d?(" L"+x+" "+(last===null?y:last)+" L"):"M")+x+" "+y;last=y;});
-  d+=" L"+(W-R)+" "+last;
-  el("path",{d:d,fill:"none",stroke:COLORS[i%COLORS.length],"stroke-width":2},svg);
-  s.points.forEach(function(p){var c=el("circle",{cx:X(parseT(p[0])),cy:Y(p[1]),r:3,fill:COLORS[i%COLORS.length]},svg);
-   el("title",{},c).textContent=s.name+" "+p[0]+": "+yuan(p[1]);});});
-}
-function bars(box,rows){
- if(!rows.length){box.textContent="no limit was touched";return;}
- var W=900,rowH=24,left=380,H=rows.length*rowH+10;
- var svg=el("svg",{viewBox:"0 0 "+W+" "+H,width:"100%",class:"chart-rendered",role:"img"},box);
- rows.forEach(function(r,i){var y=i*rowH+4,frac=Math.min(1,r.used/r.cap),w=(W-left-150)*frac;
-  text(svg,4,y+13,r.label.length>58?r.label.slice(0,57)+"…":r.label);
-  el("rect",{x:left,y:y,width:W-left-150,height:16,fill:"#eef0f3"},svg);
-  el("rect",{x:left,y:y,width:w,height:16,fill:frac>=1?"#d0543f":frac>0.8?"#e0a030":"#2f6db3"},svg);
-  text(svg,W-146,y+13,yuan(r.used)+" / "+yuan(r.cap),{"font-size":10});
-  el("title",{},svg.lastChild).textContent=(100*r.used/r.cap).toFixed(1)+"% used";});
-}
-function filter(){var input=document.getElementById("filter");if(!input){return;}
- input.addEventListener("input",function(){var q=input.value.toLowerCase();
-  document.querySelectorAll("#why tbody tr").forEach(function(tr){tr.style.display=tr.textContent.toLowerCase().indexOf(q)>=0?"":"none";});});}
-try{
- var data=JSON.parse(document.getElementById("report-data").textContent);
- stacked(document.getElementById("chart-sources"),data.sources);
- lines(document.getElementById("chart-families"),data.families);
- bars(document.getElementById("chart-limits"),data.limits);
- filter();
- document.body.setAttribute("data-report-ready","ok");
- document.title=document.title+" ✓";
-}catch(err){document.body.setAttribute("data-report-error",String(err&&err.message||err));throw err;}
-})();
-"""
+def _unsettled_row(o: "Obs", m: Any) -> dict[str, Any]:
+    from contracts.base import format_biz_time
+    status = o.outcome.status if o.outcome is not None else "no outcome"
+    why = []
+    if o.outcome is not None and o.outcome.err_code:
+        msg = o.outcome.err_msg if o.outcome.status != "settled" else ""
+        why.append(f"{o.outcome.err_code}: {m.unmap_text(msg or '')}".rstrip(": "))
+    if o.note:
+        why.append(o.note)
+    return {"step": o.step, "kind": o.kind, "status": status, "psn_no": m.unmap_text(o.cmd.psn_no),
+            "facility": m.unmap_text(o.cmd.fixmedins_code), "setl_id": "",
+            "setl_time": format_biz_time(o.cmd.biz_time),
+            **{k: "" for k in ("medfee_sumamt", "act_pay_dedc", "hifp_pay", "acct_pay", "acct_mulaid_pay",
+                               "psn_cash_pay", "balc")},
+            "mulaid": [], "notes": why or [status]}
 
 
 def _e(value: Any) -> str:
@@ -479,6 +437,19 @@ def _faults_html(report: dict[str, Any]) -> str:
     return f"<section><h2>Faults injected: {verdict}</h2>{_table(['', 'count'], rows)}</section>"
 
 
+def _expectations_heading(exp: dict[str, Any]) -> str:
+    if exp["passed"] + exp["failed"] == 0:
+        return "Expectations: none in this scenario"
+    return f"Expectations: {exp['passed']} passed, {exp['failed']} failed"
+
+
+def _expectations_note(exp: dict[str, Any]) -> str:
+    if exp["passed"] + exp["failed"] == 0:
+        return ('<p class="muted" id="no-expectations">This scenario states no expectations (a generated one): '
+                'the invariants below are what checks the run.</p>')
+    return '<p class="ok">every expectation held</p>'
+
+
 def render_html(data: "RunData", report: dict[str, Any]) -> str:
     charts = chart_data(data)
     why, total_why = why_rows(data)
@@ -486,10 +457,11 @@ def render_html(data: "RunData", report: dict[str, Any]) -> str:
     ok_all = exp["failed"] == 0 and all(v == "ok" for v in report["invariants"].values()) and faults_ok(report)
     verdict = '<span class="ok">PASSED</span>' if ok_all else '<span class="bad">FAILED</span>'
     t = report["totals"]
+    from .published import yuan
     kpis = "".join(f'<div class="kpi"><span class="muted">{_e(label)}</span><b>{_e(v)}</b></div>' for label, v in (
-        ("visits", report["visits"]), ("reversals", report["reversals"]), ("bill 医疗费", t["medfee_sumamt"]),
-        ("pooled fund 统筹", t["hifp_pay"]), ("accounts 个人账户", t["acct_pay"]),
-        ("of which family 共济", t["acct_mulaid_pay"]), ("cash 现金", t["psn_cash_pay"])))
+        ("visits", report["visits"]), ("reversals", report["reversals"]), ("bill 医疗费", yuan(t["medfee_sumamt"])),
+        ("pooled fund 统筹", yuan(t["hifp_pay"])), ("accounts 个人账户", yuan(t["acct_pay"])),
+        ("of which family 共济", yuan(t["acct_mulaid_pay"])), ("cash 现金", yuan(t["psn_cash_pay"]))))
     inv_rows = [[_e(k), '<span class="ok">ok</span>' if v == "ok" else f'<span class="bad">{_e(v)}</span>']
                 for k, v in report["invariants"].items()]
     fail_rows = [[_e(f["step"]), _e(f["field"]), _e(json.dumps(f["expected"], ensure_ascii=False)),
@@ -506,6 +478,8 @@ def render_html(data: "RunData", report: dict[str, Any]) -> str:
                          _e(r["acct_pay"]) + mulaid, _e(r["psn_cash_pay"]),
                          f"<details><summary>{len(r['notes'])} lines</summary><ul class='notes'>{notes}</ul></details>"])
     shown = f"{len(why)} of {total_why}" if len(why) < total_why else f"all {total_why}"
+    rest = ('<p class="muted">Every visit, with its why lines, is in <code>settlements.csv</code> and '
+            '<code>settlements.ndjson</code> next to this report.</p>')
     payload = json.dumps(charts, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
     sc = data.loaded.scenario
     return f"""<!DOCTYPE html>
@@ -521,14 +495,14 @@ def render_html(data: "RunData", report: dict[str, Any]) -> str:
 <main>
 <section><h2>Summary</h2>{kpis}
 {_table(["outcome", "count"], outcome_rows, {1})}</section>
-<section><h2>Expectations: {exp['passed']} passed, {exp['failed']} failed</h2>
-{_table(["step", "field", "expected", "actual", "where"], fail_rows) if fail_rows else '<p class="ok">every expectation held</p>'}</section>
+<section><h2>{_expectations_heading(exp)}</h2>
+{_table(["step", "field", "expected", "actual", "where"], fail_rows) if fail_rows else _expectations_note(exp)}</section>
 <section><h2>Invariants</h2>{_table(["invariant", "result"], inv_rows)}</section>
 {_faults_html(report)}
 <section><h2>Where each yuan came from</h2><div id="chart-sources" class="chart"></div></section>
 <section><h2>Family balances over time (personal accounts, 当年+历年)</h2><div id="chart-families" class="chart"></div></section>
 <section><h2>Limit usage (the fullest first)</h2><div id="chart-limits" class="chart"></div></section>
-<section><h2>Why: each settlement explained ({shown})</h2>
+<section><h2>Why: each visit explained ({shown})</h2>{rest}
 <input id="filter" placeholder="filter (person, step, rule…)" aria-label="filter">
 {_table(["step", "patient", "status", "bill", "deductible", "pooled", "accounts", "cash", "why"], why_html,
         {3, 4, 5, 6, 7}, 'id="why"')}</section>

@@ -8,7 +8,9 @@ them the setl_ids, do not depend on timing. Client-side msgids (admin transactio
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -37,8 +39,11 @@ from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 from services.shared.store import OutMessage
 
 from .client import Client
+from .figures import totals  # noqa: F401 - runner.totals for its callers
+from .stored import StoredOutcome
+from .terminal import Progress, percentiles  # Progress: re-exported for runner.Progress callers
 from .generate import GenVisit, Population, generate
-from .scenario import (KINDS, MONEY_FIELDS, NEEDS_STACK, TOTAL_FIELDS, TRIGGERED_KINDS, BindingSpec, CumExpect, Expect,
+from .scenario import (KINDS, MONEY_FIELDS, NEEDS_STACK, TRIGGERED_KINDS, BindingSpec, CumExpect, Expect,
                        Facility, FlatStep, Item, LoadedScenario, Person, UnresolvedReference, fault_threshold,
                        substitute)
 
@@ -186,10 +191,16 @@ class ObservingClient(Client):
             return
         try:
             vid = VisitOutcome.model_validate_json(message.body).visit_id
-            self.events.setdefault(vid, []).append(bytes(message.body))
+            # A digest, not the body: the auditor only counts distinct outcomes (memory stays flat).
+            self.events.setdefault(vid, []).append(hashlib.blake2b(message.body, digest_size=16).digest())
         except Exception:
             pass
         await super()._on_outcome(message)
+
+    def forget(self, visit_id: str) -> None:
+        """The runner has the outcome: the client need not keep it (nor its waiter)."""
+        self.outcomes.pop(visit_id, None)
+        self._outcome_waiters.pop(visit_id, None)
 
 
 # ---- what a run observed ---------------------------------------------------------------------------------
@@ -211,6 +222,8 @@ class Obs:
 
     @property
     def setlinfo(self) -> dict[str, Any] | None:
+        if isinstance(self.outcome, StoredOutcome):
+            return self.outcome.setlinfo_dict()
         if self.outcome is None or self.outcome.setlinfo is None:
             return None
         return self.outcome.setlinfo.model_dump(mode="json")
@@ -248,70 +261,9 @@ class RunData:
         return None if p is None or p.balance is None else to_fen(p.balance)
 
 
-def totals(observations: list[Obs]) -> dict[str, int]:
-    """Net fen of every settled or reversed outcome (a reversal carries negated amounts)."""
-    out = {f: 0 for f in TOTAL_FIELDS}
-    for o in observations:
-        s = o.setlinfo
-        if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
-            continue
-        for f in TOTAL_FIELDS:
-            out[f] += to_fen(Decimal(s[f]))
-    return out
-
+_DONE: Any = None  # stands for a generated visit that has been sent (see Runner.generated_traffic)
 
 KNOWN_ADMIN = {"G001", "G002", "G003", "G101", "G102", "G103", "G111", "G121", "G199", "1101", "5206", "3201"}
-
-
-class Progress:
-    """A progress bar on stderr (a line per 10% when stderr is not a terminal)."""
-
-    def __init__(self, stream: TextIO | None = sys.stderr, enabled: bool = True):
-        self.stream = stream
-        self.enabled = enabled and stream is not None
-        self.tty = bool(self.enabled and getattr(stream, "isatty", lambda: False)())
-        self.total = 0
-        self.done = 0
-        self.label = ""
-        self._last = 0.0
-        self._last_decile = -1
-
-    def phase(self, label: str, total: int) -> None:
-        self.finish()
-        self.label, self.total, self.done, self._last_decile = label, total, 0, -1
-        self._draw(force=True)
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        self._draw()
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            self.finish()
-            print(text, file=self.stream, flush=True)
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled or self.total <= 0:
-            return
-        frac = min(1.0, self.done / self.total)
-        if self.tty:
-            now = time.monotonic()
-            if not force and now - self._last < 0.1 and self.done < self.total:
-                return
-            self._last = now
-            width = 30
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            print(f"\r{self.label:<22} [{bar}] {self.done}/{self.total}", end="", file=self.stream, flush=True)
-        elif self.total >= 200:
-            decile = int(frac * 10)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                print(f"{self.label}: {self.done}/{self.total} ({decile * 10}%)", file=self.stream, flush=True)
-
-    def finish(self) -> None:
-        if self.tty and self.total > 0:
-            print(file=self.stream, flush=True)
-        self.total = 0
 
 
 # ---- the runner ----------------------------------------------------------------------------------------
@@ -346,6 +298,8 @@ class Runner:
         self._step_obs: dict[str, Obs] = {}
         self.regions = sorted({p.region for p in people.values()} | {f.region for f in facilities.values()}
                               | set(self.sc.regions)) or ["330100"]
+        self.latencies = array.array("d")  # seconds from command to outcome, per visit (8 bytes each)
+        self.export: Any = None  # a SettlementExport (simulator/export.py) when the run writes a report
         self.completed = 0  # visit commands that have finished (with or without an outcome): faults trigger on it
         self.planned = pop.visit_count + pop.reversal_count + sum(
             1 for fs in self.loaded.steps for m in (fs.members or [fs]) if m.step.event in ("visit", "reverse"))
@@ -542,10 +496,20 @@ class Runner:
 
     async def send_visit(self, obs: Obs) -> Obs:
         timeout = obs.cmd.timeout_ms / 1000 * 3 + 60
+        t0 = time.monotonic()
         try:
             obs.outcome = await self.client.visit(obs.cmd, timeout=timeout)
+            self.latencies.append(time.monotonic() - t0)  # wall clock: printed, never in report.json
         except asyncio.TimeoutError:
             obs.note = f"no outcome within {max(timeout, self.client.retry_window):.0f} s"
+        if self.export is not None:  # settlements.csv / .ndjson, written as the run goes
+            self.export.write(obs.outcome, step=obs.step, generated=obs.generated, family=obs.family, kind=obs.kind,
+                              category=obs.category, reverse_of=obs.reverse_of, note=obs.note, cmd=obs.cmd,
+                              unmap=self.mapper.unmap_text)
+        if obs.outcome is not None:  # memory per visit: a compact outcome, the client forgets its copy
+            self.client.forget(obs.cmd.visit_id)
+            if obs.generated:  # timeline steps keep the model (expectations read it)
+                obs.outcome = StoredOutcome(obs.outcome)  # type: ignore[assignment]
         self.data.observations.append(obs)
         self.completed += 1
         self._track_balances(obs)
@@ -574,9 +538,10 @@ class Runner:
         sem = asyncio.Semaphore(self.concurrency)
 
         async def chain(visits: list[GenVisit]) -> None:
-            for v in visits:
+            for i, v in enumerate(visits):
                 async with sem:
                     await self._generated_visit(v)
+                visits[i] = _DONE  # its bill is in the command now: let the generated visit go (memory)
                 self.progress.advance()
 
         await asyncio.gather(*(chain(vs) for _, vs in sorted(pop.visits.items())))
@@ -1236,7 +1201,6 @@ class RunResult:
 async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progress | None = None,
                      on_stack: Callable[[Any], None] | None = None) -> RunResult:
     """Start what is needed (or use running workers with external), run, audit, write the report."""
-    from services.shared.broker import wait_for_broker
     from services.shared.policy import load_policies, policy_dir
 
     from . import audit, report
@@ -1262,7 +1226,8 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
         if driver is not None:
             driver.check(external=opts.external, amqp_url=broker.url)
             driver.amqp_url = broker.url
-        await wait_for_broker(broker.url, timeout=30)
+        from .errors import check_broker
+        await check_broker(broker.url)  # one line and exit code 3 if it is not there or refuses us
         if opts.external:
             namespace = opts.namespace or "gongji"
             mapper = Mapper(uuid.uuid4().hex[:5])
@@ -1288,7 +1253,14 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
         try:
             runner = Runner(loaded, client, policies, mapper=mapper, progress=progress,
                             concurrency=opts.concurrency, faults=driver)
-            data = await runner.run()
+            if opts.report_dir is not None:
+                from .export import SettlementExport
+                runner.export = SettlementExport(opts.report_dir)
+            try:
+                data = await runner.run()
+            finally:
+                if runner.export is not None:
+                    runner.export.close()
             t1 = time.monotonic()
             progress.message("auditing")
             invariants = await audit.audit(runner, data)
@@ -1319,6 +1291,7 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
         data.faults = {**driver.summary(), "stats": stats, "dead": dead, "namespace": namespace,
                        "runner_retries": client.retries + client.resends}
     wall.update(data.timings)
+    wall.update({f"latency_{k}": v for k, v in percentiles(runner.latencies).items()})
     wall["total"] = time.monotonic() - t0
     rep = report.build(data, invariants, scale=str(loaded.scale))
     ok = rep["expectations"]["failed"] == 0 and all(v == "ok" for v in invariants.values()) and report.faults_ok(rep)
@@ -1375,6 +1348,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="generated visits in flight at once (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--keep-data", action="store_true", help="keep the workers' temporary data directory")
+    p.add_argument("--junit", default=None, metavar="FILE",
+                   help="write JUnit XML for CI: one testcase per expectation and per invariant")
 
 
 def options_from(args: Any) -> RunOptions:
@@ -1389,24 +1364,33 @@ def options_from(args: Any) -> RunOptions:
 
 
 def main(args: Any) -> int:
+    from . import junit
+    from .errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_guarded
     from .scenario import ScenarioError, load_scenario
+    name = Path(args.scenario).stem
     try:
         loaded = load_scenario(args.scenario, scale=args.scale, seed=args.seed)
     except ScenarioError as exc:
         print(f"invalid scenario:\n{exc}", file=sys.stderr)
-        return 2
+        if args.junit:
+            junit.write(args.junit, junit.error_suite(name, f"invalid scenario:\n{exc}"))
+        return EXIT_INVALID
     opts = options_from(args)
     opts.report_dir = Path(args.report_dir) if args.report_dir else Path("reports") / loaded.scenario.name
-    try:
-        result = asyncio.run(run_loaded(loaded, opts))
-    except RuntimeError as exc:  # a worker that does not start, a broker that goes away
-        print(f"gongji run: {exc}", file=sys.stderr)
-        return 1
+    code, result, message = run_guarded(lambda: run_loaded(loaded, opts), opts.amqp_url)
+    if result is None:
+        print(f"gongji run: {message}", file=sys.stderr)
+        if args.junit:
+            junit.write(args.junit, junit.error_suite(name, message or "did not run"))
+        return code
     print(summary(result))
-    return 0 if result.ok else 1
+    if args.junit:
+        junit.write(args.junit, junit.build(result.report, has_final=loaded.scenario.final is not None))
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def summary(result: RunResult) -> str:
+    from .published import yuan
     rep, lines = result.report, []
     ok_mark = "PASSED" if result.ok else "FAILED"
     lines.append(f"scenario {rep['scenario']} (seed {rep['seed']}, scale {rep['scale']}): {ok_mark}")
@@ -1416,14 +1400,15 @@ def summary(result: RunResult) -> str:
     steps = rep["steps"]
     if steps:
         lines.append("")
-        lines.append(f"  {'step':<28}{'at':<21}{'event':<9}{'result':<13}{'acct_pay':>11}{'mulaid':>10}"
-                     f"{'cash':>10}  check")
+        rows = []
         for row in steps[:80]:
             result_txt = row.get("status") or ("infcode " + str(row.get("infcode")) if "infcode" in row else "-")
             check = ("ok" if row["passed"] else "FAIL") if row["expected"] or not row["passed"] else "-"
-            lines.append(f"  {row['step'][:27]:<28}{row['at']:<21}{row['event']:<9}{str(result_txt)[:12]:<13}"
-                         f"{row.get('acct_pay') or '':>11}{row.get('acct_mulaid_pay') or '':>10}"
-                         f"{row.get('psn_cash_pay') or '':>10}  {check}")
+            rows.append((row["step"][:40], row["at"], row["event"], str(result_txt)[:14], yuan(row.get("acct_pay")),
+                         yuan(row.get("acct_mulaid_pay")), yuan(row.get("psn_cash_pay")), check))
+        from .terminal import table
+        lines.append(table(("step", "at", "event", "result", "acct_pay", "mulaid", "cash", "check"), rows,
+                           right={4, 5, 6}))
         if len(steps) > 80:
             lines.append(f"  ... and {len(steps) - 80} more steps (see report.json)")
     lines.append("")
@@ -1433,10 +1418,13 @@ def summary(result: RunResult) -> str:
                  + ("; errors: " + ", ".join(f"{k} {v}" for k, v in oc["by_err_code"].items()) if oc["by_err_code"]
                     else ""))
     t = rep["totals"]
-    lines.append(f"  totals: bill {t['medfee_sumamt']}, pooled fund {t['hifp_pay']}, accounts {t['acct_pay']} "
-                 f"(family {t['acct_mulaid_pay']}), cash {t['psn_cash_pay']}")
+    lines.append(f"  totals: bill {yuan(t['medfee_sumamt'])}, pooled fund {yuan(t['hifp_pay'])}, accounts "
+                 f"{yuan(t['acct_pay'])} (family {yuan(t['acct_mulaid_pay'])}), cash {yuan(t['psn_cash_pay'])}")
     exp = rep["expectations"]
-    lines.append(f"  expectations: {exp['passed']} passed, {exp['failed']} failed")
+    if exp["passed"] + exp["failed"] == 0:
+        lines.append("  expectations: none in this scenario (the invariants below check the run)")
+    else:
+        lines.append(f"  expectations: {exp['passed']} passed, {exp['failed']} failed")
     for f in exp["failures"]:
         lines.append(f"    FAIL step {f['step']} ({f['where']}): {f['field']}: expected "
                      f"{json.dumps(f['expected'], ensure_ascii=False)}, got {json.dumps(f['actual'], ensure_ascii=False)}")
@@ -1463,6 +1451,10 @@ def summary(result: RunResult) -> str:
         for text in f["errors"]:
             lines.append(f"    ERROR {text}")
     w = result.wall
+    if "latency_p50" in w:
+        lines.append(f"  latency per visit (command → outcome): p50 {w['latency_p50'] * 1000:.0f} ms, "
+                     f"p95 {w['latency_p95'] * 1000:.0f} ms, p99 {w['latency_p99'] * 1000:.0f} ms, "
+                     f"max {w['latency_max'] * 1000:.0f} ms")
     lines.append(f"  wall clock: total {w.get('total', 0):.1f} s (workers {w.get('start', 0):.1f}, "
                  f"load {w.get('load', 0):.1f}, generated traffic {w.get('traffic', 0):.1f}, "
                  f"timeline {w.get('timeline', 0):.1f}, audit {w.get('audit', 0):.1f})")

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from contracts.admin import HospLv, PsnType
 from contracts.base import BizTime, FixmedinsCode, PsnNo, Quantity, Ratio
@@ -70,7 +70,9 @@ def _admdvs(value: Any) -> Any:
     return value
 
 
-Admdvs = Annotated[str, BeforeValidator(_admdvs)]
+Admdvs = Annotated[str, BeforeValidator(_admdvs), WithJsonSchema(  # published: schemas/scenario.schema.json
+    {"anyOf": [{"type": "string", "pattern": r"^\d{6}$"}, {"type": "integer", "minimum": 0, "maximum": 999999}],
+     "description": "region code (admdvs), 6 digits, e.g. \"330100\""})]
 
 
 def _decimal(value: Any) -> Decimal:

@@ -121,7 +121,7 @@ async def test_each_service_runs_with_its_own_user_and_a_visit_settles(restricte
 
 
 async def test_the_compose_main_job_runs_as_the_simulator_user(restricted: dict, tmp_path: Path) -> None:
-    """docker-compose's `demo` service: `gongji run <scenario> --external`, as the simulator user, passive."""
+    """docker-compose's `scenario` service: `gongji run <scenario> --external`, as the simulator user, passive."""
     from simulator.cli import MAIN_JOB
     args = [a if a != "reports" else str(tmp_path / "reports") for a in MAIN_JOB]
     env = {**os.environ, "GONGJI_DECLARE": "passive", "AMQP_URL": restricted["urls"]["simulator"],
@@ -161,7 +161,7 @@ async def test_the_gateway_runs_as_its_own_user(restricted: dict) -> None:
     proc, base = await start_gateway(restricted["urls"]["gateway"], "gongji", env={"GONGJI_DECLARE": "passive"})
     his = His(base, PHARMACY, HZ)
     try:
-        rep = await his.sign_in("2026-03-01 08:00:00")
+        rep = await his.sign_in("2026-03-01 11:00:00")  # after ACC-1 (10:00): the deployment keeps each facility's clock
         assert rep["infcode"] == 0, rep
         async with httpx.AsyncClient() as http:
             assert (await http.get(base + "/healthz")).json()["forwarded"] == 1

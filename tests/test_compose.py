@@ -62,12 +62,16 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_services_exist(services: dict) -> None:
-    assert {"rabbitmq", *WORKERS, "demo"} <= set(services)
+    assert {"rabbitmq", *WORKERS, "scenario"} <= set(services)
 
 
 def test_rabbitmq_service(services: dict) -> None:
     rabbit = services["rabbitmq"]
-    assert rabbit["image"].startswith("rabbitmq:3.13")
+    # A pinned, supported 4.x management image (3.13 is out of community support).
+    image, _, tag = rabbit["image"].partition(":")
+    assert image == "rabbitmq" and tag.endswith("-management")
+    major, minor = (int(x) for x in tag.removesuffix("-management").split(".")[:2])
+    assert (major, minor) >= (4, 1), tag
     test = rabbit["healthcheck"]["test"]
     test = " ".join(test) if isinstance(test, list) else test
     assert "rabbitmq-diagnostics" in test and "ping" in test
@@ -80,14 +84,14 @@ def test_worker_command(services: dict, name: str) -> None:
     assert services[name]["command"] == ["worker", name]
 
 
-def test_demo_runs_the_main_job_like_gongji_up(services: dict) -> None:
+def test_scenario_runs_the_main_job_like_gongji_up(services: dict) -> None:
     from simulator.cli import MAIN_JOB
-    cmd = list(services["demo"]["command"])
+    cmd = list(services["scenario"]["command"])
     # The same scenario run as `gongji up` (which writes to ./reports; the container writes to the bind mount).
     assert cmd[:3] == list(MAIN_JOB[:3]) and "--external" in cmd
     assert cmd[cmd.index("--report-dir") + 1] == "/reports"
-    assert "./reports:/reports" in [str(v) for v in services["demo"].get("volumes", [])]
-    assert (REPO / cmd[1]).exists(), "the scenario the demo runs must ship in the image"
+    assert "./reports:/reports" in [str(v) for v in services["scenario"].get("volumes", [])]
+    assert (REPO / cmd[1]).exists(), "the scenario it runs must ship in the image"
 
 
 def all_commands(services: dict) -> list[tuple[str, list[str]]]:
@@ -104,7 +108,7 @@ def test_every_command_parses_with_the_real_cli(services: dict) -> None:
     from simulator.cli import build_parser  # the real CLI, not a copy of its grammar
 
     commands = all_commands(services)
-    assert {name for name, _ in commands} >= {*WORKERS, "demo"}
+    assert {name for name, _ in commands} >= {*WORKERS, "scenario"}
     for name, command in commands:
         parser = build_parser()
         try:
@@ -121,7 +125,7 @@ def test_cli_rejects_an_unknown_worker_role() -> None:
         build_parser().parse_args(["worker", "no-such-role"])
 
 
-@pytest.mark.parametrize("name", (*WORKERS, "demo"))
+@pytest.mark.parametrize("name", (*WORKERS, "scenario"))
 def test_amqp_url_points_at_the_rabbitmq_service(services: dict, name: str) -> None:
     url = urlsplit(env_of(services[name])["AMQP_URL"])
     assert url.scheme == "amqp"
@@ -129,7 +133,7 @@ def test_amqp_url_points_at_the_rabbitmq_service(services: dict, name: str) -> N
     assert (url.port or 5672) == 5672
     # Each service as its own broker user, with the documented local password of the definitions file.
     from services.shared.definitions import LOCAL_PASSWORDS
-    user = "simulator" if name == "demo" else name
+    user = "simulator" if name == "scenario" else name
     assert (url.username, url.password) == (user, LOCAL_PASSWORDS[user])
     assert env_of(services[name])["GONGJI_DECLARE"] == "passive"
 
@@ -159,14 +163,67 @@ def test_each_worker_has_its_own_volume(services: dict) -> None:
     assert len(sources) == len(set(sources)) == len(WORKERS)
 
 
-def test_demo_waits_for_broker_and_workers_and_runs_once(services: dict) -> None:
-    demo = services["demo"]
-    deps = depends_of(demo)
+def test_scenario_waits_for_healthy_workers_and_runs_once(services: dict) -> None:
+    job = services["scenario"]
+    deps = depends_of(job)
     assert deps.get("rabbitmq") == "service_healthy"
     for name in WORKERS:
-        assert deps.get(name) == "service_started", name
+        assert deps.get(name) == "service_healthy", name  # consuming, not merely started
     # YAML 1.1 reads a bare `no` as False; compose wants the string "no".
-    assert demo.get("restart") == "no"
+    assert job.get("restart") == "no"
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_healthcheck_is_gongji_health(services: dict, name: str) -> None:
+    from simulator.cli import build_parser
+    hc = services[name]["healthcheck"]
+    test = hc["test"]
+    assert test[0] == "CMD" and test[1] == "gongji", test  # exec form: no shell in between
+    args = build_parser().parse_args(test[2:])  # a real CLI command (tests/test_ci.py runs the same one)
+    assert args.command == "health" and args.service == name
+    assert test[2:] == ["health", name]  # namespace and broker user from the worker's own environment
+    for key in ("interval", "timeout", "retries"):
+        assert key in hc
+
+
+def test_exit_code_of_the_scenario_is_the_exit_code_of_compose(services: dict) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "docker compose up --exit-code-from scenario" in readme
+    assert "--exit-code-from scenario" in (REPO / "docker-compose.yml").read_text(encoding="utf-8")
+    # The job's exit code is gongji run's: 0 / 1 / 2 / 3, listed in `gongji run --help`.
+    from simulator.errors import EXIT_CODES_HELP
+    for code in ("0", "1", "2", "3"):
+        assert f"  {code}  " in EXIT_CODES_HELP
+    # Only the scenario may end: the broker and the workers restart, the job does not.
+    assert [n for n, s in services.items() if s.get("restart") == "no"] == ["scenario"]
+
+
+def test_reports_belong_to_the_host_user(services: dict) -> None:
+    user = services["scenario"]["user"]
+    assert user == "${GONGJI_UID:-1000}:${GONGJI_GID:-1000}"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "export GONGJI_UID=$(id -u) GONGJI_GID=$(id -g)" in readme and "mkdir -p reports" in readme
+    # The image's user owns nothing the job needs to write: it writes only /reports (the bind mount).
+    env = env_of(services["scenario"])
+    assert env.get("HOME") == "/tmp"
+    assert "PYTHONDONTWRITEBYTECODE=1" in (REPO / "Dockerfile").read_text(encoding="utf-8")
+
+
+def test_definitions_load_on_rabbitmq_4() -> None:
+    """RabbitMQ 4 removed classic mirrored queues: no ha-* policies or arguments; every work queue quorum."""
+    text = (REPO / "deploy" / "rabbitmq" / "definitions.json").read_text(encoding="utf-8")
+    defs = json.loads(text)
+    assert "ha-mode" not in text and "ha-params" not in text and "x-ha-policy" not in text
+    for policy in defs.get("policies", []):
+        assert not any(k.startswith("ha-") for k in policy.get("definition", {})), policy
+    for q in defs["queues"]:
+        args = q["arguments"]
+        assert args.get("x-queue-type") == "quorum", q["name"]
+        assert q["durable"] is True and q["auto_delete"] is False
+        assert not {"x-queue-master-locator", "x-queue-mode"} & set(args), q["name"]  # 4.x rejects/ignores them
+    # The file is what `gongji broker-definitions` prints today.
+    from services.shared.definitions import build, render
+    assert render(build("gongji")) == text
 
 
 def test_bureau_is_scalable(services: dict) -> None:

@@ -8,6 +8,7 @@ client (tests/harness.py) only to load records and to check what happened.
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import itertools
 import json
@@ -347,9 +348,11 @@ async def test_observe_reports_invariants_and_a_sloppy_clients_findings(gw: tupl
     assert {f["msgid"] for f in rep["conformance"]["list"] if f["kind"] == "missing_2601"} == \
         {timed_out["inf_refmsgid"], hang_up["msgid"]}
     assert listed["settle_without_presettle"]["msgid"] == lone_settle["inf_refmsgid"]
-    rows = (report / "settlements.csv").read_text(encoding="utf-8-sig").splitlines()
-    assert rows[0].startswith("visit_id,status,") and len(rows) - 1 == rep["visits"]
-    assert any(lone_settle["output"]["setl_id"] in r and ",settled," in r for r in rows)
+    with open(report / "settlements.csv", encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == rep["visits"]
+    assert any(r["setl_id"] == lone_settle["output"]["setl_id"] and r["status"] == "settled" for r in rows)
+    assert len((report / "settlements.ndjson").read_text(encoding="utf-8").splitlines()) == rep["visits"]
 
 
 # ---- Done when 3: gongji's POS with --bureau-url against a gateway runs a shipped scenario to PASS ---------------
