@@ -110,6 +110,9 @@ async def test_duplicated_batch_absorbed_item_by_item_and_poison_item_refused_al
             ours = [m for m in parked if (m.headers or {}).get("x-gongji-batch-id") == batch.message_id]
             assert sorted(m.message_id for m in ours) == [poison_id, poison_id]
             assert all(m.body == b"{not json" for m in ours)
+            # its origin, for `gongji redrive`
+            assert all((m.headers["x-gongji-exchange"], m.headers["x-gongji-routing-key"]) == (n.pay_exchange, "pay")
+                       for m in ours)
             assert all("not an accounts request" in str(m.headers["x-gongji-reason"]) for m in ours)
             assert not [m for m in parked if m.message_id in (f"pay:S{tag}A", f"pay:S{tag}B")]
         finally:

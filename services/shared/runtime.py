@@ -109,11 +109,11 @@ class Worker:
             try:
                 if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
                     raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user {incoming.user_id}")
-                if self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug):
-                    raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
                 if batching.is_batch(incoming.headers):
-                    ids = await self._call_batch(handler, incoming, queue)
+                    ids = await self._call_batch(handler, incoming, queue, message.routing_key or "")
                 else:
+                    if self._bug(queue):
+                        raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
                     ids = await self._call(handler, incoming)
             except Poison as exc:
                 log.warning("dead-lettered", reason=str(exc))
@@ -150,7 +150,10 @@ class Worker:
         except Unroutable:
             pass
 
-    async def _call_batch(self, handler: Handler, batch: Incoming, queue: str) -> list[int]:
+    def _bug(self, queue: str) -> bool:
+        return self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug)
+
+    async def _call_batch(self, handler: Handler, batch: Incoming, queue: str, routing_key: str) -> list[int]:
         """Every item of a batch through the handler, as if each were its own message (own key, own inbox
         entry, own reply), all at once so that their transactions share one group commit. A bad item is
         refused alone (dead-lettered with the reason, its sender told) while its neighbours go on; a batch
@@ -173,6 +176,8 @@ class Worker:
                     if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
                         raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user "
                                         f"{incoming.user_id}")
+                    if self._bug(queue):
+                        raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
                     return await self._call(handler, incoming)
                 except Poison as exc:
                     refusal = exc
@@ -188,7 +193,8 @@ class Worker:
                 break
             log.warning("batch item dead-lettered", reason=str(refusal))
             headers = {**incoming.headers, "x-gongji-reason": str(refusal)[:1000], "x-gongji-queue": queue,
-                       "x-gongji-exchange": batch.exchange, "x-gongji-batch-id": batch.message_id or ""}
+                       "x-gongji-exchange": batch.exchange, "x-gongji-routing-key": routing_key,
+                       "x-gongji-batch-id": batch.message_id or ""}
             headers.pop(batching.HEADER, None)
             body, headers = parked(incoming.body, headers)
             await self.broker.publish(OutMessage(self.broker.names.dlx, "", body, incoming.message_id,
