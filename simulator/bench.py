@@ -1306,6 +1306,7 @@ class _FakeMessage:
         self.reply_to = msg.reply_to
         self.headers = msg.headers or {}
         self.redelivered = False
+        self.exchange, self.routing_key, self.user_id = msg.exchange, msg.routing_key, None
 
     async def ack(self) -> None:
         self._queue.settle()
