@@ -37,3 +37,27 @@ def test_what_strptime_refuses_is_refused(value: str) -> None:
 @pytest.mark.parametrize("value", ["2026-1-5 9:03:00", "２０２６-01-01 10:00:00"])
 def test_other_forms_strptime_takes_still_read_the_same(value: str) -> None:
     assert _parse_biz_time(value) == reference(value)
+
+
+def test_wire_dumps_writes_what_json_dumps_writes_for_plain_values() -> None:
+    """contracts.wire.dumps writes strings, ints, booleans and null itself (issue 11): byte for byte what
+    json.dumps(…, ensure_ascii=False) writes, str/int enums included; Decimals keep their places."""
+    import enum
+    import json
+    from decimal import Decimal
+
+    from contracts import wire
+
+    class Kind(str, enum.Enum):
+        A = "门诊\u2028"
+
+    class Level(enum.IntEnum):
+        X = 3
+
+    values = [None, True, False, 0, -7, 10 ** 20, Level.X, Kind.A, "", 'q"\\\n\x00\u4e2d\U0001f600', "plain"]
+    for v in values:
+        assert wire.dumps(v) == json.dumps(v, ensure_ascii=False)
+    obj = {"a": values, "门": {"n": Decimal("12.30"), "z": Decimal("-0.00")}, "t": (1, "x")}
+    expected = json.dumps({"a": values, "门": {"n": 0, "z": 0}, "t": [1, "x"]}, ensure_ascii=False,
+                          separators=(",", ":")).replace('"n":0', '"n":12.30').replace('"z":0', '"z":-0.00')
+    assert wire.dumps(obj) == expected
