@@ -190,6 +190,7 @@ class Worker:
                         await asyncio.sleep(0.5)
                         continue
                     refusal = Poison(f"handler failed {tries} times: {exc!r}")
+                    refusal.reply = False  # as when the broker dead-letters a lone message at its limit
                 break
             log.warning("batch item dead-lettered", reason=str(refusal))
             headers = {**incoming.headers, "x-gongji-reason": str(refusal)[:1000], "x-gongji-queue": queue,
