@@ -158,6 +158,8 @@ class Worker:
         entry, own reply), all at once so that their transactions share one group commit. A bad item is
         refused alone (dead-lettered with the reason, its sender told) while its neighbours go on; a batch
         that is not a batch at all is poison as a whole. Returns the outbox rows of every item."""
+        if len(batch.body) > batching.MAX_ITEMS * MAX_BODY:
+            raise Poison(f"batch of {len(batch.body)} bytes is larger than {batching.MAX_ITEMS * MAX_BODY}")
         try:
             items = batching.unpack(batch.body)
         except batching.BadBatch as exc:
