@@ -23,6 +23,15 @@ def _parse_biz_time(value: Any) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=SHANGHAI)
     if not isinstance(value, str):
         raise ValueError("time must be a string 'yyyy-MM-dd HH:mm:ss' (Asia/Shanghai)")
+    if len(value) == 19 and value[4] == value[7] == "-" and value[10] == " " and value[13] == value[16] == ":" \
+            and (digits := value[0:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + value[17:19]).isascii() \
+            and digits.isdigit():
+        # the canonical form, read without strptime (hot: every message carries times); anything else below
+        try:
+            return datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                            int(digits[10:12]), int(digits[12:14]), tzinfo=SHANGHAI)
+        except ValueError:
+            pass
     try:
         return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=SHANGHAI)
     except ValueError:
@@ -30,7 +39,10 @@ def _parse_biz_time(value: Any) -> datetime:
 
 
 def format_biz_time(value: datetime) -> str:
-    return value.astimezone(SHANGHAI).strftime(TIME_FORMAT)
+    v = value if value.tzinfo is SHANGHAI else value.astimezone(SHANGHAI)
+    if v.year < 1000:
+        return v.strftime(TIME_FORMAT)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
 
 
 # Business time as the national interface writes it: local Asia/Shanghai, no zone suffix.

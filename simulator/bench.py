@@ -365,8 +365,9 @@ class VisitMix:
     Every visit has its own business second, so no two visits share a POS msgid prefix.
     """
 
-    def __init__(self, pop: Population, seed: int, run_tag: str, timeout_ms: int):
+    def __init__(self, pop: Population, seed: int, run_tag: str, timeout_ms: int, presettle: bool = True):
         self.pop = pop
+        self.presettle = presettle  # False: settle straight away (2102 / 2207 without 2101 / 2206)
         self.rng = random.Random(seed * 1_000_003 + 4)
         self.run_tag = run_tag
         self.timeout_ms = timeout_ms
@@ -395,7 +396,7 @@ class VisitMix:
         visit_id = f"{self.run_tag}-{i}"
         cmd = {"cmd": "settle", "visit_id": visit_id, "fixmedins_code": facility, "insuplc_admdvs": region,
                "mdtrtarea_admvs": area, "psn_no": psn, "med_type": "41" if pharmacy else "11", "insutype": insutype,
-               "biz_time": biz, "details": details, "presettle": True, "timeout_ms": self.timeout_ms}
+               "biz_time": biz, "details": details, "presettle": self.presettle, "timeout_ms": self.timeout_ms}
         body = json.dumps(cmd, ensure_ascii=False).encode()
         if i < 20:
             SettleVisit.model_validate_json(body)  # what the bench sends is what the contracts accept
@@ -748,6 +749,37 @@ def outbox_rows(data_dir: Path) -> dict[str, int]:
     return out
 
 
+def worker_publishes(data_dir: Path) -> dict[str, int]:
+    """Messages each worker's broker confirmed so far, from the counters in their stats files (one file per
+    process; a restarted worker's files add up)."""
+    out: dict[str, int] = {}
+    for f in sorted((data_dir / "stats").glob("*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        out[d.get("service", f.stem)] = out.get(d.get("service", f.stem), 0) + int(d.get("broker_publishes") or 0)
+    return out
+
+
+def sum_stat(data_dir: Path, key: str) -> int:
+    """A counter summed over every worker's stats files (whole run)."""
+    total = 0
+    for f in (data_dir / "stats").glob("*.json"):
+        try:
+            total += int(json.loads(f.read_text()).get(key) or 0)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+async def publish_mark(data_dir: Path, client: Any, timeout: float) -> dict[str, int]:
+    """Every publish so far, once the outboxes are empty and the stats files (written each second) caught up."""
+    await quiesce(data_dir, timeout)
+    await asyncio.sleep(1.5)
+    return {**worker_publishes(data_dir), "bench_client": client.broker.published}
+
+
 async def quiesce(data_dir: Path, timeout: float) -> dict[str, Any]:
     """Wait until every outbox is empty, so that what loading left for the relay (e.g. one balance event per
     bulk-opened account) is not measured as settlement work."""
@@ -982,7 +1014,10 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                   f"{q['quiesce_s']} s", flush=True)
 
         # 3. visits
-        mix = VisitMix(pop, args.seed, ns.replace("bench-", "v"), int(args.visit_timeout * 1000))
+        mix = VisitMix(pop, args.seed, ns.replace("bench-", "v"), int(args.visit_timeout * 1000),
+                       presettle=not args.no_presettle)
+        result["presettle"] = not args.no_presettle
+        pub0 = await publish_mark(data_dir, client, args.quiesce_timeout) if not args.via_gateway else None
         watched = dict(pids)
         if broker_pid:
             watched["broker"] = broker_pid
@@ -1042,6 +1077,16 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 await visits.close()
         got = records
         result["unfinished_visits"] = unfinished
+        if pub0 is not None:
+            # Every publish of the visit phase (warm-up and drain included: the outbox tail of the last visits
+            # too), by the workers' and the bench client's own counters, over every visit settled in it.
+            pub1 = await publish_mark(data_dir, client, args.quiesce_timeout)
+            per = {k: pub1.get(k, 0) - pub0.get(k, 0) for k in pub1}
+            n_settled = sum(1 for r in got if r.status == "settled")
+            result["publishes"] = {"by_process": per, "total": sum(per.values()), "settlements": n_settled}
+            result["publishes_per_settlement"] = round(sum(per.values()) / max(1, n_settled), 3)
+            result["batching"] = {k: sum_stat(data_dir, k) for k in ("batches_out", "batch_items_out",
+                                                                    "batches_in", "batch_items_in")}
         if not workers.alive():
             raise RuntimeError("a worker died during the run; see the logs in " + str(data_dir / "logs"))
 
@@ -1081,6 +1126,15 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 if f in d0 and f in d1:
                     v[f"{f}_per_settlement"] = round((d1[f] - d0[f]) / max(1, len(settled)), 1)
         result["cpu"] = cpu
+        result["cpu_ms_per_settlement_total"] = round(sum(v["cpu_s"] for v in cpu.values()) / max(1, len(settled))
+                                                      * 1000, 3)
+        raw_cpu = (result.get("raw_broker_cpu_s") or 0) + result.get("raw_echo_cpu_s", 0) + \
+            result.get("raw_client_cpu_s", 0)
+        if result.get("raw_round_trips") and raw_cpu:
+            # all processes' CPU of one raw round trip (broker, echo, its client) in the same run
+            result["raw_cpu_ms_per_round_trip"] = round(raw_cpu / result["raw_round_trips"] * 1000, 3)
+            result["cpu_per_settlement_over_raw_round_trip"] = round(
+                result["cpu_ms_per_settlement_total"] / result["raw_cpu_ms_per_round_trip"], 2)
         result["cpu_s_per_settlement_ms"] = {k: round(v["cpu_s"] / max(1, len(settled)) * 1000, 3)
                                              for k, v in cpu.items()}
         result["system_cpu"] = sc = system_cpu_share(marks["sys0"], marks["sys1"])
@@ -1144,7 +1198,12 @@ def render(r: dict[str, Any]) -> str:
         f"  raw round trips/s    {r['raw_round_trips_per_s']:>10}   (echo, concurrency {r['raw_concurrency']}, "
         f"p50 {r['raw_p50_ms']} ms)",
         f"  ratio = settlements_per_s / (raw_round_trips_per_s / national_round_trips_per_settlement "
-        f"{r['national_round_trips_per_settlement']}) = {r['ratio']}",
+        f"{r['national_round_trips_per_settlement']}) = {r['ratio']}"
+        + ("" if r.get("presettle", True) else "   (settle only: --no-presettle)"),
+        f"  publishes/settlement {r.get('publishes_per_settlement', '-'):>10}   "
+        f"{(r.get('publishes') or {}).get('by_process', '')}",
+        f"  CPU ms/settlement    {r.get('cpu_ms_per_settlement_total', '-'):>10}   (all processes, broker included; "
+        f"{r.get('cpu_per_settlement_over_raw_round_trip', '-')}× the CPU of one raw round trip)",
         f"  outcomes             {r['statuses']}  mutual aid {r['mutual_aid_settlements']}  "
         f"unfinished {r['unfinished_visits']}",
         f"  load                 {r['load']['load_s']} s for {r['accounts']} accounts, {r['load']['persons']} persons, "
@@ -1210,6 +1269,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--profile-gil", action="store_true",
                    help="py-spy --gil: only samples holding the GIL (Python CPU; no waits on disk or locks)")
+    p.add_argument("--no-presettle", action="store_true",
+                   help="settle straight away (2102 / 2207, no 2101 / 2206 pre-settle first); ratio is then the "
+                        "settle-only ratio")
     p.add_argument("--keep-data", action="store_true", help="keep the workers' SQLite files and logs")
     p.add_argument("--load-max-outbox", type=int, default=100000,
                    help="pause bulk loading while the accounts outbox holds more rows than this (0: never); "
@@ -1244,6 +1306,7 @@ class _FakeMessage:
         self.reply_to = msg.reply_to
         self.headers = msg.headers or {}
         self.redelivered = False
+        self.exchange, self.routing_key, self.user_id = msg.exchange, msg.routing_key, None
 
     async def ack(self) -> None:
         self._queue.settle()

@@ -41,7 +41,9 @@ async def test_redrive_puts_dead_lettered_payments_back_after_a_fix(amqp_url: st
                 break
             await asyncio.sleep(0.2)
         assert sorted(d["message_id"] for d in dead) == sorted(f"pay:S{m}" for m in await _settle_msgids(s, cmds))
-        assert all(d["reason"] == "delivery_limit" for d in dead)
+        # One by one the broker dead-letters them at the delivery limit; payments that travelled in one batch
+        # (issue 11) are each refused alone by the worker after its in-process tries, the batch's others going on.
+        assert all(d["reason"] == "delivery_limit" or d["reason"].startswith("handler failed") for d in dead)
         assert not any(cmd.visit_id in c.outcomes for cmd in cmds)
         assert [await balance(c, p) for p in people] == [D("100.00")] * 3  # nothing paid yet
 

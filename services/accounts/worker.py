@@ -22,6 +22,9 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     await store.open()
     service = AccountsService(names, load_policies())
     worker = Worker(broker, store)
+    # Answers to a bureau travel in batches (the bureau's reply consumer unpacks them); balance events and
+    # answers to anyone else one by one.
+    worker.batchable = lambda m: m.exchange == names.reply_exchange and m.routing_key.startswith("bureau-")
     await worker.start_relay()
 
     async def on_pay(incoming: Incoming) -> list[int]:

@@ -38,6 +38,9 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     await store.run(migrate)  # columns added since older data directories were made
     service = BureauService(names, policies, served, reply_key)
     worker = Worker(broker, store)
+    # Requests to the accounts service travel in batches (its pay consumer unpacks them); the national answers
+    # to the POS stay one per message.
+    worker.batchable = lambda m: m.exchange == names.pay_exchange and m.routing_key == "pay"
     await worker.start_relay()
 
     async def on_request(incoming: Incoming) -> list[int]:

@@ -71,6 +71,16 @@ def parked(body: bytes, headers: dict[str, Any]) -> tuple[bytes, dict[str, Any]]
     return body[:limit], {**headers, "x-gongji-truncated": True, "x-gongji-body-bytes": len(body)}
 
 
+def events_archive_args() -> dict[str, Any]:
+    """<ns>.events.archive: a RabbitMQ stream (3.9+) bounded by GONGJI_ARCHIVE_MB (default 512) and
+    GONGJI_ARCHIVE_MAX_AGE (default 30D). A broker holding an older quorum archive of the same name refuses
+    the declaration (PRECONDITION_FAILED): delete that queue once (its events are history, nothing consumes them)."""
+    return {"x-queue-type": "stream",
+            "x-max-length-bytes": int(os.environ.get("GONGJI_ARCHIVE_MB", "512")) * 1024 * 1024,
+            "x-max-age": os.environ.get("GONGJI_ARCHIVE_MAX_AGE", "30D"),
+            "x-stream-max-segment-size-bytes": 16 * 1024 * 1024}
+
+
 def work_queue_args(names: Names) -> dict[str, Any]:
     return {"x-queue-type": "quorum", "x-dead-letter-exchange": names.dlx, "x-delivery-limit": DELIVERY_LIMIT}
 
@@ -103,6 +113,7 @@ class Broker:
         self._recovering = asyncio.Lock()
         self._closing = False
         self.reconnects = 0
+        self.published = 0  # messages the broker confirmed (the bench's publishes_per_settlement)
         self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
         # Every message names its sender; RabbitMQ refuses a user_id other than the connection's user, so the
         # receiver can trust it (services.shared.access).
@@ -204,11 +215,12 @@ class Broker:
         await self.declare_queue(n.pos_command_queue, [(n.pos_exchange, "command")])
         for key in ("pos", "bureau"):
             await self.declare_queue(n.reply_queue(key), [(n.reply_exchange, key)])
-        # Keeps every event routable (mandatory publishing) and gives auditors the history.
-        # No dead-lettering here: old events simply drop off the head.
+        # Keeps every event routable (mandatory publishing) and gives auditors the history, replayable from
+        # any offset. A stream, not a second quorum copy of every event (a quorum queue costs the broker a
+        # consensus round and an index entry per message): appended to segment files, old segments dropped
+        # by size and age.
         await self.declare_queue(n.events_archive_queue, [(n.events_exchange, "#")],
-                                 arguments={"x-queue-type": "quorum", "x-max-length": 200000,
-                                            "x-overflow": "drop-head"})
+                                 arguments=events_archive_args())
 
     async def declare_bureau_queue(self, regions: list[str] | None, served: list[str]) -> str:
         name = self.names.bureau_queue(regions)
@@ -273,6 +285,7 @@ class Broker:
                 # pending confirms, and heartbeats find one that hangs.
                 exchange = await self._exchange(msg.exchange)
                 await exchange.publish(message, msg.routing_key, mandatory=True)
+                self.published += 1
                 return
             except aiormq.exceptions.PublishError as exc:
                 raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc

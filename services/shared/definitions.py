@@ -23,7 +23,7 @@ from typing import Any
 
 from contracts.routing import REGISTRY_KEY, Names
 
-from .broker import DELIVERY_LIMIT, dead_queue_args, topology_exchanges
+from .broker import DELIVERY_LIMIT, dead_queue_args, events_archive_args, topology_exchanges
 
 LOCAL_PASSWORDS = {"bureau": "bureau-local", "accounts": "accounts-local", "pos": "pos-local",
                    "simulator": "simulator-local", "gateway": "gateway-local", "admin": "admin-local"}
@@ -90,7 +90,7 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
         n.bureau_queue(None): work, n.reply_queue("bureau-all"): work,
         n.accounts_pay_queue: work, n.accounts_admin_queue: work, n.pos_command_queue: work,
         n.reply_queue("pos"): work, n.reply_queue("gateway-1"): work,
-        n.events_archive_queue: {"x-queue-type": "quorum", "x-max-length": 200000, "x-overflow": "drop-head"},
+        n.events_archive_queue: events_archive_args(),
     }
     bindings = [(n.dlx, n.dead_queue, ""), (n.accounts_exchange, n.accounts_admin_queue, "admin"),
                 (n.pay_exchange, n.accounts_pay_queue, "pay"), (n.pos_exchange, n.pos_command_queue, "command"),

@@ -23,16 +23,18 @@ from contracts import wire
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode
 
+from . import batching
 from .access import reply_allowed
 from .broker import Broker, Unroutable, parked
 from .health import is_transient
-from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_load
+from .store import CHUNK, OutMessage, Store, outbox_delete, outbox_forget, outbox_load, outbox_written
 
 # Duplicates the handlers recognised and absorbed (inbox hits, stale answers); shared by this process.
 inbox_counters = {"duplicates_absorbed": 0}
 
 log = structlog.get_logger()
 
+ITEM_TRIES = 5  # a batch item whose handler fails (a bug, not the store) this often is refused alone
 MAX_BODY = 1_000_000  # bytes; larger messages are refused before parsing
 
 
@@ -87,6 +89,12 @@ class Worker:
         self.healthy.set()
         self._probing = asyncio.Lock()
         self.chaos = Chaos.from_env()
+        self._deleting: set[int] = set()  # published outbox rows whose DELETE is queued or running
+        self._to_delete: list[int] = []  # … of which not yet handed to the store
+        self._deleters: set[asyncio.Task[None]] = set()
+        self._pass: tuple[list[int], asyncio.Future[None]] | None = None  # rows of this loop pass to flush
+        # Which outgoing messages may travel in a batch (their receiver unpacks batches); None: none.
+        self.batchable: Callable[[OutMessage], bool] | None = None
         # Called for an outbox message no queue would take, after it is parked in the dead-letter queue.
         self.on_unroutable: Callable[[OutMessage], Awaitable[None]] | None = None
 
@@ -101,20 +109,16 @@ class Worker:
             try:
                 if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
                     raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user {incoming.user_id}")
-                if self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug):
-                    raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
-                ids = await self._call(handler, incoming)
+                if batching.is_batch(incoming.headers):
+                    ids = await self._call_batch(handler, incoming, queue, message.routing_key or "")
+                else:
+                    if self._bug(queue):
+                        raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
+                    ids = await self._call(handler, incoming)
             except Poison as exc:
                 log.warning("dead-lettered", reason=str(exc))
                 await self.broker.dead_letter(message, str(exc), queue)
-                if incoming.reply_to and exc.reply:  # tell the sender too, if it can be told; nothing changed
-                    ref = incoming.message_id or incoming.correlation_id or ""
-                    body = Reply.fail(ref, ErrorCode.BAD_MESSAGE, str(exc)).model_dump_json().encode()
-                    try:
-                        await self.broker.publish(OutMessage(self.broker.names.reply_exchange, incoming.reply_to,
-                                                             body, message_id=f"re:{ref}", correlation_id=ref))
-                    except Unroutable:
-                        pass
+                await self._tell_sender(incoming, exc)
                 self.stats["dead_lettered"] += 1
                 await message.ack()
                 return
@@ -126,13 +130,116 @@ class Worker:
                 await message.nack(requeue=True)
                 return
             try:
-                await self.flush(ids)
+                await self.flush_pass(ids)
             except Exception:
                 log.exception("publishing the outbox failed; the relay will retry")
             await message.ack()
             self.stats["handled"] += 1
 
         await self.broker.consume(queue, on_message, prefetch=prefetch)
+
+    async def _tell_sender(self, incoming: Incoming, exc: Poison) -> None:
+        """A refused message's sender is told (its reply_to), if it can be told; nothing changed."""
+        if not incoming.reply_to or not exc.reply:
+            return
+        ref = incoming.message_id or incoming.correlation_id or ""
+        body = Reply.fail(ref, ErrorCode.BAD_MESSAGE, str(exc)).model_dump_json().encode()
+        try:
+            await self.broker.publish(OutMessage(self.broker.names.reply_exchange, incoming.reply_to,
+                                                 body, message_id=f"re:{ref}", correlation_id=ref))
+        except Unroutable:
+            pass
+
+    def _bug(self, queue: str) -> bool:
+        return self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug)
+
+    async def _call_batch(self, handler: Handler, batch: Incoming, queue: str, routing_key: str) -> list[int]:
+        """Every item of a batch through the handler, as if each were its own message (own key, own inbox
+        entry, own reply), all at once so that their transactions share one group commit. A bad item is
+        refused alone (dead-lettered with the reason, its sender told) while its neighbours go on; a batch
+        that is not a batch at all is poison as a whole. Returns the outbox rows of every item."""
+        if len(batch.body) > batching.MAX_ITEMS * MAX_BODY:
+            raise Poison(f"batch of {len(batch.body)} bytes is larger than {batching.MAX_ITEMS * MAX_BODY}")
+        try:
+            items = batching.unpack(batch.body)
+        except batching.BadBatch as exc:
+            raise Poison(str(exc)) from None
+        self.stats["batches_in"] = self.stats.get("batches_in", 0) + 1
+        self.stats["batch_items_in"] = self.stats.get("batch_items_in", 0) + len(items)
+
+        async def one(item: dict[str, Any]) -> list[int]:
+            incoming = Incoming(item["body"].encode(), item.get("message_id"), item.get("correlation_id"),
+                                item.get("reply_to"), dict(item.get("headers") or {}), batch.redelivered,
+                                batch.exchange, batch.user_id)
+            structlog.contextvars.bind_contextvars(msgid=incoming.message_id, batch=batch.message_id)
+            tries = 0
+            while True:
+                try:
+                    if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
+                        raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user "
+                                        f"{incoming.user_id}")
+                    if self._bug(queue):
+                        raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
+                    return await self._call(handler, incoming)
+                except Poison as exc:
+                    refusal = exc
+                except Exception as exc:
+                    # A bug this item triggers: tried again here (a redelivery would replay the whole batch),
+                    # then refused alone; its neighbours are not held back by it.
+                    tries += 1
+                    log.exception("handler failed on a batch item", tries=tries)
+                    if tries < ITEM_TRIES:
+                        await asyncio.sleep(0.5)
+                        continue
+                    refusal = Poison(f"handler failed {tries} times: {exc!r}")
+                    refusal.reply = False  # as when the broker dead-letters a lone message at its limit
+                break
+            log.warning("batch item dead-lettered", reason=str(refusal))
+            headers = {**incoming.headers, "x-gongji-reason": str(refusal)[:1000], "x-gongji-queue": queue,
+                       "x-gongji-exchange": batch.exchange, "x-gongji-routing-key": routing_key,
+                       "x-gongji-batch-id": batch.message_id or ""}
+            headers.pop(batching.HEADER, None)
+            body, headers = parked(incoming.body, headers)
+            await self.broker.publish(OutMessage(self.broker.names.dlx, "", body, incoming.message_id,
+                                                 incoming.correlation_id, incoming.reply_to, headers))
+            await self._tell_sender(incoming, refusal)
+            self.stats["dead_lettered"] += 1
+            return []
+
+        results = await asyncio.gather(*(one(item) for item in items))
+        return [i for ids in results for i in ids]
+
+    async def flush_pass(self, ids: list[int]) -> None:
+        """Flush these rows together with those of every other delivery that finished in this loop pass (the
+        handlers of one group commit wake up together): one flush, so rows to the same place can travel in
+        one batch. Returns once this delivery's rows are published (or failed: the relay retries them)."""
+        if not ids:
+            return
+        loop = asyncio.get_running_loop()
+        if self._pass is None:
+            self._pass = ([], loop.create_future())
+            loop.call_soon(self._run_pass)
+        self._pass[0].extend(ids)
+        await asyncio.shield(self._pass[1])
+
+    def _run_pass(self) -> None:
+        assert self._pass is not None
+        ids, fut = self._pass
+        self._pass = None
+
+        async def run() -> None:
+            try:
+                await self.flush(ids)
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(None)
+        task = asyncio.ensure_future(run())
+        self._deleters.add(task)
+        task.add_done_callback(self._deleters.discard)
+        fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # retrieved: no warning
 
     async def _call(self, handler: Handler, incoming: Incoming) -> list[int]:
         """Run the handler; while the store (or the broker) fails, keep the delivery unacked and try again.
@@ -187,9 +294,19 @@ class Worker:
         The rows go out together and their confirms are awaited together (one wait for the batch, not one
         per message). A row leaves the outbox only once the broker has confirmed it; if any publish fails,
         the confirmed rows are still removed and the rest stay for the relay."""
-        rows = await self.store.run(lambda c: outbox_load(c, ids=ids, older_than=older_than))
+        if ids is not None:
+            # Just committed by this process: the messages come from the handler's own writes, not a re-read.
+            rows, missing = outbox_written(self.store._conn, ids)
+            if missing:
+                rows += await self.store.run(lambda c: outbox_load(c, ids=missing))
+        else:
+            await self._drain_deletes()  # so that a backlog is not read back before its published rows go
+            rows = await self.store.run(lambda c: outbox_load(c, older_than=older_than))
+            # rows whose delete is queued were published already: not again
+            rows = [(i, m) for i, m in rows if i not in self._deleting]
+            outbox_forget(self.store._conn, [i for i, _ in rows])
 
-        async def one(row_id: int, msg: OutMessage) -> int:
+        async def one(row_ids: list[int], msg: OutMessage, items: list[OutMessage]) -> list[int]:
             try:
                 await self._publish(msg)
             except Unroutable as exc:
@@ -201,19 +318,58 @@ class Worker:
                 await self.broker.publish(OutMessage(self.broker.names.dlx, "", body, msg.message_id,
                                                      msg.correlation_id, msg.reply_to, headers))
                 if self.on_unroutable is not None:
-                    await self.on_unroutable(msg)
-                return row_id
+                    for item in items:
+                        await self.on_unroutable(item)
+                return row_ids
             self.stats["published"] += 1
-            return row_id
+            if len(items) > 1:
+                self.stats["batches_out"] = self.stats.get("batches_out", 0) + 1
+                self.stats["batch_items_out"] = self.stats.get("batch_items_out", 0) + len(items)
+            return row_ids
 
-        results = await asyncio.gather(*(one(row_id, msg) for row_id, msg in rows), return_exceptions=True)
-        done = [r for r in results if isinstance(r, int)]
+        results = await asyncio.gather(*(one(*packed) for packed in batching.pack(rows, self.batchable)),
+                                       return_exceptions=True)
+        done = [i for r in results if isinstance(r, list) for i in r]
         if done:
-            await self.store.run(lambda c: outbox_delete(c, done))
+            self._delete_later(done)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
         return len(rows)
+
+    def _delete_later(self, ids: list[int]) -> None:
+        """Published rows leave the outbox in one store call per loop pass, off the message's path: the ack no
+        longer waits for a commit of its own, and the group commit folds the DELETE into the transaction of
+        whatever handlers run next. If the delete fails or the process dies first, the relay publishes the
+        rows again and the receivers' inboxes absorb the duplicates (as after any crash between publish and
+        delete)."""
+        first = not self._to_delete
+        self._to_delete.extend(ids)
+        self._deleting.update(ids)
+        if first:
+            asyncio.get_running_loop().call_soon(self._start_delete)
+
+    def _start_delete(self) -> None:
+        if not self._to_delete:
+            return
+        ids, self._to_delete = self._to_delete, []
+        task = asyncio.ensure_future(self._delete(ids))
+        self._deleters.add(task)
+        task.add_done_callback(self._deleters.discard)
+
+    async def _drain_deletes(self) -> None:
+        if self._to_delete:
+            self._start_delete()
+        if self._deleters:
+            await asyncio.gather(*self._deleters, return_exceptions=True)
+
+    async def _delete(self, ids: list[int]) -> None:
+        try:
+            await self.store.run(lambda c: outbox_delete(c, ids))
+        except Exception as exc:
+            log.warning("deleting published outbox rows failed; the relay will publish them again", error=repr(exc))
+        finally:
+            self._deleting.difference_update(ids)
 
     async def flush_backlog(self, older_than: float) -> None:
         """Everything older than a time, batch by batch (a bulk load can leave hundreds of thousands)."""
@@ -246,7 +402,7 @@ class Worker:
         if path is None:
             return
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
-                "duplicates_absorbed": inbox_counters["duplicates_absorbed"]}
+                "duplicates_absorbed": inbox_counters["duplicates_absorbed"], "broker_publishes": self.broker.published}
         tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(data, sort_keys=True))
@@ -271,6 +427,7 @@ class Worker:
         self._tasks.append(asyncio.ensure_future(coro))  # type: ignore[arg-type]
 
     async def stop(self) -> None:
+        await self._drain_deletes()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
