@@ -218,7 +218,9 @@ def test_definitions_load_on_rabbitmq_4() -> None:
         assert not any(k.startswith("ha-") for k in policy.get("definition", {})), policy
     for q in defs["queues"]:
         args = q["arguments"]
-        assert args.get("x-queue-type") == "quorum", q["name"]
+        # every work queue quorum; the events archive a stream (a replayable log, not a second quorum copy)
+        expected = "stream" if q["name"].endswith(".events.archive") else "quorum"
+        assert args.get("x-queue-type") == expected, q["name"]
         assert q["durable"] is True and q["auto_delete"] is False
         assert not {"x-queue-master-locator", "x-queue-mode"} & set(args), q["name"]  # 4.x rejects/ignores them
     # The file is what `gongji broker-definitions` prints today.
