@@ -63,6 +63,33 @@ def standing(data: "RunData") -> tuple[list["Obs"], dict[str, "Obs"]]:
 
 
 
+def setlinfo_problems(s: dict[str, Any], reversed_: bool = False) -> list[str]:
+    """The identities of one settlement (a reversal's with signs turned): medfee = funds + person's part,
+    person's part = accounts + cash, mutual aid within the account part, nothing negative, mulaid_detail and
+    setldetail adding up, hifp_pay the basic fund's line."""
+    f = {k: _fen(s[k]) for k in ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay", "psn_part_amt", "acct_pay",
+                                 "acct_mulaid_pay", "psn_cash_pay")}
+    sign = -1 if reversed_ else 1
+    why = []
+    if f["fund_pay_sumamt"] + f["acct_pay"] + f["psn_cash_pay"] != f["medfee_sumamt"]:
+        why.append("fund_pay_sumamt + acct_pay + psn_cash_pay != medfee_sumamt")
+    if f["acct_pay"] + f["psn_cash_pay"] != f["psn_part_amt"]:
+        why.append("acct_pay + psn_cash_pay != psn_part_amt")
+    if not (0 <= sign * f["acct_mulaid_pay"] <= sign * f["acct_pay"]):
+        why.append("acct_mulaid_pay not within [0, acct_pay]")
+    if any(sign * v < 0 for v in f.values()):
+        why.append("a negative amount")
+    if sum(_fen(p["amount"]) for p in s.get("mulaid_detail", [])) != f["acct_mulaid_pay"]:
+        why.append("mulaid_detail does not add up to acct_mulaid_pay")
+    lines = s.get("setldetail", [])
+    if lines and sum(_fen(x["fund_payamt"]) for x in lines) != f["fund_pay_sumamt"]:
+        why.append("setldetail does not add up to fund_pay_sumamt")
+    basic = sum(_fen(x["fund_payamt"]) for x in lines if x["fund_pay_type"] in ("310100", "390100"))
+    if (lines or f["fund_pay_sumamt"] != f["hifp_pay"]) and basic != f["hifp_pay"]:
+        why.append("hifp_pay is not the basic fund's setldetail line")
+    return why
+
+
 def ledger_problems(acc: dict[str, Any] | None, unmap: Callable[[str], str] = lambda t: t) -> list[str]:
     """The accounts service's own figures (G199): the ledger sums to zero, every transaction balances, every
     stored balance equals its ledger, wallet transfers in transit match, nothing was posted twice."""
@@ -124,29 +151,11 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
         s = o.setlinfo
         if s is None:
             continue
-        f = {k: _fen(s[k]) for k in ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay", "psn_part_amt", "acct_pay",
-                                     "acct_mulaid_pay", "psn_cash_pay")}
         sign = -1 if o.outcome is not None and o.outcome.status == "reversed" else 1
-        why = []
-        if f["fund_pay_sumamt"] + f["acct_pay"] + f["psn_cash_pay"] != f["medfee_sumamt"]:
-            why.append("fund_pay_sumamt + acct_pay + psn_cash_pay != medfee_sumamt")
-        if f["acct_pay"] + f["psn_cash_pay"] != f["psn_part_amt"]:
-            why.append("acct_pay + psn_cash_pay != psn_part_amt")
-        if not (0 <= sign * f["acct_mulaid_pay"] <= sign * f["acct_pay"]):
-            why.append("acct_mulaid_pay not within [0, acct_pay]")
-        if any(sign * v < 0 for v in f.values()):
-            why.append("a negative amount")
-        if sum(_fen(p["amount"]) for p in s.get("mulaid_detail", [])) != f["acct_mulaid_pay"]:
-            why.append("mulaid_detail does not add up to acct_mulaid_pay")
-        lines = s.get("setldetail", [])
-        if lines and sum(_fen(x["fund_payamt"]) for x in lines) != f["fund_pay_sumamt"]:
-            why.append("setldetail does not add up to fund_pay_sumamt")
-        basic = sum(_fen(x["fund_payamt"]) for x in lines if x["fund_pay_type"] in ("310100", "390100"))
-        if (lines or f["fund_pay_sumamt"] != f["hifp_pay"]) and basic != f["hifp_pay"]:
-            why.append("hifp_pay is not the basic fund's setldetail line")
+        why = setlinfo_problems(s, reversed_=sign == -1)
         if sign == 1 and isinstance(o.cmd, SettleVisit):
             billed = sum(to_fen(d.det_item_fee_sumamt) for d in o.cmd.details)
-            if billed != f["medfee_sumamt"]:
+            if billed != _fen(s["medfee_sumamt"]):
                 why.append(f"medfee_sumamt {s['medfee_sumamt']} != the bill {from_fen(billed)}")
         if why:
             problems.append(f"{o.step} ({mapper.unmap_text(s['setl_id'])}): {', '.join(why)}")

@@ -28,7 +28,7 @@ from contracts.money import from_fen
 from contracts.pos import VisitOutcome
 from services.shared.entry import DEFAULT_AMQP_URL
 
-from .audit import _fen, _verdict, ledger_problems
+from .audit import _fen, _verdict, ledger_problems, setlinfo_problems
 from .export import SettlementExport
 
 SETTLEMENT_COLUMNS = ["visit_id", "status", "fixmedins_code", "psn_no", "msgid", "setl_id", "orig_setl_id",
@@ -79,19 +79,7 @@ def invariants(obs: Observed, accounts: dict[str, Any] | None, bureaus: dict[str
         if o.setlinfo is None:
             continue
         s = o.setlinfo.model_dump(mode="json")
-        f = {k: _fen(s[k]) for k in MONEY}
-        sign = -1 if o.status == "reversed" else 1
-        why = []
-        if f["fund_pay_sumamt"] + f["acct_pay"] + f["psn_cash_pay"] != f["medfee_sumamt"]:
-            why.append("fund_pay_sumamt + acct_pay + psn_cash_pay != medfee_sumamt")
-        if f["acct_pay"] + f["psn_cash_pay"] != f["psn_part_amt"]:
-            why.append("acct_pay + psn_cash_pay != psn_part_amt")
-        if not (0 <= sign * f["acct_mulaid_pay"] <= sign * f["acct_pay"]):
-            why.append("acct_mulaid_pay not within [0, acct_pay]")
-        if any(sign * v < 0 for v in f.values()):
-            why.append("a negative amount")
-        if sum(_fen(p["amount"]) for p in s.get("mulaid_detail", [])) != f["acct_mulaid_pay"]:
-            why.append("mulaid_detail does not add up to acct_mulaid_pay")
+        why = setlinfo_problems(s, reversed_=o.status == "reversed")
         if why:
             problems.append(f"{o.visit_id} ({s['setl_id']}): {', '.join(why)}")
     inv["settlement_identities"] = _verdict(problems)
