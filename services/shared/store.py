@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from .health import StoreFault
+from .sql import SqliteTx
 
 T = TypeVar("T")
 
@@ -163,7 +164,8 @@ class Store:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60,
+                                   factory=SqliteTx)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
