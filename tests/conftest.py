@@ -15,6 +15,8 @@ import pytest_asyncio
 from simulator.stack import discover_broker
 from tests.harness import Stack, cleanup_namespace
 
+pytest_plugins = ["tests.backends"]  # --backends, the backend / pg_database / database_env fixtures
+
 
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
@@ -33,10 +35,12 @@ def run_id() -> str:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def stack(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """The three workers, shared by the tests that use distinct people (each test makes its own)."""
-    ns = f"t{run_id}"
-    s = Stack(amqp_url, ns, Path(tmp_path_factory.mktemp("stack")))
+async def stack(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory, backend: str,
+                stack_database_env: dict[str, str]) -> AsyncIterator[Stack]:
+    """The three workers, shared by the tests that use distinct people (each test makes its own); one stack
+    per storage backend (tests/backends.py)."""
+    ns = f"t{run_id}" if backend == "sqlite" else f"t{run_id}{backend[:2]}"
+    s = Stack(amqp_url, ns, Path(tmp_path_factory.mktemp("stack")), env=stack_database_env)
     await s.start()
     try:
         yield s

@@ -31,8 +31,9 @@ _ids = itertools.count(1)
 class Stack(WorkerStack):
     """The three workers (simulator.stack.WorkerStack) plus a client, with the test facilities registered."""
 
-    def __init__(self, amqp_url: str, namespace: str, data_dir: Path):
-        super().__init__(amqp_url, namespace, data_dir, env={"GONGJI_POLICY_DIR": str(test_policy_dir(data_dir))})
+    def __init__(self, amqp_url: str, namespace: str, data_dir: Path, env: dict[str, str] | None = None):
+        super().__init__(amqp_url, namespace, data_dir,
+                         env={"GONGJI_POLICY_DIR": str(test_policy_dir(data_dir)), **(env or {})})
         self.names = Names(namespace)
         self.client: Client | None = None
 

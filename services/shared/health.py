@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
             exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError, sqlite3.NotSupportedError)):
         return any(m in str(exc).lower() for m in _DAMAGED)
+    pg = sys.modules.get("psycopg")  # PostgreSQL (only loaded when a store uses it)
+    if pg is not None and isinstance(exc, pg.OperationalError):
+        return True  # connection lost, server shutting down, deadlock/serialisation retries used up (40P01/40001)
     if isinstance(exc, OSError):  # ENOSPC, EIO, a lost connection (ConnectionError is an OSError)
         return True
     if isinstance(exc, (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError,

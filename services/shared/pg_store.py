@@ -1,0 +1,417 @@
+"""PostgreSQL, one schema per service: the same contract as services/shared/store.Store (open, run(fn), run_sync,
+close, `commits`, `fault`), handing fn a `PgTx` that satisfies services/shared/sql.Tx.
+
+Driver: psycopg 3's *sync* API on the store's own thread, one connection per store. Handlers and repositories
+are synchronous functions of a transaction handle (sql.Tx), so the store thread keeps the event loop free
+exactly as with SQLite, and the group commit carries over unchanged: the handler transactions queued while
+the previous COMMIT was being made durable run together, each in its own savepoint, under one COMMIT. (The
+async API would make every repository async for no gain: one store issues one statement at a time anyway;
+more throughput comes from more replicas, each with its own connection.)
+
+Every batch runs in a transaction this store opens and closes itself, so a deadlock (40P01) or serialisation
+failure (40001) anywhere in it, even one a handler caught, rolls the whole batch back and re-runs it: the
+transaction then either happens once or not at all. A group that keeps failing is split and its handlers
+re-run one by one; past MAX_ATTEMPTS the error goes to the caller, where it is transient (services/shared/
+health.py: the database's fault, never the message's). A lost connection is transient too; the next batch
+reconnects.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import queue
+import random
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
+from psycopg.types.numeric import NumericLoader
+
+from .health import StoreFault
+from .store import MAX_GROUP, OutMessage, _settle
+
+T = TypeVar("T")
+
+RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)  # 40001, 40P01
+GROUP_ATTEMPTS = 3   # a group re-run whole this often, then its handlers one by one
+MAX_ATTEMPTS = 10    # per transaction; then the caller gets the error (transient)
+LEASE_S = 30.0       # an outbox row claimed by a relay is left to it this long
+
+
+# ---- rows ---------------------------------------------------------------------------------------------
+class PgRow:
+    """A result row read by column name or by index, like sqlite3.Row (also `keys()` and `dict(row)`)."""
+
+    __slots__ = ("_values", "_index")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]):
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PgRow):
+            return tuple(self._values) == tuple(other._values) and self._index == other._index
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values))
+
+    def __repr__(self) -> str:
+        return f"PgRow({dict(zip(self._index, self._values))!r})"
+
+
+def row_factory(cursor: Any) -> Callable[[Sequence[Any]], PgRow]:
+    index: dict[str, int] = {}
+    for i, col in enumerate(cursor.description or ()):
+        index.setdefault(col.name, i)
+    return lambda values: PgRow(values, index)
+
+
+class IntegralNumericLoader(NumericLoader):
+    """SUM over BIGINT is NUMERIC in PostgreSQL; money is integer fen here, so a NUMERIC without a fractional
+    part comes back as int (as SQLite gives it), anything else as Decimal."""
+
+    def load(self, data: Any) -> Any:
+        raw = bytes(data)
+        if b"." not in raw and b"e" not in raw.lower() and raw not in (b"NaN", b"Infinity", b"-Infinity"):
+            return int(raw)
+        return super().load(data)
+
+
+# ---- portable SQL → psycopg ----------------------------------------------------------------------------
+_translated: dict[str, str] = {}
+
+
+def translate(sql: str) -> str:
+    """`?` placeholders → `%s` outside string literals and quoted names; a literal `%` → `%%` (psycopg reads
+    `%` everywhere in a query that has parameters)."""
+    done = _translated.get(sql)
+    if done is not None:
+        return done
+    out: list[str] = []
+    quote: str | None = None
+    for ch in sql:
+        if ch == "%":
+            out.append("%%")
+        elif quote is not None:
+            out.append(ch)
+            if ch == quote:
+                quote = None  # '' inside a literal closes and reopens it: the same text comes out
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        else:
+            out.append(ch)
+    done = "".join(out)
+    if len(_translated) < 4096:
+        _translated[sql] = done
+    return done
+
+
+class PgTx:
+    """An open PostgreSQL connection inside a transaction of its store (sql.Tx, dialect "postgres")."""
+
+    dialect = "postgres"
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+        self.retry_error: BaseException | None = None  # a 40001/40P01 seen in this transaction
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+        if sql == "BEGIN IMMEDIATE":  # services.shared.store.transaction() outside a store batch
+            sql = "BEGIN"
+        try:
+            if not params:
+                return self.conn.execute(sql)
+            return self.conn.execute(translate(sql), tuple(params))
+        except RETRYABLE as exc:
+            self.retry_error = exc
+            raise
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cur = self.conn.cursor()
+        try:
+            cur.executemany(translate(sql), [tuple(p) for p in seq])
+        except RETRYABLE as exc:
+            self.retry_error = exc
+            raise
+        return cur
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_savepoints = itertools.count()
+
+
+@contextmanager
+def transaction(tx: PgTx) -> Iterator[PgTx]:
+    """BEGIN … COMMIT; inside a store batch (always, under PgStore) a savepoint that a failure rolls back
+    alone, which also clears PostgreSQL's aborted-transaction state for the statements that follow."""
+    if tx.in_transaction:
+        name = f"tx{next(_savepoints)}"
+        tx.execute(f"SAVEPOINT {name}")
+        try:
+            yield tx
+        except BaseException:
+            tx.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            tx.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        tx.execute(f"RELEASE SAVEPOINT {name}")
+        return
+    tx.execute("BEGIN")
+    try:
+        yield tx
+    except BaseException:
+        tx.execute("ROLLBACK")
+        raise
+    else:
+        tx.execute("COMMIT")
+
+
+@contextmanager
+def rolled_back(tx: PgTx) -> Iterator[PgTx]:
+    """Work whose writes must not stay (a preview): always undone."""
+    if tx.in_transaction:
+        name = f"ro{next(_savepoints)}"
+        tx.execute(f"SAVEPOINT {name}")
+        try:
+            yield tx
+        finally:
+            tx.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            tx.execute(f"RELEASE SAVEPOINT {name}")
+        return
+    tx.execute("BEGIN")
+    try:
+        yield tx
+    finally:
+        tx.execute("ROLLBACK")
+
+
+# ---- schema versions -----------------------------------------------------------------------------------
+def apply_migrations(tx: PgTx, schema: str, migrations: Sequence[str]) -> list[int]:
+    """Create the schema and apply the versions it lacks, in order, in the caller's transaction. An advisory
+    lock held to the COMMIT makes replicas that start together take turns: the first applies, the others
+    find the versions there. Returns the versions applied here."""
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"gongji.schema.{schema}",))
+    ident = pg_sql.Identifier(schema).as_string(tx.conn)
+    tx.execute(f"CREATE SCHEMA IF NOT EXISTS {ident}")
+    tx.execute(f"CREATE TABLE IF NOT EXISTS {ident}.schema_version (version INTEGER PRIMARY KEY, "
+               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    have = tx.execute(f"SELECT COALESCE(MAX(version), 0) FROM {ident}.schema_version").fetchone()[0]
+    if have > len(migrations):
+        raise SystemExit(f"PostgreSQL schema {schema} is at version {have}, newer than this gongji "
+                         f"({len(migrations)}): upgrade gongji")
+    applied = []
+    for version, ddl in enumerate(migrations, start=1):
+        if version <= have:
+            continue
+        tx.execute(ddl)  # search_path is the schema: the DDL names its tables bare
+        tx.execute(f"INSERT INTO {ident}.schema_version (version) VALUES (?)", (version,))
+        applied.append(version)
+    return applied
+
+
+# ---- the outbox relay ----------------------------------------------------------------------------------
+def outbox_claim(tx: PgTx, older_than: float, limit: int, lease_s: float = LEASE_S,
+                 now: float | None = None) -> list[tuple[int, OutMessage]]:
+    """The relay's batch: rows older than a time that no other relay holds. FOR UPDATE SKIP LOCKED passes
+    over rows another relay is claiming at this moment, and the lease marks the claimed ones for LEASE_S, so
+    relays on several hosts share the backlog instead of all publishing all of it; a relay that dies leaves
+    its rows to the others once the lease runs out."""
+    import json
+    now = time.time() if now is None else now
+    rows = tx.execute(
+        "UPDATE outbox SET claimed_until = ? WHERE id IN ("
+        " SELECT id FROM outbox WHERE created_at < ? AND (claimed_until IS NULL OR claimed_until < ?)"
+        " ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, exchange, routing_key, body, message_id, correlation_id, reply_to, headers",
+        (now + lease_s, older_than, now, limit)).fetchall()
+    rows.sort(key=lambda r: r[0])
+    return [(r["id"], OutMessage(r["exchange"], r["routing_key"], bytes(r["body"]), r["message_id"],
+                                 r["correlation_id"], r["reply_to"],
+                                 json.loads(r["headers"]) if r["headers"] else None)) for r in rows]
+
+
+# ---- the store -----------------------------------------------------------------------------------------
+class PgStore:
+    """One service's schema in a PostgreSQL database, run from one thread (see the module's docstring)."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, schema: str, migrations: Sequence[str], group_commit: bool = True,
+                 isolation: str | None = None):
+        self.url = url
+        self.schema = schema
+        self.path = None  # no file (the SQLite Store's attribute)
+        self._migrations = list(migrations)
+        self._isolation = isolation or os.environ.get("GONGJI_PG_ISOLATION") or None
+        self._begin = f"BEGIN ISOLATION LEVEL {self._isolation.upper()}" if self._isolation else "BEGIN"
+        self._conn: PgTx | None = None
+        self._queue: queue.SimpleQueue[tuple[Callable[[PgTx], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._group_commit = group_commit
+        self._thread = threading.Thread(target=self._loop, name=f"pgstore-{schema}", daemon=True)
+        self._thread.start()
+        self.commits = 0   # transactions committed (a group counts once)
+        self.retries = 0   # transactions re-run after a deadlock or serialisation failure
+        self.fault = StoreFault.from_env(schema)  # injected failures (tests), None normally
+
+    async def open(self) -> None:
+        """Connect and bring the schema to the current version."""
+        await self.run(lambda tx: apply_migrations(tx, self.schema, self._migrations))
+
+    # -- the store thread --
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while self._group_commit and len(batch) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except BaseException as exc:  # pragma: no cover - last line of defence
+                    for _, fut in batch:
+                        _settle(fut, exc, failed=True)
+
+    def _run_batch(self, batch: list[tuple[Callable[[PgTx], Any], Future[Any]]]) -> None:
+        fns = [fn for fn, _ in batch]
+        results = self._attempt(fns, GROUP_ATTEMPTS) if len(fns) > 1 else None
+        if results is None:  # alone, or a group that kept colliding: each handler on its own
+            results = []
+            for fn in fns:
+                one = self._attempt([fn], MAX_ATTEMPTS)
+                results += one if one is not None else [(False, self._last_retry_error)]
+        for (ok, value), (_, fut) in zip(results, batch):
+            _settle(fut, value, failed=not ok)
+
+    _last_retry_error: BaseException | None = None
+
+    def _attempt(self, fns: list[Callable[[PgTx], Any]], attempts: int) -> list[tuple[bool, Any]] | None:
+        """Run these handlers in one transaction; re-run all of them after a 40001/40P01. None when the
+        attempts ran out."""
+        for attempt in range(attempts):
+            if attempt:
+                self.retries += 1
+                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))  # apart, so they do not meet again
+            try:
+                if self.fault is not None:
+                    self.fault.check()
+                tx = self._connection()
+            except BaseException as exc:
+                return [(False, exc)] * len(fns)
+            tx.retry_error = None
+            results: list[tuple[bool, Any]] = []
+            try:
+                tx.execute(self._begin)
+                if len(fns) == 1:
+                    try:
+                        results.append((True, fns[0](tx)))
+                    except BaseException as exc:
+                        results.append((False, exc))
+                else:
+                    for i, fn in enumerate(fns):
+                        tx.execute(f"SAVEPOINT h{i}")
+                        try:
+                            results.append((True, fn(tx)))
+                        except BaseException as exc:
+                            results.append((False, exc))
+                            tx.execute(f"ROLLBACK TO SAVEPOINT h{i}")
+                        tx.execute(f"RELEASE SAVEPOINT h{i}")
+                if tx.retry_error is not None:
+                    raise tx.retry_error
+                if len(fns) == 1 and not results[0][0]:
+                    tx.execute("ROLLBACK")  # a lone handler that failed leaves nothing behind
+                else:
+                    tx.execute("COMMIT")
+                    self.commits += 1
+            except RETRYABLE as exc:
+                self._last_retry_error = exc
+                self._rollback(tx)
+                continue
+            except BaseException as exc:
+                self._rollback(tx)
+                return [(False, exc)] * len(fns)
+            return results
+        return None
+
+    def _rollback(self, tx: PgTx) -> None:
+        try:
+            if not tx.conn.closed and tx.in_transaction:
+                tx.conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
+        if tx.conn.closed or tx.conn.broken:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def _connection(self) -> PgTx:
+        if self._conn is not None and (self._conn.conn.closed or self._conn.conn.broken):
+            self._drop()
+        if self._conn is None:
+            conn = psycopg.connect(self.url, autocommit=True, row_factory=row_factory,  # type: ignore[arg-type]
+                                   application_name=f"gongji-{self.schema}", connect_timeout=10)
+            conn.adapters.register_loader("numeric", IntegralNumericLoader)
+            conn.execute(pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(self.schema)))
+            self._conn = PgTx(conn)
+        return self._conn
+
+    # -- the public API (services/shared/store.Store's) --
+    async def run(self, fn: Callable[[PgTx], T]) -> T:
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    def run_sync(self, fn: Callable[[PgTx], T]) -> T:
+        """For tools and tests outside an event loop."""
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._drop()
