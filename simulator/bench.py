@@ -621,8 +621,9 @@ class Workers:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GONGJI_LOG_FORMAT": "json"}
-        for service in WORKERS:
-            cmd = [sys.executable, "-m", "simulator.cli", "worker", service, "--namespace", self.ns,
+        replicas = int(os.environ.get("GONGJI_BENCH_REPLICAS", "1"))  # processes per service (issue 12)
+        for service in [s if r == 1 else f"{s}#{r}" for r in range(1, replicas + 1) for s in WORKERS]:
+            cmd = [sys.executable, "-m", "simulator.cli", "worker", service.split("#")[0], "--namespace", self.ns,
                    "--data-dir", str(self.data_dir), "--amqp-url", self.amqp_url, "--prefetch", str(self.prefetch)]
             with open(logs / f"{service}.log", "ab") as log:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
@@ -736,6 +737,9 @@ async def load_population(client: BenchClient, pop: Population, window: int = 4,
 def outbox_rows(data_dir: Path) -> dict[str, int]:
     """Rows waiting in each worker's outbox (read-only; WAL lets us read while the worker writes)."""
     import sqlite3
+    if os.environ.get("GONGJI_DATABASE_URL"):  # the workers are on PostgreSQL (issue 12)
+        from services.shared.pg_admin import outbox_rows as pg_outbox_rows
+        return pg_outbox_rows(os.environ["GONGJI_DATABASE_URL"])
     out = {}
     for db in sorted(data_dir.glob("*.db")):
         try:
@@ -1021,6 +1025,9 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         watched = dict(pids)
         if broker_pid:
             watched["broker"] = broker_pid
+        if os.environ.get("GONGJI_DATABASE_URL"):  # the PostgreSQL server processes of each store (issue 12)
+            from services.shared.pg_admin import backend_pids
+            watched.update(backend_pids(os.environ["GONGJI_DATABASE_URL"]))
         timeline: list[dict[str, Any]] = []
         marks: dict[str, Any] = {}
         profile_files: dict[str, Path] = {}

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from contracts.money import line_total
 from services.shared.entry import DEFAULT_AMQP_URL, WorkerConfig
@@ -28,6 +29,32 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="RabbitMQ URL (env AMQP_URL; default %(default)s)")
     p.add_argument("--namespace", default=os.environ.get("GONGJI_NAMESPACE", "gongji"),
                    help="prefix of every exchange and queue (env GONGJI_NAMESPACE)")
+
+
+def _database(p: argparse.ArgumentParser, throwaway: bool = False) -> None:
+    where = ("a throwaway database on this server (created, dropped at the end), like the fresh SQLite data "
+             "directory of a run" if throwaway else "one schema per service")
+    p.add_argument("--database-url", default=os.environ.get("GONGJI_DATABASE_URL") or None,
+                   help="PostgreSQL instead of SQLite files, e.g. postgresql://postgres@127.0.0.1:5432/gongji "
+                        f"(env GONGJI_DATABASE_URL): {where}")
+
+
+@contextmanager
+def _throwaway_database(args: argparse.Namespace) -> Iterator[None]:
+    """run / bench with --database-url: the workers they start get a database of their own on that server."""
+    if not getattr(args, "database_url", None) or getattr(args, "external", False):
+        yield
+        return
+    from services.shared.pg_admin import create_database, drop_database
+    url = create_database(args.database_url, prefix=f"gongji_{args.command}_")
+    os.environ["GONGJI_DATABASE_URL"] = url  # the workers' environment
+    try:
+        yield
+    finally:
+        if getattr(args, "keep_data", False):
+            print(f"PostgreSQL database kept: {url}", file=sys.stderr)
+        else:
+            drop_database(url)
 
 
 def version() -> str:
@@ -55,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
                    help="bureau only: comma-separated admdvs to serve (default: every policy file)")
     w.add_argument("--prefetch", type=int, default=64)
+    _database(w)
     w.add_argument("--bureau-url", default=None,
                    help="pos only: send national transactions over HTTP to this gateway URL (…/callService) "
                         "instead of RabbitMQ, signed per facility from GONGJI_PAAS_SECRET (env GONGJI_POS_BUREAU_URL)")
@@ -68,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(u)
     u.add_argument("--data-dir", default=os.environ.get("GONGJI_DATA_DIR", "data"))
     u.add_argument("--once", action="store_true", help="stop the workers after the scenario")
+    _database(u)
 
     s = sub.add_parser("settle", help="settle one visit through the POS and print the split")
     _common(s)
@@ -98,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_arguments(rd)
 
     from simulator import bench
-    bench.add_arguments(sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
-                                                     "latency, CPU and memory against the raw broker ceiling"))
+    bench.add_arguments(b := sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
+                                                          "latency, CPU and memory against the raw broker ceiling"))
+    _database(b, throwaway=True)
 
     from services.gateway import main as gateway
     gateway.add_arguments(sub.add_parser("gateway", help="serve the national interface over HTTP "
@@ -112,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "traffic) and write report.json, report.html and a CSV"))
 
     from simulator import compare, runner
-    runner.add_arguments(sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
-                                                    "audit the invariants, write report.json and report.html",
-                                        epilog=EXIT_CODES_HELP, formatter_class=raw))
+    runner.add_arguments(r := sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
+                                                         "audit the invariants, write report.json and report.html",
+                                             epilog=EXIT_CODES_HELP, formatter_class=raw))
+    _database(r, throwaway=True)
     compare.add_arguments(sub.add_parser("compare", help="policy what-if: run one scenario under two policy sets "
                                                          "and compare family out-of-pocket and pooled-fund spending",
                                          epilog=EXIT_CODES_HELP, formatter_class=raw))
@@ -178,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         return _up(args)
     if args.command == "bench":
         from simulator import bench
-        return bench.main(args, argv if argv is not None else sys.argv[2:])
+        with _throwaway_database(args):
+            return bench.main(args, argv if argv is not None else sys.argv[2:])
     if args.command == "run":
         from simulator import runner
-        return runner.main(args)
+        with _throwaway_database(args):
+            return runner.main(args)
     if args.command == "gateway":
         from services.gateway import main as gateway
         return gateway.main(args)
@@ -219,7 +252,8 @@ def _worker(args: argparse.Namespace) -> int:
             raise SystemExit("--bureau-url is a setting of the pos worker")
         os.environ["GONGJI_POS_BUREAU_URL"] = args.bureau_url  # read by services.pos.worker
     cfg = WorkerConfig(amqp_url=args.amqp_url, namespace=args.namespace, data_dir=Path(args.data_dir),
-                       regions=[r for r in args.regions.split(",") if r], prefetch=args.prefetch)
+                       regions=[r for r in args.regions.split(",") if r], prefetch=args.prefetch,
+                       database_url=args.database_url or None)
     if args.service == "bureau":
         from services.bureau.worker import setup
     elif args.service == "accounts":
@@ -388,6 +422,8 @@ def _up(args: argparse.Namespace) -> int:
     """The no-Docker `docker compose up`: the same worker commands, as child processes."""
     env = {**os.environ, "AMQP_URL": args.amqp_url, "GONGJI_NAMESPACE": args.namespace,
            "GONGJI_DATA_DIR": str(Path(args.data_dir).resolve())}
+    if args.database_url:
+        env["GONGJI_DATABASE_URL"] = args.database_url
     repo = Path(__file__).resolve().parents[1]  # the workers and the job run this very code
     from simulator.stack import die_with_parent
     # The workers' own logs (JSON lines) go to files; the terminal gets only the lines written for people.

@@ -266,3 +266,35 @@ def test_gateway_service_publishes_its_port(services: dict) -> None:
     url = urlsplit(env["AMQP_URL"])
     assert (url.hostname, url.username, url.password) == ("rabbitmq", "gateway", LOCAL_PASSWORDS["gateway"])
     assert env["GONGJI_DECLARE"] == "passive"
+
+
+def test_postgres_service_for_the_workers(compose: dict, services: dict) -> None:
+    """Issue 12: `--profile postgres` adds a pinned PostgreSQL with a healthcheck; the workers take it through
+    GONGJI_DATABASE_URL (empty by default: SQLite) and wait for it healthy when the profile is on."""
+    pg = services["postgres"]
+    image, _, tag = pg["image"].partition(":")
+    assert image == "postgres" and tag.split(".")[0] == "15" and tag.count(".") >= 1, pg["image"]  # pinned minor
+    assert pg["profiles"] == ["postgres"]
+    test = pg["healthcheck"]["test"]
+    env = env_of(pg)
+    assert test[:2] == ["CMD", "pg_isready"] and env["POSTGRES_USER"] in test and env["POSTGRES_DB"] in test
+    mounts = [str(v) for v in pg.get("volumes", [])]
+    assert any(m.split(":")[0] in compose["volumes"] and m.split(":")[1] == "/var/lib/postgresql/data"
+               for m in mounts), mounts
+    # The URL the top of the file documents names this service, its user, password and database ...
+    documented = [line for line in (REPO / "docker-compose.yml").read_text(encoding="utf-8").splitlines()
+                  if "GONGJI_DATABASE_URL=postgresql://" in line]
+    assert documented, "the compose file says how to run the workers on PostgreSQL"
+    url = urlsplit(documented[0].split("GONGJI_DATABASE_URL=", 1)[1].split()[0])
+    assert (url.hostname, url.port, url.path.lstrip("/")) == ("postgres", 5432, env["POSTGRES_DB"])
+    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    assert "--profile postgres" in documented[0]
+    # ... and every worker passes GONGJI_DATABASE_URL through, and waits for the database when it is there.
+    from simulator.cli import build_parser
+    for name in WORKERS:
+        svc = services[name]
+        assert env_of(svc)["GONGJI_DATABASE_URL"] == "${GONGJI_DATABASE_URL:-}"
+        dep = svc["depends_on"]["postgres"]
+        assert dep == {"condition": "service_healthy", "required": False}
+        args = build_parser().parse_args([*svc["command"], "--database-url", url.geturl()])
+        assert args.database_url == url.geturl()

@@ -243,7 +243,8 @@ def _sqlite_shape(ddl: str) -> dict[str, tuple[list[str], int]]:
     conn = sqlite3.connect(":memory:")
     conn.executescript(BASE_SCHEMA + ddl)
     out = {}
-    for (name, sql) in conn.execute("SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite%'"):
+    tables = conn.execute("SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite%'")
+    for name, sql in tables.fetchall():
         cols = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
         out[name] = (cols, len(re.findall(r"\bCHECK\s*\(", sql)))
     return out

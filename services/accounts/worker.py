@@ -10,16 +10,16 @@ from services.shared.entry import WorkerConfig
 from services.shared.inbox import decode_envelope, short_error
 from services.shared.policy import load_policies
 from services.shared.runtime import Incoming, Poison, Worker
-from services.shared.store import Store
+from services.shared.stores import open_store
 
+from .pg_schema import MIGRATIONS as PG_MIGRATIONS
 from .service import AccountsService
 from .store import SCHEMA
 
 
 async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     names = cfg.names
-    store = Store(cfg.data_dir / "accounts.db", SCHEMA)
-    await store.open()
+    store = await open_store("accounts", cfg.data_dir, SCHEMA, PG_MIGRATIONS, database_url=cfg.database_url)
     service = AccountsService(names, load_policies())
     worker = Worker(broker, store)
     # Answers to a bureau travel in batches (the bureau's reply consumer unpacks them); balance events and

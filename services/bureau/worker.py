@@ -13,8 +13,9 @@ from services.shared.entry import WorkerConfig
 from services.shared.inbox import decode_envelope, short_error
 from services.shared.policy import load_policies
 from services.shared.runtime import Forbidden, Incoming, Poison, Worker
-from services.shared.store import Store
+from services.shared.stores import open_store
 
+from .pg_schema import MIGRATIONS as PG_MIGRATIONS
 from .service import BureauService
 from .store import SCHEMA, migrate
 
@@ -33,9 +34,9 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     names = cfg.names
     queue = await broker.declare_bureau_queue(cfg.regions or None, served)
     await broker.declare_queue(names.reply_queue(reply_key), [(names.reply_exchange, reply_key)])
-    store = Store(cfg.data_dir / f"bureau-{group}.db", SCHEMA)
-    await store.open()
-    await store.run(migrate)  # columns added since older data directories were made
+    # SQLite: migrate adds the columns added since older data directories were made
+    store = await open_store(f"bureau-{group}", cfg.data_dir, SCHEMA, PG_MIGRATIONS, database_url=cfg.database_url,
+                             sqlite_migrate=migrate)
     service = BureauService(names, policies, served, reply_key)
     worker = Worker(broker, store)
     # Requests to the accounts service travel in batches (its pay consumer unpacks them); the national answers

@@ -14,8 +14,10 @@ from services.shared.broker import Broker
 from services.shared.entry import WorkerConfig
 from services.shared.inbox import short_error
 from services.shared.runtime import Incoming, Poison, Worker
-from services.shared.store import OutMessage, Store
+from services.shared.store import OutMessage
+from services.shared.stores import open_store
 
+from .pg_schema import MIGRATIONS as PG_MIGRATIONS
 from .service import SCHEMA, PosService, parse_command
 
 log = structlog.get_logger()
@@ -27,8 +29,7 @@ DEFAULT_MAX_OPEN = 256
 
 async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     names = cfg.names
-    store = Store(cfg.data_dir / "pos.db", SCHEMA)
-    await store.open()
+    store = await open_store("pos", cfg.data_dir, SCHEMA, PG_MIGRATIONS, database_url=cfg.database_url)
     service = PosService(names)
     bureau_url = os.environ.get("GONGJI_POS_BUREAU_URL")
     http = None

@@ -26,6 +26,8 @@ class WorkerConfig:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("GONGJI_DATA_DIR", "data")))
     regions: list[str] = field(default_factory=list)
     prefetch: int = 64
+    # PostgreSQL instead of SQLite files in data_dir (services/shared/stores.py); "" or None: SQLite
+    database_url: str | None = field(default_factory=lambda: os.environ.get("GONGJI_DATABASE_URL") or None)
 
     @property
     def names(self) -> Names:

@@ -54,3 +54,31 @@ def reachable(server_url: str = DEFAULT_SERVER) -> str | None:
             return None
     except psycopg.Error as exc:
         return str(exc).strip()
+
+
+def outbox_rows(url: str) -> dict[str, int]:
+    """Rows waiting in each schema's outbox (`gongji bench` waits for them to drain)."""
+    out: dict[str, int] = {}
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        schemas = [r[0] for r in conn.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'outbox' ORDER BY 1")]
+        for schema in schemas:
+            query = pg_sql.SQL("SELECT COUNT(*) FROM {}.outbox").format(pg_sql.Identifier(schema))
+            out[schema] = int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+    return out
+
+
+def backend_pids(url: str) -> dict[str, int]:
+    """The server process of each gongji store connected to this database ("pg:accounts", "pg:accounts#2", …):
+    on one machine, their CPU is the database's share of a settlement (`gongji bench`)."""
+    out: dict[str, int] = {}
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        rows = conn.execute("SELECT application_name, pid FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name LIKE 'gongji-%' ORDER BY application_name, pid").fetchall()
+    for app, pid in rows:
+        key = f"pg:{app.removeprefix('gongji-')}"
+        n = 1
+        while (key if n == 1 else f"{key}#{n}") in out:
+            n += 1
+        out[key if n == 1 else f"{key}#{n}"] = int(pid)
+    return out
