@@ -110,14 +110,15 @@ async def test_compensation_of_a_settled_message_undoes_it(stack: Stack) -> None
 
 
 async def test_duplicate_and_delayed_delivery_is_absorbed(amqp_url: str, run_id: str,
-                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+                                                          tmp_path_factory: pytest.TempPathFactory, backend: str,
+                                                          database_env: dict[str, str]) -> None:
     """GONGJI_CHAOS: every worker publishes 30% of its messages twice and delays 30% (reordering replies)."""
     import json
     import random
     from pathlib import Path
 
     data = Path(tmp_path_factory.mktemp("chaos"))
-    s = Stack(amqp_url, f"c{run_id}", data)
+    s = Stack(amqp_url, f"c{run_id}{backend[:2]}", data, env=database_env)
     s.env["GONGJI_CHAOS"] = json.dumps({"seed": 5, "duplicate": 0.3, "delay": 0.3, "delay_ms": 300})
     await s.start()
     try:

@@ -1,7 +1,8 @@
-"""Scale-out: two replicas of every service (competing consumers on the same queues; the replicas of a service
-share its SQLite file, whose BEGIN IMMEDIATE lock keeps two of them from ever moving the same account at
-once). A concurrent family workload, with one accounts replica killed half-way, leaves the auditor nothing
-to find."""
+"""Scale-out: two replicas of every service (competing consumers on the same queues). On SQLite the replicas of
+a service share its file, whose BEGIN IMMEDIATE lock keeps two of them from ever moving the same account at
+once; on PostgreSQL (tests/backends.py) they share nothing but the database and the broker: each replica has a
+data directory of its own, and row locks (SELECT … FOR UPDATE) serialise them per account. A concurrent family
+workload, with one replica of each service SIGKILLed half-way, leaves the auditor nothing to find."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from simulator.stack import die_with_parent
+from tests.backends import database_env_for
 from tests.harness import HOSPITAL3, PHARMACY, Stack, audit, balance, bind, line, person, uid, visit
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -30,10 +32,14 @@ class ReplicatedStack(Stack):
     """The usual stack plus a second process of each service, started by the very same command."""
 
     extra: list[subprocess.Popen[bytes]]
+    backend: str
+    replica_dir: Path
 
-    async def start_replica(self, service: str) -> subprocess.Popen[bytes]:
+    async def start_replica(self, service: str, data_dir: Path) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{service}-2.log", "ab")
-        proc = subprocess.Popen(self.command(service), stdout=subprocess.PIPE, stderr=log, env=self.env, cwd=REPO,
+        cmd = self.command(service)
+        cmd[cmd.index("--data-dir") + 1] = str(data_dir)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=self.env, cwd=REPO,
                                 preexec_fn=die_with_parent)
         assert proc.stdout is not None
         line_ = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
@@ -42,11 +48,15 @@ class ReplicatedStack(Stack):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def replicated(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory
-                     ) -> AsyncIterator[ReplicatedStack]:
-    s = ReplicatedStack(amqp_url, f"r{run_id}", tmp_path_factory.mktemp("replicas"))
+async def replicated(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory, backend: str,
+                     request: pytest.FixtureRequest) -> AsyncIterator[ReplicatedStack]:
+    s = ReplicatedStack(amqp_url, f"r{run_id}{backend[:2]}", tmp_path_factory.mktemp("replicas"),
+                        env=database_env_for(backend, request))
+    s.backend = backend
+    # SQLite: the second replica must open the same file; PostgreSQL: a data directory of its own (another host).
+    s.replica_dir = s.data_dir if backend == "sqlite" else Path(tmp_path_factory.mktemp("replicas-2"))
     await s.start()
-    s.extra = [await s.start_replica(svc) for svc in ("bureau", "accounts", "pos")]
+    s.extra = [await s.start_replica(svc, s.replica_dir) for svc in ("bureau", "accounts", "pos")]
     try:
         yield s
     finally:
@@ -90,9 +100,9 @@ async def test_two_replicas_of_each_service(replicated: ReplicatedStack) -> None
                               [line("EXAM", f"{rng.randrange(10, 90)}.00")], timeout_ms=120000))
     await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
     await asyncio.sleep(0.5)
-    victim = s.extra[1]  # one accounts replica dies mid-run; the other carries on
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    for victim in s.extra:  # one replica of each service dies mid-run; the others carry on
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
     outcomes = await asyncio.gather(*(c.outcome(cmd.visit_id, timeout=180) for cmd in cmds))
     assert [o.status for o in outcomes] == ["settled"] * len(cmds)
     taken: dict[str, Decimal] = defaultdict(lambda: D("0.00"))
@@ -111,4 +121,9 @@ async def test_two_replicas_of_each_service(replicated: ReplicatedStack) -> None
     assert accounts["balance_mismatches"] == [] and accounts["ledger_sum_fen"] == 0
     assert accounts["unbalanced_txns"] == 0 and accounts["cap_overruns"] == [] and accounts["negative_balances"] == 0
     assert bureau["accumulator_mismatches"] == [] and bureau["states"].get("pending", 0) == 0
-    assert os.path.exists(s.data_dir / "accounts.db")  # one file, shared by both accounts replicas
+    if s.backend == "sqlite":
+        assert os.path.exists(s.data_dir / "accounts.db")  # one file, shared by both accounts replicas
+    else:  # nothing shared on disk: no database file anywhere, each replica wrote to its own directory
+        assert not list(s.data_dir.rglob("*.db")) and not list(s.replica_dir.rglob("*.db"))
+        assert {f.name.split("-")[0] for f in (s.replica_dir / "stats").glob("*.json")} == {"bureau", "accounts",
+                                                                                           "pos"}

@@ -176,8 +176,11 @@ async def test_pharmacy_purchase_with_and_without_prescription(stack: Stack) -> 
     assert cum["outpatient_dedc"] == "300.00" and cum["outpatient_hifp_pay"] == "120.00"
 
 
-async def test_report_shows_where_each_yuan_came_from_by_fund(amqp_url: str, tmp_path) -> None:  # type: ignore
+async def test_report_shows_where_each_yuan_came_from_by_fund(amqp_url: str, tmp_path, database_env,  # type: ignore
+                                                             monkeypatch) -> None:
     from pathlib import Path
+    for key, value in database_env.items():  # the workers run_loaded starts inherit it
+        monkeypatch.setenv(key, value)
 
     from simulator.runner import Progress, RunOptions, run_loaded
     from simulator.scenario import load_scenario

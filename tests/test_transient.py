@@ -23,11 +23,26 @@ D = Decimal
 FAIL_S = 30
 
 
+def pos_visits(data: Path, database_env: dict[str, str]) -> tuple[int, int]:
+    """(visits still open, all visits) in the POS's store, SQLite file or PostgreSQL schema."""
+    query = "SELECT COUNT(*) FILTER (WHERE state='open'), COUNT(*) FROM visits"
+    if database_env.get("GONGJI_DATABASE_URL"):
+        import psycopg
+        with psycopg.connect(database_env["GONGJI_DATABASE_URL"]) as pg:
+            row = pg.execute(query.replace("visits", "pos.visits")).fetchone()
+    else:
+        with sqlite3.connect(data / "pos.db") as lite:
+            row = lite.execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 async def test_store_failing_for_30s_sinks_nothing(amqp_url: str, run_id: str,
-                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+                                                   tmp_path_factory: pytest.TempPathFactory, backend: str,
+                                                   database_env: dict[str, str]) -> None:
     data = Path(tmp_path_factory.mktemp("transient"))
     trigger = data / "store-fail"
-    s = Stack(amqp_url, f"tr{run_id}", data)
+    s = Stack(amqp_url, f"tr{run_id}{backend[:2]}", data, env=database_env)
     # Once `trigger` exists, every transaction of the accounts service's store raises
     # sqlite3.OperationalError("disk I/O error") for FAIL_S seconds: the payments of every visit wait there,
     # with the bureau's settlements pending, the accumulators reserved and the POS's admission slots taken.
@@ -107,26 +122,22 @@ async def test_store_failing_for_30s_sinks_nothing(amqp_url: str, run_id: str,
                 assert (await cumulative(c, who, "2026-08-05 10:00:00"))["settlements"] == settled_count[who]
 
         # Admission slots: no visit is left open in the POS's store.
-        pos = sqlite3.connect(data / "pos.db")
-        try:
-            assert pos.execute("SELECT COUNT(*) FROM visits WHERE state='open'").fetchone()[0] == 0
-            assert pos.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == len(cmds)
-        finally:
-            pos.close()
+        assert pos_visits(data, database_env) == (0, len(cmds))
     finally:
         await s.stop()
         await s.cleanup()
 
 
 async def test_a_lost_payment_request_is_asked_again(amqp_url: str, run_id: str,
-                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+                                                     tmp_path_factory: pytest.TempPathFactory, backend: str,
+                                                     database_env: dict[str, str]) -> None:
     """Reconciliation sweep: a payment request that never reaches the accounts service (purged from its queue)
     leaves the settlement pending; the bureau asks again (GONGJI_PENDING_SWEEP_S) and the visit settles, once."""
     import signal
 
     import aio_pika
     data = Path(tmp_path_factory.mktemp("sweep"))
-    s = Stack(amqp_url, f"sw{run_id}", data)
+    s = Stack(amqp_url, f"sw{run_id}{backend[:2]}", data, env=database_env)
     s.env["GONGJI_PENDING_SWEEP_S"] = "2"
     await s.start()
     try:
@@ -165,11 +176,14 @@ async def test_a_lost_payment_request_is_asked_again(amqp_url: str, run_id: str,
 
 
 async def test_a_full_data_directory_sinks_nothing(amqp_url: str, run_id: str,
-                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+                                                   tmp_path_factory: pytest.TempPathFactory, backend: str) -> None:
     """The real thing: the accounts service's data directory is a small tmpfs, filled to the last byte while
     visits are in flight ("database or disk is full"), then freed. Needs root (mount); skipped otherwise."""
     import os
     import subprocess as sp
+    if backend == "postgres":
+        pytest.skip("SQLite's file in the data directory; on PostgreSQL the store's failures are the lost "
+                    "connection (test_connections_to_postgres_lost_sink_nothing) and the injected fault")
 
     from tests.harness import WORKERS  # noqa: F401
     data = Path(tmp_path_factory.mktemp("fulldisk"))
@@ -217,3 +231,49 @@ async def test_a_full_data_directory_sinks_nothing(amqp_url: str, run_id: str,
         await s.stop()
         await s.cleanup()
         sp.run(["umount", "-l", str(small)], capture_output=True)
+
+
+async def test_connections_to_postgres_lost_sink_nothing(amqp_url: str, run_id: str,
+                                                          tmp_path_factory: pytest.TempPathFactory, backend: str,
+                                                          database_env: dict[str, str]) -> None:
+    """PostgreSQL only: the server ends every worker's connection (pg_terminate_backend, as a failover or a
+    restart would), three times while visits are in flight. A lost connection is the database's fault, not the
+    message's: the store reconnects, the handler runs again, nothing is dead-lettered and nothing is paid twice."""
+    if backend != "postgres":
+        pytest.skip("the store's connection to PostgreSQL; SQLite has none")
+    import psycopg
+    data = Path(tmp_path_factory.mktemp("pglost"))
+    s = Stack(amqp_url, f"pl{run_id}", data, env=database_env)
+    await s.start()
+    try:
+        c = s.client
+        assert c is not None
+        people = [await person(c, uid("p"), balance="100.00") for _ in range(12)]
+        cmds = [visit(p, PHARMACY, "41", f"2026-07-03 10:{i:02d}:00", [line("XA01", f"{5 + i % 7}.00")],
+                      presettle=i % 2 == 0, timeout_ms=180000) for i, p in enumerate(people * 3)]
+        await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
+        ended = 0
+        with psycopg.connect(database_env["GONGJI_DATABASE_URL"], autocommit=True) as admin:
+            for _ in range(3):
+                ended += sum(r[0] for r in admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'gongji-%'").fetchall())
+                await asyncio.sleep(0.4)
+        assert ended >= 3  # three stores' connections, at least once
+        outcomes = await asyncio.gather(*(c.outcome(cmd.visit_id, timeout=120) for cmd in cmds))
+        assert [o.status for o in outcomes] == ["settled"] * len(cmds)
+        assert await read_dead_letters(amqp_url, s.ns, consume=False) == []
+        spent: dict[str, Decimal] = defaultdict(lambda: D("0.00"))
+        for cmd in cmds:
+            spent[cmd.psn_no] += cmd.details[0].det_item_fee_sumamt
+        for p in people:
+            assert await balance(c, p) == D("100.00") - spent[p]  # each visit paid once
+        accounts, bureau = await audit(c)
+        assert accounts["double_debits"] == 0 and accounts["balance_mismatches"] == []
+        assert bureau["accumulator_mismatches"] == [] and bureau["states"] == {"settled": len(cmds)}
+        await asyncio.sleep(1.5)
+        stats = [json.loads(f.read_text()) for f in (data / "stats").glob("*.json")]
+        assert sum(x["transient_failures"] for x in stats) > 0 and all(x["healthy"] for x in stats)
+    finally:
+        await s.stop()
+        await s.cleanup()
