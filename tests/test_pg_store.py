@@ -275,3 +275,33 @@ def test_postgres_schema_has_the_sqlite_tables_columns_and_checks(pg_database: s
     want = _sqlite_shape(sqlite_ddl)
     assert {t: c for t, (c, _) in want.items() if t != "outbox"} == pg_shape
     assert {t: n for t, (_, n) in want.items() if n} == checks
+
+
+def test_two_transactions_inserting_the_same_new_key_end_as_one(pg_database: str, store: PgStore) -> None:
+    """Check-then-insert under READ COMMITTED (an inbox entry for a duplicate delivery taken by two replicas):
+    the loser's unique violation re-runs it, and the re-run sees the winner's row."""
+    other = PgStore(pg_database, "unit", T_SCHEMA)
+    both_looked = threading.Barrier(2, timeout=10)
+    outcome: dict[str, list[str]] = {"a": [], "b": []}
+
+    def once(who: str):  # type: ignore[no-untyped-def]
+        def fn(tx: Any) -> str:
+            seen = tx.execute("SELECT n FROM t WHERE k='inbox'").fetchone()
+            if not outcome[who]:
+                both_looked.wait()  # both find no entry on their first try
+            outcome[who].append("dup" if seen else "new")
+            if seen:
+                return "duplicate"
+            tx.execute("INSERT INTO t (k, n) VALUES ('inbox', 1)")
+            return "effect"
+        return fn
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            a = pool.submit(store.run_sync, once("a"))
+            b = pool.submit(other.run_sync, once("b"))
+            results = sorted([a.result(60), b.result(60)])
+        assert results == ["duplicate", "effect"]  # one effect; the other answered as a duplicate
+        assert sorted(map(tuple, outcome.values())) == [("new",), ("new", "dup")]
+        assert value(store, "inbox") == 1
+    finally:
+        close(other)

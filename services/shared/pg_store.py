@@ -8,9 +8,13 @@ the previous COMMIT was being made durable run together, each in its own savepoi
 async API would make every repository async for no gain: one store issues one statement at a time anyway;
 more throughput comes from more replicas, each with its own connection.)
 
-Every batch runs in a transaction this store opens and closes itself, so a deadlock (40P01) or serialisation
-failure (40001) anywhere in it, even one a handler caught, rolls the whole batch back and re-runs it: the
-transaction then either happens once or not at all. A group that keeps failing is split and its handlers
+Isolation: READ COMMITTED (GONGJI_PG_ISOLATION to change it), where `SELECT … FOR UPDATE` (sql.for_update)
+waits for the row and then reads its latest version, so transactions on one account queue up instead of
+failing; the repositories take those locks in a fixed order.
+
+Every batch runs in a transaction this store opens and closes itself, so a deadlock (40P01), a serialisation
+failure (40001) or a race on a new key (23505) anywhere in it, even one a handler caught, rolls the whole batch
+back and re-runs it: the transaction then either happens once or not at all. A group that keeps failing is split and its handlers
 re-run one by one; past MAX_ATTEMPTS the error goes to the caller, where it is transient (services/shared/
 health.py: the database's fault, never the message's). A lost connection is transient too; the next batch
 reconnects.
@@ -38,7 +42,9 @@ from .store import MAX_GROUP, OutMessage, _settle
 
 T = TypeVar("T")
 
-RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)  # 40001, 40P01
+# 40001, 40P01; and 23505, two transactions inserting the same new key at once (two replicas taking the same
+# duplicate delivery, say): run again, the loser finds the winner's row (its inbox entry, …) and goes that way.
+RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
 GROUP_ATTEMPTS = 3   # a group re-run whole this often, then its handlers one by one
 MAX_ATTEMPTS = 10    # per transaction; then the caller gets the error (transient)
 LEASE_S = 30.0       # an outbox row claimed by a relay is left to it this long
