@@ -272,6 +272,8 @@ def test_postgres_schema_has_the_sqlite_tables_columns_and_checks(pg_database: s
         pg_shape.setdefault(table, []).append(column)
     pg_shape.pop("schema_version")
     assert pg_shape.pop("outbox")[-1] == "claimed_until"  # the relays' lease, PostgreSQL only
+    if "visit_details" in pg_shape:
+        assert pg_shape["visit_details"].pop() == "rowid"  # SQLite's implicit one, made explicit
     want = _sqlite_shape(sqlite_ddl)
     assert {t: c for t, (c, _) in want.items() if t != "outbox"} == pg_shape
     assert {t: n for t, (_, n) in want.items() if n} == checks
@@ -305,3 +307,26 @@ def test_two_transactions_inserting_the_same_new_key_end_as_one(pg_database: str
         assert value(store, "inbox") == 1
     finally:
         close(other)
+
+
+def test_savepoints_ride_along_with_the_next_statement(store: PgStore) -> None:
+    """BEGIN and savepoints wait for the next real statement (one pipeline); an empty savepoint never goes out."""
+    def handler(tx: Any) -> list[int]:
+        start = tx.round_trips
+        with transaction(tx):  # the inbox's savepoint
+            with transaction(tx):  # the effect's
+                pass  # nothing inside: neither savepoint is sent
+            with transaction(tx):
+                tx.execute("INSERT INTO t (k, n) VALUES ('rt', 1)")  # BEGIN + 2 savepoints + this: one trip
+            try:
+                with transaction(tx):
+                    tx.execute("UPDATE t SET n = -1 WHERE k='rt'")  # refused by the CHECK: rolled back alone
+            except psycopg.errors.CheckViolation:
+                pass
+            after_insert = tx.round_trips - start
+            n = tx.execute("SELECT n FROM t WHERE k='rt'").fetchone()[0]
+        return [after_insert, tx.round_trips - start, n]
+    # the INSERT (with BEGIN and its savepoints), the UPDATE (with its savepoint), the SELECT (with the
+    # ROLLBACK TO and RELEASE before it): three round trips, and the COMMIT (with the last RELEASE) a fourth
+    assert store.run_sync(handler) == [2, 3, 1]
+    assert value(store, "rt") == 1

@@ -2,6 +2,7 @@
 translated (BIGINT fen, DOUBLE PRECISION, BYTEA, identity columns), with the same CHECK constraints as
 the last line of defence.
 The SQLite trigger visit_follows_settlement is not here: the repositories move a visit with its settlement.
+visit_details has SQLite's implicit `rowid` as an identity column (the repositories order fee lines by it).
 
 Versions are applied in order at start (services/shared/pg_store.apply_migrations); never edit a released
 version, append a new one.
@@ -108,6 +109,7 @@ CREATE TABLE visit_details (
     upload_msgid TEXT NOT NULL,
     cancel_msgid TEXT,
     setl_id TEXT,
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY,  -- SQLite's implicit rowid: lines in the order they came
     PRIMARY KEY (mdtrt_id, feedetl_sn)
 );
 """

@@ -26,6 +26,7 @@ import itertools
 import os
 import queue
 import random
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -136,23 +137,67 @@ def translate(sql: str) -> str:
     return done
 
 
+class _Deferred:
+    """The cursor of a statement not sent yet (a savepoint, BEGIN): no rows."""
+
+    rowcount = -1
+    description = None
+
+    def fetchone(self) -> None:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+
+_DEFERRED = _Deferred()
+_CONTROL = re.compile(r"(SAVEPOINT|RELEASE(?: SAVEPOINT)?|ROLLBACK TO(?: SAVEPOINT)?) (\w+)")
+
+
 class PgTx:
-    """An open PostgreSQL connection inside a transaction of its store (sql.Tx, dialect "postgres")."""
+    """An open PostgreSQL connection inside a transaction of its store (sql.Tx, dialect "postgres").
+
+    Round trips are the cost on PostgreSQL (each one a wait for another process), and a handler opens two or
+    three nested savepoints around a few statements. So BEGIN and savepoint statements are not sent on their
+    own: they wait, and go out in one pipeline with the next real statement (or with the COMMIT); a savepoint
+    released or rolled back with nothing sent inside it is never sent at all."""
 
     dialect = "postgres"
 
     def __init__(self, conn: psycopg.Connection[Any]):
         self.conn = conn
-        self.retry_error: BaseException | None = None  # a 40001/40P01 seen in this transaction
+        self.retry_error: BaseException | None = None  # a 40001/40P01/23505 seen in this transaction
+        self.round_trips = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending: list[str] = []  # BEGIN and savepoint statements not sent yet, in order
+        self._unsent: set[str] = set()  # savepoints that were never sent: their RELEASE / ROLLBACK TO neither
+        self._begun = False  # BEGIN given (perhaps not sent yet)
 
     @property
     def in_transaction(self) -> bool:
-        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        return self._begun or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
-        if sql == "BEGIN IMMEDIATE":  # services.shared.store.transaction() outside a store batch
-            sql = "BEGIN"
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        if not params:
+            control = _CONTROL.fullmatch(sql)
+            if control is not None:
+                self._control(control[1].split()[0], control[2], sql)
+                return _DEFERRED
+            if sql.startswith("BEGIN") and not self.in_transaction:
+                self._pending.append("BEGIN" if sql == "BEGIN IMMEDIATE" else sql)  # IMMEDIATE: SQLite's
+                self._begun = True
+                return _DEFERRED
+            if sql in ("COMMIT", "ROLLBACK"):
+                return self._end(sql)
         try:
+            if self._pending:
+                return self._send_with_pending(sql, params)
+            self.round_trips += 1
             if not params:
                 return self.conn.execute(sql)
             return self.conn.execute(translate(sql), tuple(params))
@@ -160,7 +205,48 @@ class PgTx:
             self.retry_error = exc
             raise
 
-    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+    def _control(self, verb: str, name: str, sql: str) -> None:
+        if name in self._unsent:
+            return
+        if verb == "SAVEPOINT":
+            self._pending.append(f"SAVEPOINT {name}")
+        elif self._pending and self._pending[-1] == f"SAVEPOINT {name}":
+            self._pending.pop()  # nothing was sent inside it: neither it nor its end goes out
+            if verb == "ROLLBACK":
+                self._unsent.add(name)  # its RELEASE follows
+        else:
+            self._pending.append(f"{'RELEASE' if verb == 'RELEASE' else 'ROLLBACK TO'} SAVEPOINT {name}")
+
+    def _send_with_pending(self, sql: str, params: Sequence[Any] | None) -> Any:
+        pending, self._pending = self._pending, []
+        self.round_trips += 1
+        if not params and ";" in sql.strip().rstrip(";"):  # a script (DDL): not in a pipeline
+            self.conn.execute("; ".join(pending))
+            return self.conn.execute(sql)
+        with self.conn.pipeline():
+            for stmt in pending:
+                self.conn.execute(stmt)
+            cur = self.conn.execute(translate(sql), tuple(params)) if params else self.conn.execute(sql)
+        return cur
+
+    def _end(self, sql: str) -> Any:
+        pending, sent = self._pending, self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        self.reset()
+        if not sent:
+            return _DEFERRED  # nothing was sent since BEGIN: nothing to commit or undo
+        self.round_trips += 1
+        try:
+            if sql == "ROLLBACK":
+                return self.conn.execute("ROLLBACK")
+            return self.conn.execute("; ".join([*pending, "COMMIT"]))
+        except RETRYABLE as exc:
+            self.retry_error = exc
+            raise
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.conn.execute("; ".join(pending))
         cur = self.conn.cursor()
         try:
             cur.executemany(translate(sql), [tuple(p) for p in seq])
@@ -343,6 +429,7 @@ class PgStore:
             except BaseException as exc:
                 return [(False, exc)] * len(fns)
             tx.retry_error = None
+            tx.reset()
             results: list[tuple[bool, Any]] = []
             try:
                 tx.execute(self._begin)
@@ -378,6 +465,7 @@ class PgStore:
         return None
 
     def _rollback(self, tx: PgTx) -> None:
+        tx.reset()
         try:
             if not tx.conn.closed and tx.in_transaction:
                 tx.conn.execute("ROLLBACK")
