@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import psycopg
+import psycopg.conninfo
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 from psycopg.types.numeric import NumericLoader
@@ -351,6 +352,10 @@ def outbox_claim(tx: PgTx, older_than: float, limit: int, lease_s: float = LEASE
                                  json.loads(r["headers"]) if r["headers"] else None)) for r in rows]
 
 
+class DatabaseUnavailable(SystemExit):
+    """The database cannot be reached or used at start: the worker must not start on it."""
+
+
 # ---- the store -----------------------------------------------------------------------------------------
 class PgStore:
     """One service's schema in a PostgreSQL database, run from one thread (see the module's docstring)."""
@@ -375,8 +380,15 @@ class PgStore:
         self.fault = StoreFault.from_env(schema)  # injected failures (tests), None normally
 
     async def open(self) -> None:
-        """Connect and bring the schema to the current version."""
-        await self.run(lambda tx: apply_migrations(tx, self.schema, self._migrations))
+        """Connect and bring the schema to the current version; a database that cannot be reached or used
+        stops the worker before it serves anything, saying why (the way a damaged SQLite file does)."""
+        try:
+            await self.run(lambda tx: apply_migrations(tx, self.schema, self._migrations))
+        except psycopg.OperationalError as exc:
+            where = psycopg.conninfo.conninfo_to_dict(self.url)
+            where.pop("password", None)
+            raise DatabaseUnavailable(f"PostgreSQL {where} (schema {self.schema}) cannot be used: "
+                                      + " ".join(str(exc).split())) from None
 
     # -- the store thread --
     def _loop(self) -> None:
@@ -509,3 +521,15 @@ class PgStore:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._drop()
+
+
+def _register() -> None:
+    """Transaction control for Tx.dialect "postgres" in the unit of work (services/shared/uow.py)."""
+    try:
+        from .uow import register_backend
+    except ImportError:  # pragma: no cover - before the storage seam
+        return
+    register_backend("postgres", transaction, rolled_back)  # type: ignore[arg-type]
+
+
+_register()
