@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import conninfo
@@ -14,6 +15,10 @@ DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def with_dbname(url: str, dbname: str) -> str:
+    """The same server and options, another database (a URL stays a URL, a `key=value` string stays one)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
     params = conninfo.conninfo_to_dict(url)
     params["dbname"] = dbname
     return conninfo.make_conninfo("", **params)
