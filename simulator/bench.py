@@ -958,6 +958,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "command": "gongji bench " + " ".join(args.argv), "namespace": ns, "mode": "closed" if closed_loop else "open",
         "concurrency": concurrency, "rate": args.rate, "duration_s": args.duration, "warmup_s": warmup,
         "accounts": args.accounts, "seed": args.seed, "worker_prefetch": args.prefetch,
+        "storage": "postgresql" if os.environ.get("GONGJI_DATABASE_URL") else "sqlite",
+        "replicas": int(os.environ.get("GONGJI_BENCH_REPLICAS", "1")),
         "visit_timeout_ms": int(args.visit_timeout * 1000), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info()}
     print(f"gongji bench: namespace {ns}, data {data_dir}, load average {result['machine']['loadavg_before']}",
