@@ -163,6 +163,7 @@ def face_check(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, f: a
 # ---- the binding lifecycle -------------------------------------------------------------------------
 def bind(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, b: admin.Bind, outbox: list[int]) -> dict:
     when = _when(req)
+    uow.accounts.lock([b.authorizer_psn_no, b.member_psn_no])  # the counts below hold until the commit
     refusal = check(_bind_facts(svc, uow, req, b))
     if refusal is not None:
         raise fail(refusal.code, refusal.message)
@@ -321,6 +322,7 @@ def _hhmm(text: str) -> time:
 def wallet_transfer(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, t: admin.WalletTransfer,
                     outbox: list[int]) -> dict:
     when = _when(req)
+    uow.accounts.lock([t.from_psn_no, t.to_psn_no])  # today's count and the balance hold until the commit
     acct = _account(uow, t.from_psn_no, "sender")
     to = _person(uow, t.to_psn_no, "recipient")
     verify_identity(uow, t.from_psn_no, t.verify, when, token_required=True)
@@ -379,6 +381,7 @@ def wallet_claim(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, c:
 # ---- 共济缴费 and 亲情账户 --------------------------------------------------------------------------------
 def resident_contribution(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, r: admin.ResidentContribution,
                           outbox: list[int]) -> dict:
+    uow.accounts.lock([r.authorizer_psn_no, r.member_psn_no])  # the caps' usage holds until the commit
     acct = _account(uow, r.authorizer_psn_no, "authorizer")
     if acct["status"] != "normal":  # as settlement, binding and wallet transfers refuse it
         raise fail(ErrorCode.ACCOUNT_NOT_NORMAL, f"authorizer account {r.authorizer_psn_no} is {acct['status']}")
@@ -432,6 +435,7 @@ def _contribution_usage(svc: AccountsService, uow: AccountsUnitOfWork, req: Requ
 
 
 def add_proxy(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, p: admin.Proxy, outbox: list[int]) -> dict:
+    uow.accounts.lock([p.proxy_psn_no])  # the member count holds until the commit
     proxy = _person(uow, p.proxy_psn_no, "proxy")
     _person(uow, p.member_psn_no, "member")
     verify_identity(uow, p.proxy_psn_no, p.verify, _when(req), token_required=True)

@@ -53,6 +53,7 @@ class AccountsService:
     def roll_pockets(self, uow: AccountsUnitOfWork, psn_no: str, when: datetime) -> None:
         """Where only the prior-year account is shared, the current-year account becomes prior-year when
         the insurance year turns (结转), on business time, the first time the account is touched."""
+        uow.accounts.lock([psn_no])
         acct = uow.accounts.get(psn_no)
         if acct is None or self.rules(acct["insuplc_admdvs"]).shared_pocket != "prior_year":
             return

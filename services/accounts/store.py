@@ -218,7 +218,7 @@ def add_usage(conn: Tx, usage: list[tuple[str, int]] | tuple[tuple[str, int], ..
         if sign > 0:
             cap = (caps or {}).get(key)
             conn.execute("INSERT INTO usage (key, used_fen, cap_fen) VALUES (?, ?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET used_fen = used_fen + excluded.used_fen, "
+                         "ON CONFLICT (key) DO UPDATE SET used_fen = usage.used_fen + excluded.used_fen, "
                          "cap_fen = excluded.cap_fen", (key, amount, cap))
         else:  # a release never goes below zero: the CHECK constraint refuses it
             cur = conn.execute("UPDATE usage SET used_fen = used_fen - ? WHERE key=?", (amount, key))
@@ -239,7 +239,7 @@ def audit(conn: Tx) -> dict[str, Any]:
     no usage window above the cap in force when it was raised."""
     ledger_sum = conn.execute("SELECT COALESCE(SUM(amount_fen),0) FROM ledger").fetchone()[0]
     unbalanced = conn.execute("SELECT COUNT(*) FROM (SELECT txn_id FROM ledger GROUP BY txn_id "
-                              "HAVING SUM(amount_fen) != 0)").fetchone()[0]
+                              "HAVING SUM(amount_fen) != 0) AS t").fetchone()[0]
     sums: dict[str, int] = {r[0]: r[1] for r in conn.execute(
         "SELECT account, SUM(amount_fen) FROM ledger WHERE account LIKE 'psn%' OR account LIKE 'wallet:%' "
         "GROUP BY account")}
@@ -269,7 +269,7 @@ def audit(conn: Tx) -> dict[str, Any]:
         "ledger_sum_fen": ledger_sum,
         # the same posting made twice (a settlement paid twice would show here)
         "double_debits": conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM ledger GROUP BY txn_id, account "
-                                      "HAVING COUNT(*) > 1)").fetchone()[0],
+                                      "HAVING COUNT(*) > 1) AS t").fetchone()[0],
         "unbalanced_txns": unbalanced,
         "balance_mismatches": mismatched,
         "negative_balances": negative,

@@ -108,14 +108,11 @@ class MsgidSequence:
     def __init__(self, tx: Tx):
         self._tx = tx
 
-    def last(self, prefix: str) -> int | None:
-        """The last sequence number used under `prefix` (locked: the caller takes the next one)."""
-        row = self._tx.execute("SELECT n FROM msgid_seq WHERE prefix=?" + for_update(self._tx), (prefix,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def use(self, prefix: str, n: int) -> None:
-        self._tx.execute("INSERT INTO msgid_seq (prefix, n) VALUES (?, ?) ON CONFLICT (prefix) DO UPDATE SET "
-                         "n=excluded.n", (prefix, n))
+    def next(self, prefix: str) -> int:
+        """The next sequence number under `prefix` (0 first), taken in one statement: two replicas sharing the
+        database never get the same one."""
+        return int(self._tx.execute("INSERT INTO msgid_seq (prefix, n) VALUES (?, 0) ON CONFLICT (prefix) DO UPDATE "
+                                    "SET n = msgid_seq.n + 1 RETURNING n", (prefix,)).fetchone()[0])
 
 
 class PosUnitOfWork(UnitOfWork):

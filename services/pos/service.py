@@ -123,10 +123,8 @@ class PosService:
         stamp = int(cmd.biz_time.strftime("%Y%m%d%H%M%S"))
         while True:
             prefix = f"{cmd.fixmedins_code}{stamp}"
-            last = uow.msgids.last(prefix)
-            n = 0 if last is None else last + 1
+            n = uow.msgids.next(prefix)
             if n <= 9999:
-                uow.msgids.use(prefix, n)
                 return make_msgid(cmd.fixmedins_code, str(stamp), n)
             stamp += 1
 
