@@ -9,15 +9,12 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from services.shared.sql import Tx, for_update
-from services.shared.uow import UnitOfWork
+from services.shared.uow import Repository, UnitOfWork
 
 from . import store as db
 
 
-class People:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class People(Repository):
     def get(self, psn_no: str) -> Any:
         return db.get_person(self._tx, psn_no)
 
@@ -37,10 +34,7 @@ class People:
         return db.wallet(self._tx, psn_no)
 
 
-class Accounts:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class Accounts(Repository):
     def get(self, psn_no: str) -> Any:
         return db.get_account(self._tx, psn_no)
 
@@ -65,10 +59,7 @@ class Accounts:
         self._tx.execute("UPDATE accounts SET pocket_year=? WHERE psn_no=?", (year, psn_no))
 
 
-class Ledger:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class Ledger(Repository):
     def post(self, txn_id: str, kind: str, biz_time: str, postings: list[tuple[str, int]]) -> None:
         db.post(self._tx, txn_id, kind, biz_time, postings)
 
@@ -82,10 +73,7 @@ class Ledger:
             "GROUP BY account", accounts).fetchall()}
 
 
-class Bindings:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class Bindings(Repository):
     def active(self, auth_id: str) -> Any:
         return self._tx.execute("SELECT * FROM bindings WHERE auth_id=? AND status='active'" + for_update(self._tx),
                                 (auth_id,)).fetchone()
@@ -140,10 +128,7 @@ class Bindings:
                                     (authorizer, year)).fetchone()[0])
 
 
-class VerifyCodes:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class VerifyCodes(Repository):
     def get(self, psn_no: str, code: str) -> Any:
         return self._tx.execute("SELECT * FROM verify_codes WHERE psn_no=? AND code=?" + for_update(self._tx),
                                 (psn_no, code)).fetchone()
@@ -157,11 +142,8 @@ class VerifyCodes:
                          (psn_no, code, expires_time))
 
 
-class Transfers:
+class Transfers(Repository):
     """医保钱包 transfers: sent → claimed, or returned to the sender at the return time."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def to(self, transfer_id: str, to_psn_no: str) -> Any:
         return self._tx.execute("SELECT * FROM transfers WHERE transfer_id=? AND to_psn_no=?" + for_update(self._tx),
@@ -186,11 +168,8 @@ class Transfers:
                                 + for_update(self._tx), (when,)).fetchall()
 
 
-class Proxies:
+class Proxies(Repository):
     """亲情账户: who may settle with whose e-voucher."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def active(self, proxy: str, member: str) -> Any:
         return self._tx.execute("SELECT * FROM proxies WHERE proxy_psn_no=? AND member_psn_no=? AND status='active'",
@@ -211,11 +190,8 @@ class Proxies:
         return cur.rowcount == 1
 
 
-class Usage:
+class Usage(Repository):
     """What each limit window (a binding's day/month/year cap, a channel's daily limit…) has used."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def of(self, key: str) -> int:
         return db.usage_of(self._tx, key)
@@ -228,10 +204,7 @@ class Usage:
         return self._tx.execute("SELECT key, used_fen FROM usage").fetchall()
 
 
-class Payments:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class Payments(Repository):
     def get(self, setl_id: str) -> dict[str, Any] | None:
         return db.load_payment(self._tx, setl_id)
 

@@ -10,18 +10,15 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from services.shared.sql import Tx, for_update, marks
-from services.shared.uow import UnitOfWork
+from services.shared.uow import Repository, UnitOfWork
 
 from . import store as db
 from .domain import Accumulators as Acc
 from .visit_store import OPEN_STATES
 
 
-class Registry:
+class Registry(Repository):
     """Facilities, insured people, sign-ins, credential nonces and each facility's business clock."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def facility(self, code: str) -> Any:
         return self._tx.execute("SELECT * FROM facilities WHERE code=?", (code,)).fetchone()
@@ -70,11 +67,8 @@ class Registry:
                          (fixmedins_code, when))
 
 
-class Accumulators:
+class Accumulators(Repository):
     """A person's 累计 of an insurance year."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def get(self, psn_no: str, year: int, lock: bool = True) -> Acc:
         """`lock`: the transaction may go on to change them (a settlement, an undo)."""
@@ -90,9 +84,9 @@ class Accumulators:
         self.save(psn_no, year, self.get(psn_no, year).minus(delta))
 
 
-class Settlements:
+class Settlements(Repository):
     def __init__(self, tx: Tx, visits: "Visits"):
-        self._tx = tx
+        super().__init__(tx)
         self._visits = visits
 
     def by_setl_id(self, setl_id: str) -> Any:
@@ -139,11 +133,8 @@ class Settlements:
         return db.audit_items(self._tx, after, limit, regions)
 
 
-class Awaiting:
+class Awaiting(Repository):
     """Payments and refunds asked of the accounts service and not answered yet."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def add(self, req_id: str, setl_id: str, body: bytes) -> None:
         db.awaiting_add(self._tx, req_id, setl_id, body)
@@ -160,11 +151,8 @@ FOLLOW = {"pending": "settling", "settled": "settled", "reversing": "reversed", 
 UNLINK = ("failed", "compensating", "compensated")  # its fee details are free to be settled again
 
 
-class Visits:
+class Visits(Repository):
     """The national visit record (visit_store.py): visits and their fee details."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def get(self, mdtrt_id: str) -> Any:
         return self._tx.execute("SELECT * FROM visits WHERE mdtrt_id=?" + for_update(self._tx), (mdtrt_id,)).fetchone()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.shared.sql import Tx, for_update
-from services.shared.uow import UnitOfWork
+from services.shared.uow import Repository, UnitOfWork
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS visits (
@@ -37,10 +37,7 @@ CREATE TABLE IF NOT EXISTS signins (fixmedins_code TEXT NOT NULL, day TEXT NOT N
 
 
 
-class Visits:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class Visits(Repository):
     def get(self, visit_id: str) -> Any:
         return self._tx.execute("SELECT * FROM visits WHERE visit_id=?" + for_update(self._tx),
                                 (visit_id,)).fetchone()
@@ -88,11 +85,8 @@ class Visits:
         self._tx.execute("UPDATE visits SET state='done', outcome=? WHERE visit_id=?", (outcome, visit_id))
 
 
-class SignIns:
+class SignIns(Repository):
     """One sign-in (9001) per facility and business day."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def get(self, fixmedins_code: str, day: str) -> Any:
         return self._tx.execute("SELECT sign_no, valid_until FROM signins WHERE fixmedins_code=? AND day=?",
@@ -104,10 +98,7 @@ class SignIns:
                          "valid_until=excluded.valid_until", (fixmedins_code, day, sign_no, valid_until))
 
 
-class MsgidSequence:
-    def __init__(self, tx: Tx):
-        self._tx = tx
-
+class MsgidSequence(Repository):
     def next(self, prefix: str) -> int:
         """The next sequence number under `prefix` (0 first), taken in one statement: two replicas sharing the
         database never get the same one."""

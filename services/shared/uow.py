@@ -38,11 +38,15 @@ def register_backend(dialect: str, transaction: Control, rolled_back: Control) -
     _BACKENDS[dialect] = Backend(transaction, rolled_back)
 
 
-class InboxRepository:
-    """msgid → the reply given (idempotency), in the effect's transaction."""
+class Repository:
+    """A repository reads and writes its tables through the unit of work's one Tx."""
 
     def __init__(self, tx: Tx):
         self._tx = tx
+
+
+class InboxRepository(Repository):
+    """msgid → the reply given (idempotency), in the effect's transaction."""
 
     def get(self, msgid: str) -> InboxEntry | None:
         return sqlite_store.inbox_get(self._tx, msgid)
@@ -54,11 +58,8 @@ class InboxRepository:
         sqlite_store.inbox_set_reply(self._tx, msgid, reply)
 
 
-class OutboxRepository:
+class OutboxRepository(Repository):
     """Messages to publish once the transaction that wrote them has committed."""
-
-    def __init__(self, tx: Tx):
-        self._tx = tx
 
     def add(self, msg: OutMessage) -> int:
         return sqlite_store.outbox_add(self._tx, msg)
