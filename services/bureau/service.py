@@ -343,7 +343,9 @@ class BureauService:
             # Never arrived (yet): leave a tombstone so that, if it does arrive, it is refused and does nothing.
             tomb = Reply.fail(inp.omsgid, ErrorCode.COMPENSATED,
                               f"msgid {inp.omsgid} was cancelled by 2601 {req.msgid} before it arrived")
-            uow.inbox.put(inp.omsgid, life.TOMBSTONE, "-", tomb.model_dump_json(), None)
+            # The inbox holds it (kind "tombstone"): the msgid's later settle is answered E_COMPENSATED there,
+            # as life.settle(TOMBSTONE) says, before any effect runs.
+            uow.inbox.put(inp.omsgid, str(life.cancel(None).state), "-", tomb.model_dump_json(), None)
             return self._ok(req, {"omsgid": inp.omsgid, "result": "not received; it will be refused if it arrives"})
         row = made
         if row is not None and json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs:
