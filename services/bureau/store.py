@@ -87,7 +87,10 @@ ADDED_COLUMNS = {"accumulators": [(c, "INTEGER NOT NULL DEFAULT 0") for c in ACC
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Add the missing columns, once, under the write lock (replicas may start together)."""
+    """Add the missing columns, once, under the write lock (replicas may start together). SQLite data
+    directories only: another backend versions its schema itself."""
+    if getattr(conn, "dialect", "sqlite") != "sqlite":
+        return
     from services.shared.store import transaction
     with transaction(conn):
         for table, columns in ADDED_COLUMNS.items():
