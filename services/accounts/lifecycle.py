@@ -104,7 +104,8 @@ def _open_one(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, a: ad
     return True
 
 
-def open_account(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, a: admin.OpenAccount, outbox: list[int]) -> dict:
+def open_account(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                 a: admin.OpenAccount, outbox: list[int]) -> dict:
     if not _open_one(svc, uow, req, a, f"open:{req.msgid}", outbox):
         raise fail(ErrorCode.ACCOUNT_EXISTS, f"{a.psn_no} already has an account")
     return {"psn_no": a.psn_no, "balc": f"{from_fen(uow.accounts.balance(a.psn_no))}"}
@@ -138,7 +139,8 @@ def deposit(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, d: admi
     return {"psn_no": d.psn_no, "balc": f"{from_fen(uow.accounts.balance(d.psn_no))}"}
 
 
-def request_code(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, r: admin.RequestCode, outbox: list[int]) -> dict:
+def request_code(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                 r: admin.RequestCode, outbox: list[int]) -> dict:
     _person(uow, r.psn_no)
     # Simulated SMS: deterministic from the msgid, returned in the reply for the simulator to "type in".
     code = f"{int(hashlib.sha256(req.msgid.encode()).hexdigest(), 16) % 1_000_000:06d}"
@@ -147,7 +149,8 @@ def request_code(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, r:
     return {"psn_no": r.psn_no, "code": code, "expires_time": expires}
 
 
-def face_check(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, f: admin.FaceCheck, outbox: list[int]) -> dict:
+def face_check(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+               f: admin.FaceCheck, outbox: list[int]) -> dict:
     """G109: record a face check; a passed one gets a one-time token (keyed by a server secret, so it cannot
     be computed from the msgid) that the person's next G111 presents."""
     _person(uow, f.psn_no)
@@ -218,7 +221,8 @@ def unbind(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, u: admin
 
 
 def _freeze(value: int) -> Callable[..., dict]:
-    def handler(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, f: admin.Freeze, outbox: list[int]) -> dict:
+    def handler(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                f: admin.Freeze, outbox: list[int]) -> dict:
         _account(uow, f.authorizer_psn_no, "authorizer")
         if f.auth_id is None:
             uow.accounts.set_sharing_frozen(f.authorizer_psn_no, value)
@@ -244,7 +248,8 @@ def reorder(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, r: admi
     return {"member_psn_no": r.member_psn_no, "order": r.auth_ids}
 
 
-def change_caps(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, c: admin.ChangeCaps, outbox: list[int]) -> dict:
+def change_caps(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                c: admin.ChangeCaps, outbox: list[int]) -> dict:
     row = _binding(uow, c.auth_id)
     if row["authorizer_psn_no"] != c.authorizer_psn_no:
         raise fail(ErrorCode.NOT_PARTY, f"binding {c.auth_id} is not {c.authorizer_psn_no}'s")
@@ -262,13 +267,15 @@ def _binding_view(row: Any) -> dict[str, Any]:
             "ended_time": row["ended_time"], **caps}
 
 
-def list_bindings(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, q: admin.ListBindings, outbox: list[int]) -> dict:
+def list_bindings(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                  q: admin.ListBindings, outbox: list[int]) -> dict:
     rows = uow.bindings.of_person(q.psn_no)
     return {"as_authorizer": [_binding_view(r) for r in rows if r["authorizer_psn_no"] == q.psn_no],
             "as_member": [_binding_view(r) for r in rows if r["member_psn_no"] == q.psn_no]}
 
 
-def member_costs(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, q: admin.MemberCosts, outbox: list[int]) -> dict:
+def member_costs(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                 q: admin.MemberCosts, outbox: list[int]) -> dict:
     member = _person(uow, q.member_psn_no, "member")
     if q.requester_psn_no != q.member_psn_no and not uow.bindings.ever_between(q.requester_psn_no, q.member_psn_no):
         raise fail(ErrorCode.NOT_FAMILY, f"{q.requester_psn_no} is neither {q.member_psn_no} nor an authorizer of "
@@ -299,7 +306,8 @@ def transaction_records(svc: AccountsService, uow: AccountsUnitOfWork, req: Requ
          "kind": r["kind"], "biz_time": r["biz_time"]} for r in rows]}
 
 
-def account_query(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, q: admin.AccountQuery, outbox: list[int]) -> dict:
+def account_query(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                  q: admin.AccountQuery, outbox: list[int]) -> dict:
     svc.roll_pockets(uow, q.psn_no, req.inf_time)
     row = _account(uow, q.psn_no)
     sums = uow.ledger.sums((f"psn:{q.psn_no}", f"psnp:{q.psn_no}"))
@@ -362,7 +370,8 @@ def wallet_transfer(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
     return {"transfer_id": transfer_id, "returns_at": format_biz_time(back_at)}
 
 
-def wallet_claim(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, c: admin.WalletClaim, outbox: list[int]) -> dict:
+def wallet_claim(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                 c: admin.WalletClaim, outbox: list[int]) -> dict:
     row = uow.transfers.to(c.transfer_id, c.to_psn_no)
     if row is None:
         raise fail(ErrorCode.TRANSFER_NOT_FOUND, f"no transfer {c.transfer_id} to {c.to_psn_no}")
@@ -450,7 +459,8 @@ def add_proxy(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, p: ad
     return {"proxy_psn_no": p.proxy_psn_no, "member_psn_no": p.member_psn_no, "status": "active"}
 
 
-def remove_proxy(svc: AccountsService, uow: AccountsUnitOfWork, req: Request, p: admin.Proxy, outbox: list[int]) -> dict:
+def remove_proxy(svc: AccountsService, uow: AccountsUnitOfWork, req: Request,
+                 p: admin.Proxy, outbox: list[int]) -> dict:
     if not uow.proxies.remove(p.proxy_psn_no, p.member_psn_no):
         raise fail(ErrorCode.PROXY_NOT_AUTHORIZED, f"{p.proxy_psn_no} has no 亲情账户 link to {p.member_psn_no}")
     return {"proxy_psn_no": p.proxy_psn_no, "member_psn_no": p.member_psn_no, "status": "removed"}
