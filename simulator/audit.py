@@ -19,7 +19,8 @@ from simulator.reconcile import fetch_items, reconcile
 from . import visit_audit
 
 if TYPE_CHECKING:
-    from .runner import Obs, RunData, Runner
+    from .run.observations import Obs, RunData
+    from .run.runner import Runner
 
 SAMPLE_ALL_UP_TO = 2000  # people checked one by one (5206, G121) up to this many; a seeded sample beyond
 SAMPLE_SIZE = 500

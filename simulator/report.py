@@ -18,7 +18,7 @@ from .figures import totals
 from .report_assets import CSS, JS  # the page's inline style and script
 
 if TYPE_CHECKING:
-    from .runner import Obs, RunData
+    from .run.observations import Obs, RunData
 
 WHY_LIMIT = 300  # settlements explained in the HTML (all of the timeline's; generated ones up to this)
 FAMILY_SERIES = 8

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from simulator.runner import Progress, RunOptions, _local_broker, run_loaded
+from simulator.run.faults import _local_broker
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
 from simulator.scenario import FAULT_KINDS, ScenarioError, load_scenario
 
 REPO = Path(__file__).resolve().parents[1]

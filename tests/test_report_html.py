@@ -15,7 +15,8 @@ import pytest
 
 from simulator.compare import render_html as compare_html
 from simulator.report import time_ticks
-from simulator.runner import Progress, RunOptions, run_loaded
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
 from simulator.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]

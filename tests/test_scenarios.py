@@ -20,7 +20,8 @@ from typing import Iterator
 import pytest
 
 from simulator.generate import generate
-from simulator.runner import Progress, RunOptions, run_loaded
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
 from simulator.scenario import ScenarioError, load_scenario
 from tests.harness import Stack
 

@@ -20,7 +20,8 @@ from referencing.jsonschema import DRAFT202012
 
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.broker import Broker
-from simulator.runner import Progress, RunOptions, run_loaded
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
 from simulator.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
