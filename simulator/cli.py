@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rd)
     redrive.add_arguments(rd)
 
-    from simulator import bench
+    from simulator.bench import measure as bench
     bench.add_arguments(sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
                                                      "latency, CPU and memory against the raw broker ceiling"))
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return _up(args)
     if args.command == "bench":
-        from simulator import bench
+        from simulator.bench import measure as bench
         return bench.main(args, argv if argv is not None else sys.argv[2:])
     if args.command == "run":
         from simulator.run import command as run_command

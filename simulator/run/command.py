@@ -6,13 +6,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-
 from .. import junit
 from ..errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_guarded
 from ..scenario import ScenarioError, load_scenario
 from .orchestration import RunOptions, run_loaded
 from .summary import summary
+
 
 # ---- `gongji run` --------------------------------------------------------------------------------------
 def add_arguments(p: Any) -> None:

@@ -6,12 +6,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-
 from contracts.money import from_fen, to_fen
 from contracts.pos import SettleVisit
 
-from ..scenario import MONEY_FIELDS, CumExpect, Expect, FlatStep, UnresolvedReference, substitute
 from ..figures import totals
+from ..scenario import MONEY_FIELDS, CumExpect, Expect, FlatStep, UnresolvedReference, substitute
+
 
 def _norm(v: Any) -> Any:
     return v if isinstance(v, (dict, list)) or v is None else str(v)

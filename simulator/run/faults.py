@@ -1,4 +1,15 @@
-"""Fault injection while the traffic runs: the FaultDriver and the registry of fault kinds."""
+"""Fault injection while the traffic runs: the FaultDriver, and the registry of fault kinds it knows.
+
+A fault kind that fires once at its trigger (after N outcomes or at_s seconds) is an entry of TRIGGERED; one
+that the workers play themselves (GONGJI_CHAOS) an entry of CHAOS. poison and timeout_race are woven into the
+traffic and live in the driver. To add a triggered kind (besides its model in simulator/scenario, a
+_Triggered subclass in the Fault union), register it from its own module:
+
+    TRIGGERED["broker_node_down"] = FaultKind(fire=node_down, check=needs_cluster, needs_stack=True)
+
+where `async def node_down(driver, fault, when)` injects it (counting driver.injected[fault.kind] += 1) and
+`def needs_cluster(fault, external, amqp_url)` returns what this machine lacks for it, or None; the module
+must be imported before the run (simulator/run/orchestration.py imports the modules that register kinds)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +19,17 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import urlparse
 
+import psutil
 
 from services.shared.store import OutMessage
 
+from ..scenario import LoadedScenario, fault_threshold
 from ..terminal import Progress
-from ..scenario import NEEDS_STACK, TRIGGERED_KINDS, LoadedScenario, fault_threshold
+
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -49,29 +62,14 @@ def _broker_port(url: str) -> int:
 
 
 def tcp_ports_to(pids: list[int], remote_port: int) -> set[int]:
-    """The local ports of the TCP connections that these processes hold to remote_port (from /proc)."""
-    inodes: set[str] = set()
+    """The local ports of the TCP connections that these processes hold to remote_port."""
+    ports: set[int] = set()
     for pid in pids:
         try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
             continue
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[9] in inodes and int(cols[2].rsplit(":", 1)[1], 16) == remote_port:
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        ports.update(c.laddr.port for c in conns if c.raddr and c.raddr.port == remote_port)
     return ports
 
 
@@ -102,17 +100,14 @@ class FaultDriver:
     # ---- before the run ---------------------------------------------------------------------------------
     @property
     def disrupts_connections(self) -> bool:
-        return any(f.kind in TRIGGERED_KINDS for f in self.faults)
+        return any(f.kind in TRIGGERED for f in self.faults)
 
     def chaos(self) -> dict[str, Any] | None:
         """GONGJI_CHAOS for the workers, from the duplicate and delay faults."""
         cfg: dict[str, Any] = {}
         for f in self.faults:
-            if f.kind == "duplicate":
-                cfg["duplicate"] = float(f.fraction)  # type: ignore[union-attr]
-            elif f.kind == "delay":
-                cfg["delay"] = float(f.fraction)  # type: ignore[union-attr]
-                cfg["delay_ms"] = f.max_ms  # type: ignore[union-attr]
+            if f.kind in CHAOS:
+                cfg.update(CHAOS[f.kind](f))
         return {"seed": self.loaded.scenario.seed, **cfg} if cfg else None
 
     def check(self, *, external: bool, amqp_url: str) -> None:
@@ -120,17 +115,13 @@ class FaultDriver:
         problems = []
         for i, f in enumerate(self.faults):
             where = f"{self.loaded.where(('faults', i))}: faults[{i}] ({f.kind})"
-            if external and f.kind in NEEDS_STACK:
+            kind = TRIGGERED.get(f.kind)
+            needs_stack = f.kind in CHAOS or (kind is not None and kind.needs_stack)
+            if external and needs_stack:
                 problems.append(f"{where}: needs the workers that `gongji run` starts itself; not possible with "
                                 f"--external")
-            if f.kind in ("broker_restart", "drop_connections"):
-                if external and f.kind == "broker_restart":
-                    continue
-                if shutil.which("rabbitmqctl") is None:
-                    problems.append(f"{where}: needs rabbitmqctl on this machine (the local RabbitMQ's CLI)")
-                elif not _local_broker(amqp_url):
-                    problems.append(f"{where}: needs the broker on this machine (rabbitmqctl acts on the local "
-                                    f"RabbitMQ), but the run uses {amqp_url.split('@')[-1]}")
+            elif kind is not None and kind.check is not None and (problem := kind.check(f, external, amqp_url)):
+                problems.append(f"{where}: {problem}")
         if problems:
             raise SystemExit("\n".join(problems))
 
@@ -148,7 +139,7 @@ class FaultDriver:
 
     async def run(self, runner: "Runner") -> None:
         t0 = time.monotonic()
-        pending = [(i, f) for i, f in enumerate(self.faults) if f.kind in TRIGGERED_KINDS]
+        pending = [(i, f) for i, f in enumerate(self.faults) if f.kind in TRIGGERED]
         n_poison = self.poison.count if self.poison is not None else 0  # type: ignore[union-attr]
         sent = 0
         while True:
@@ -183,56 +174,10 @@ class FaultDriver:
     async def _fire(self, i: int, f: Any, runner: "Runner", done: int, elapsed: float) -> None:
         when = f"after {done} outcomes, {elapsed:.1f} s into the traffic"
         try:
-            if f.kind == "kill":
-                proc = self.stack.procs[f.service]
-                self.progress.message(f"fault: SIGKILL the {f.service} worker (pid {proc.pid}) {when}; "
-                                      f"restart in {f.down_s:g} s")
-                await asyncio.to_thread(self.stack.kill, f.service, signal.SIGKILL)
-                self.injected["kill"] += 1
-                await asyncio.sleep(f.down_s)
-                for attempt in range(3):
-                    try:
-                        await self.stack.start_worker(f.service)
-                        break
-                    except RuntimeError:
-                        if attempt == 2:
-                            raise
-                        await asyncio.sleep(2)
-                self.restarts[f.service] += 1
-            elif f.kind == "broker_restart":
-                self.progress.message(f"fault: broker restart (rabbitmqctl stop_app) {when}; "
-                                      f"start_app in {f.down_s:g} s")
-                await asyncio.to_thread(_ctl, "stop_app")
-                self.injected["broker_restart"] += 1
-                try:
-                    await asyncio.sleep(f.down_s)
-                finally:
-                    await asyncio.to_thread(_ctl, "start_app")
-                    await asyncio.to_thread(_ctl, "await_startup")
-                self.progress.message("fault: broker is back")
-            elif f.kind == "drop_connections":
-                closed = await self._drop_connections(f.scope)
-                self.injected["drop_connections"] += 1
-                self.connections_closed += closed
-                self.progress.message(f"fault: the broker closed {closed} connection(s) ({f.scope}) {when}")
+            await TRIGGERED[f.kind].fire(self, f, when)
         except Exception as exc:
             self.errors.append(f"faults[{i}] ({f.kind}): {exc}")
             self.progress.message(f"fault injection failed: {self.errors[-1]}")
-
-    async def _drop_connections(self, scope: str) -> int:
-        if scope == "all":
-            out = await asyncio.to_thread(_ctl, "-q", "list_connections", "pid", "--no-table-headers")
-            await asyncio.to_thread(_ctl, "close_all_connections", "gongji-chaos")
-            return len([line for line in out.splitlines() if line.strip()])
-        pids = [os.getpid()]
-        if self.stack is not None:
-            pids += [p.pid for p in self.stack.procs.values() if p.poll() is None]
-        ports = tcp_ports_to(pids, _broker_port(self.amqp_url))
-        out = await asyncio.to_thread(_ctl, "-q", "list_connections", "pid", "peer_port", "--no-table-headers")
-        ours = [cols[0] for cols in (line.split() for line in out.splitlines()) if len(cols) == 2
-                and cols[1].isdigit() and int(cols[1]) in ports]
-        await asyncio.gather(*(asyncio.to_thread(_ctl, "close_connection", pid, "gongji-chaos") for pid in ours))
-        return len(ours)
 
     async def _send_poison(self, k: int, runner: "Runner") -> None:
         names = runner.client.names
@@ -257,3 +202,87 @@ class FaultDriver:
         return {"injected": dict(sorted(self.injected.items())), "worker_restarts": dict(sorted(self.restarts.items())),
                 "connections_closed": self.connections_closed, "poison_sent": dict(sorted(self.poison_sent.items())),
                 "not_injected": list(self.not_fired), "errors": list(self.errors)}
+
+
+# ---- the fault kinds ------------------------------------------------------------------------------------
+async def kill(driver: FaultDriver, f: Any, when: str) -> None:
+    proc = driver.stack.procs[f.service]
+    driver.progress.message(f"fault: SIGKILL the {f.service} worker (pid {proc.pid}) {when}; "
+                            f"restart in {f.down_s:g} s")
+    await asyncio.to_thread(driver.stack.kill, f.service, signal.SIGKILL)
+    driver.injected["kill"] += 1
+    await asyncio.sleep(f.down_s)
+    for attempt in range(3):
+        try:
+            await driver.stack.start_worker(f.service)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(2)
+    driver.restarts[f.service] += 1
+
+
+async def broker_restart(driver: FaultDriver, f: Any, when: str) -> None:
+    driver.progress.message(f"fault: broker restart (rabbitmqctl stop_app) {when}; start_app in {f.down_s:g} s")
+    await asyncio.to_thread(_ctl, "stop_app")
+    driver.injected["broker_restart"] += 1
+    try:
+        await asyncio.sleep(f.down_s)
+    finally:
+        await asyncio.to_thread(_ctl, "start_app")
+        await asyncio.to_thread(_ctl, "await_startup")
+    driver.progress.message("fault: broker is back")
+
+
+async def drop_connections(driver: FaultDriver, f: Any, when: str) -> None:
+    closed = await _drop_connections(driver, f.scope)
+    driver.injected["drop_connections"] += 1
+    driver.connections_closed += closed
+    driver.progress.message(f"fault: the broker closed {closed} connection(s) ({f.scope}) {when}")
+
+
+async def _drop_connections(driver: FaultDriver, scope: str) -> int:
+    if scope == "all":
+        out = await asyncio.to_thread(_ctl, "-q", "list_connections", "pid", "--no-table-headers")
+        await asyncio.to_thread(_ctl, "close_all_connections", "gongji-chaos")
+        return len([line for line in out.splitlines() if line.strip()])
+    pids = [os.getpid()]
+    if driver.stack is not None:
+        pids += [p.pid for p in driver.stack.procs.values() if p.poll() is None]
+    ports = tcp_ports_to(pids, _broker_port(driver.amqp_url))
+    out = await asyncio.to_thread(_ctl, "-q", "list_connections", "pid", "peer_port", "--no-table-headers")
+    ours = [cols[0] for cols in (line.split() for line in out.splitlines()) if len(cols) == 2
+            and cols[1].isdigit() and int(cols[1]) in ports]
+    await asyncio.gather(*(asyncio.to_thread(_ctl, "close_connection", pid, "gongji-chaos") for pid in ours))
+    return len(ours)
+
+
+def needs_local_rabbitmqctl(f: Any, external: bool, amqp_url: str) -> str | None:
+    if shutil.which("rabbitmqctl") is None:
+        return "needs rabbitmqctl on this machine (the local RabbitMQ's CLI)"
+    if not _local_broker(amqp_url):
+        return (f"needs the broker on this machine (rabbitmqctl acts on the local RabbitMQ), but the run uses "
+                f"{amqp_url.split('@')[-1]}")
+    return None
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """A fault that fires once, at its trigger."""
+
+    fire: Callable[[FaultDriver, Any, str], Awaitable[None]]  # (driver, the scenario's fault, "after N outcomes…")
+    check: Callable[[Any, bool, str], str | None] | None = None  # (fault, external, amqp_url) → what is missing
+    needs_stack: bool = False  # needs the workers `gongji run` starts (not possible with --external)
+
+
+TRIGGERED: dict[str, FaultKind] = {
+    "kill": FaultKind(kill, needs_stack=True),
+    "broker_restart": FaultKind(broker_restart, needs_local_rabbitmqctl, needs_stack=True),
+    "drop_connections": FaultKind(drop_connections, needs_local_rabbitmqctl),
+}
+# kinds the workers play themselves: the fault → its part of GONGJI_CHAOS (they need the workers we start)
+CHAOS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "duplicate": lambda f: {"duplicate": float(f.fraction)},
+    "delay": lambda f: {"delay": float(f.fraction), "delay_ms": f.max_ms},
+}

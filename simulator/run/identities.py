@@ -3,10 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
-
-
-
 SIM_FIXMEDINS = "GONGJISIM001"  # the fixmedins_code of the simulator's own admin messages
 
 

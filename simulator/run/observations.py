@@ -18,10 +18,11 @@ from services.shared.policy import RegionPolicy
 from services.shared.store import OutMessage
 
 from ..client import Client
-from ..stored import StoredOutcome
 from ..generate import Population
 from ..scenario import BindingSpec, Facility, LoadedScenario, Person
+from ..stored import StoredOutcome
 from .identities import Mapper
+
 
 class ObservingClient(Client):
     """A Client that keeps every outcome event it sees (the auditor checks there is exactly one per visit).

@@ -9,20 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
-
 from services.shared.policy import load_policies, policy_dir
 
 from .. import audit, report
 from ..errors import check_broker
 from ..export import SettlementExport
+from ..scenario import LoadedScenario, all_regions
 from ..stack import WorkerStack, discover_broker, read_dead_letters
 from ..terminal import Progress, percentiles
-from ..scenario import LoadedScenario, all_regions
+from .faults import FaultDriver
 from .identities import Mapper
 from .observations import ObservingClient, RunData
 from .runner import Runner
-from .faults import FaultDriver
+
 
 def sum_stats(directory: Path) -> dict[str, int]:
     """The workers' counters (<data_dir>/stats/<service>-<pid>.json, one per process that ran), summed."""

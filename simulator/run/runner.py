@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-
 from contracts.base import SHANGHAI
 from contracts.envelope import Reply, make_msgid
 from contracts.money import line_total, to_fen
@@ -23,14 +22,15 @@ from contracts.pos import ReverseVisit, SettleVisit
 from contracts.settlement import FeeDetail
 from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 
-from ..stored import StoredOutcome
-from ..terminal import Progress
 from ..generate import GenVisit, Population, generate
 from ..scenario import (KINDS, MONEY_FIELDS, BindingSpec, FlatStep, Item, LoadedScenario, Person, UnresolvedReference,
                         substitute)
+from ..stored import StoredOutcome
+from ..terminal import Progress
+from .expectations import Expectations
 from .identities import Mapper
 from .observations import ObservingClient, Obs, RunData
-from .expectations import Expectations
+
 
 if TYPE_CHECKING:
     from .faults import FaultDriver

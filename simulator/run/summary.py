@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 
-
-
 from ..published import yuan
 from ..report import faults_ok
 from ..terminal import table
 from .orchestration import RunResult
+
 
 def summary(result: RunResult) -> str:
     rep, lines = result.report, []
