@@ -31,7 +31,7 @@ from .published import SCHEMA_VERSION, snake, yuan
 from .report import _e, _table, dumps, family_figures, sources
 from .run.command import options_from
 from .run.orchestration import RunResult, run_loaded
-from .scenario import ScenarioError, load_scenario
+from .scenario.loader import ScenarioError, load_scenario
 from .terminal import Progress, table
 
 

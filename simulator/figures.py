@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from contracts.money import to_fen
 
-from .scenario import TOTAL_FIELDS
+from .scenario.model import TOTAL_FIELDS
 
 if TYPE_CHECKING:
     from .run.observations import Obs

@@ -68,7 +68,7 @@ def model_schema(model: type[BaseModel] | Any, rel: str, title: str | None = Non
 
 
 def scenario_schema() -> dict[str, Any]:
-    from .scenario import Scenario
+    from .scenario.model import Scenario
     s = model_schema(Scenario, "scenario.schema.json", "gongji scenario file")
     s["description"] = ("A gongji scenario (scenarios/*.yaml): people, families, bindings, a generator, a timeline "
                         "of events with expectations, final checks, faults. See scenarios/README.md.")

@@ -25,7 +25,8 @@ import pytest
 from simulator.run.faults import _local_broker
 from simulator.run.orchestration import RunOptions, run_loaded
 from simulator.terminal import Progress
-from simulator.scenario import FAULT_KINDS, ScenarioError, load_scenario
+from simulator.scenario.loader import ScenarioError, load_scenario
+from simulator.scenario.model import FAULT_KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "scenarios" / "faults"

@@ -17,7 +17,7 @@ from simulator.compare import render_html as compare_html
 from simulator.report import time_ticks
 from simulator.run.orchestration import RunOptions, run_loaded
 from simulator.terminal import Progress
-from simulator.scenario import load_scenario
+from simulator.scenario.loader import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = shutil.which("node")

@@ -22,7 +22,7 @@ import pytest
 from simulator.generate import generate
 from simulator.run.orchestration import RunOptions, run_loaded
 from simulator.terminal import Progress
-from simulator.scenario import ScenarioError, load_scenario
+from simulator.scenario.loader import ScenarioError, load_scenario
 from tests.harness import Stack
 
 REPO = Path(__file__).resolve().parents[1]

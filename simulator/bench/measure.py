@@ -155,7 +155,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         what = f"concurrency {concurrency}" if closed_loop else f"rate {args.rate}/s (Poisson)"
         print(f"visits: {what}, warm-up {warmup:g} s, measured {args.duration:g} s ...", flush=True)
         visits: Any = client
-        if args.via_gateway:  # HTTP client → gateway → bureau → accounts (simulator/bench_http.py)
+        if args.via_gateway:  # HTTP client → gateway → bureau → accounts (simulator/bench/http.py)
             gateway, gateway_url = await start_gateway(args.amqp_url, ns, data_dir / "logs")
             workers.procs["gateway"] = gateway
             watched["gateway"] = gateway.pid

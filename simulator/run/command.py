@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import junit
 from ..errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_guarded
-from ..scenario import ScenarioError, load_scenario
+from ..scenario.loader import ScenarioError, load_scenario
 from .orchestration import RunOptions, run_loaded
 from .summary import summary
 

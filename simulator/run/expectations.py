@@ -10,7 +10,9 @@ from contracts.money import from_fen, to_fen
 from contracts.pos import SettleVisit
 
 from ..figures import totals
-from ..scenario import MONEY_FIELDS, CumExpect, Expect, FlatStep, UnresolvedReference, substitute
+from ..scenario.loader import FlatStep
+from ..scenario.model import MONEY_FIELDS, CumExpect, Expect
+from ..scenario.references import UnresolvedReference, substitute
 
 
 def _norm(v: Any) -> Any:

@@ -27,7 +27,7 @@ import psutil
 
 from services.shared.store import OutMessage
 
-from ..scenario import LoadedScenario, fault_threshold
+from ..scenario.loader import LoadedScenario, fault_threshold
 from ..terminal import Progress
 
 

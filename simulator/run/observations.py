@@ -19,7 +19,8 @@ from services.shared.store import OutMessage
 
 from ..client import Client
 from ..generate import Population
-from ..scenario import BindingSpec, Facility, LoadedScenario, Person
+from ..scenario.loader import LoadedScenario
+from ..scenario.model import BindingSpec, Facility, Person
 from ..stored import StoredOutcome
 from .identities import Mapper
 

@@ -14,7 +14,7 @@ from services.shared.policy import load_policies, policy_dir
 from .. import audit, report
 from ..errors import check_broker
 from ..export import SettlementExport
-from ..scenario import LoadedScenario, all_regions
+from ..scenario.loader import LoadedScenario, all_regions
 from ..stack import WorkerStack, discover_broker, read_dead_letters
 from ..terminal import Progress, percentiles
 from .faults import FaultDriver

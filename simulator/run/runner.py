@@ -23,8 +23,9 @@ from contracts.settlement import FeeDetail
 from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 
 from ..generate import GenVisit, Population, generate
-from ..scenario import (KINDS, MONEY_FIELDS, BindingSpec, FlatStep, Item, LoadedScenario, Person, UnresolvedReference,
-                        substitute)
+from ..scenario.loader import FlatStep, LoadedScenario
+from ..scenario.model import KINDS, MONEY_FIELDS, BindingSpec, Item, Person
+from ..scenario.references import UnresolvedReference, substitute
 from ..stored import StoredOutcome
 from ..terminal import Progress
 from .expectations import Expectations
