@@ -14,6 +14,7 @@ from typing import Any
 import aio_pika
 
 from contracts.routing import Names
+from services.shared.topology import queues
 
 from ..stack import cleanup_namespace as cleanup_standard
 
@@ -67,10 +68,7 @@ class Workers:
 async def cleanup_namespace(amqp_url: str, ns: str, extra_queues: list[str], extra_exchanges: list[str]) -> None:
     """Delete this run's queues and exchanges: the shared cleanup (simulator.stack), plus the bench's own."""
     n = Names(ns)
-    await cleanup_standard(amqp_url, ns, [n.bureau_queue(None), n.accounts_pay_queue, n.accounts_admin_queue,
-                                          n.pos_command_queue, n.reply_queue("pos"), n.reply_queue("bureau"),
-                                          n.reply_queue("bureau-all"),
-                                          n.events_archive_queue, n.dead_queue, *extra_queues])
+    await cleanup_standard(amqp_url, ns, [*(q.name for q in queues(n, [])), *extra_queues])
     if extra_exchanges:
         conn = await aio_pika.connect(amqp_url)
         try:
