@@ -67,7 +67,7 @@ def test_a_fault_kind_registered_from_its_own_module_is_checked_fired_and_counte
     def needs_cluster(f: Any, external: bool, amqp_url: str) -> str | None:
         return "needs a cluster" if "single" in amqp_url else None
 
-    faults.TRIGGERED["test_node_down"] = faults.FaultKind(node_down, needs_cluster, needs_stack=True)
+    faults.TRIGGERED["test_node_down"] = faults.TriggeredKind(node_down, needs_cluster, needs_stack=True)
     try:
         fault = SimpleNamespace(kind="test_node_down", at_s=None, after_settlements=3)
         loaded = SimpleNamespace(scenario=SimpleNamespace(faults=[fault], seed=7, generator=None),

@@ -2,14 +2,14 @@
 
 A fault kind that fires once at its trigger (after N outcomes or at_s seconds) is an entry of TRIGGERED; one
 that the workers play themselves (GONGJI_CHAOS) an entry of CHAOS. poison and timeout_race are woven into the
-traffic and live in the driver. To add a triggered kind (besides its model in simulator/scenario, a
-_Triggered subclass in the Fault union), register it from its own module:
+traffic and live in the driver. A new triggered kind is registered from its own module with one line:
 
-    TRIGGERED["broker_node_down"] = FaultKind(fire=node_down, check=needs_cluster, needs_stack=True)
+    TRIGGERED["broker_node_down"] = TriggeredKind(fire=node_down, check=needs_cluster, needs_stack=True)
 
-where `async def node_down(driver, fault, when)` injects it (counting driver.injected[fault.kind] += 1) and
-`def needs_cluster(fault, external, amqp_url)` returns what this machine lacks for it, or None; the module
-must be imported before the run (simulator/run/orchestration.py imports the modules that register kinds)."""
+where `async def node_down(driver, fault, when)` injects it (and counts driver.injected[fault.kind] += 1) and
+`def needs_cluster(fault, external, amqp_url)` says what this machine lacks for it, or None. That module must be
+imported before a run (an import in simulator/run/orchestration.py), and the scenario file needs the kind's
+model: a _Triggered subclass in simulator/scenario/model.py, in the Fault union and FAULT_KINDS."""
 from __future__ import annotations
 
 import asyncio
@@ -268,7 +268,7 @@ def needs_local_rabbitmqctl(f: Any, external: bool, amqp_url: str) -> str | None
 
 
 @dataclass(frozen=True)
-class FaultKind:
+class TriggeredKind:
     """A fault that fires once, at its trigger."""
 
     fire: Callable[[FaultDriver, Any, str], Awaitable[None]]  # (driver, the scenario's fault, "after N outcomes…")
@@ -276,10 +276,10 @@ class FaultKind:
     needs_stack: bool = False  # needs the workers `gongji run` starts (not possible with --external)
 
 
-TRIGGERED: dict[str, FaultKind] = {
-    "kill": FaultKind(kill, needs_stack=True),
-    "broker_restart": FaultKind(broker_restart, needs_local_rabbitmqctl, needs_stack=True),
-    "drop_connections": FaultKind(drop_connections, needs_local_rabbitmqctl),
+TRIGGERED: dict[str, TriggeredKind] = {
+    "kill": TriggeredKind(kill, needs_stack=True),
+    "broker_restart": TriggeredKind(broker_restart, needs_local_rabbitmqctl, needs_stack=True),
+    "drop_connections": TriggeredKind(drop_connections, needs_local_rabbitmqctl),
 }
 # kinds the workers play themselves: the fault → its part of GONGJI_CHAOS (they need the workers we start)
 CHAOS: dict[str, Callable[[Any], dict[str, Any]]] = {
