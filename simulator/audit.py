@@ -1,7 +1,9 @@
 """The invariant auditor, run after every scenario: from what the run observed (every outcome event) and
 from the services' own ledgers (G199 audits, 5206 accumulators, G121 balances, 3201 reconciliation).
 
-Each invariant is "ok" or a short description of what is wrong (the first few cases and a count).
+Each invariant is a small async function named for what it checks, registered in INVARIANTS (at the end of
+the invariants); the report and the JUnit file take their names from there. Each gives its problems, and its
+verdict is "ok" or a short description of what is wrong (the first few cases and a count).
 """
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import asyncio
 import random
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from contracts.base import format_biz_time
+from contracts.envelope import Reply
 from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
 from simulator.reconcile import fetch_items, reconcile
@@ -19,7 +23,9 @@ from simulator.reconcile import fetch_items, reconcile
 from . import visit_audit
 
 if TYPE_CHECKING:
-    from .runner import Obs, RunData, Runner
+    from .run.identities import Mapper
+    from .run.observations import Obs, RunData
+    from .run.runner import Runner
 
 SAMPLE_ALL_UP_TO = 2000  # people checked one by one (5206, G121) up to this many; a seeded sample beyond
 SAMPLE_SIZE = 500
@@ -108,27 +114,86 @@ def ledger_problems(acc: dict[str, Any] | None, unmap: Callable[[str], str] = la
         problems.append(f"{acc['double_debits']} postings made twice (double debits)")
     return problems
 
+@dataclass
+class Context:
+    """What every invariant may read: the run, the services' own audits (G199) and what follows from them."""
+
+    runner: "Runner"
+    data: "RunData"
+    region: str  # the envelope region of the auditor's own calls
+    when: datetime  # business time of those calls: the end of the run
+    accounts_rep: Reply
+    bureau_rep: Reply
+    live: list["Obs"]  # settlements that still count (settled, not reversed)
+    reversals: dict[str, "Obs"]  # by the setl_id they undo
+    settled_all: list["Obs"]
+    must: set[str]  # people always checked one by one: those of visits a timeout race ended early, their families
+    figures: dict[str, Any] = field(default_factory=dict)  # the auditor's counts, for the report
+
+    @property
+    def mapper(self) -> "Mapper":
+        return self.data.mapper
+
+    @property
+    def acc(self) -> dict[str, Any] | None:
+        return self.accounts_rep.output or {} if self.accounts_rep.infcode == 0 else None
+
+    @property
+    def bur(self) -> dict[str, Any] | None:
+        return self.bureau_rep.output or {} if self.bureau_rep.infcode == 0 else None
+
+
+Invariant = Callable[[Context], Awaitable["list[str] | None"]]  # its problems; None: it does not apply to this run
+
+
 async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
+    """Every invariant of INVARIANTS, in order: its name → "ok" or what is wrong."""
+    c = await context(runner, data)
     inv: dict[str, str] = {}
+    for invariant in INVARIANTS:
+        problems = await invariant(c)
+        if problems is not None:
+            inv[invariant.__name__] = _verdict(problems)
+    bur = c.bur
+    # settlements the bureau had taken in (adjudicated, maybe paid) and then undid for a 2601 冲正
+    c.figures["bureau_compensated"] = (bur.get("states", {}).get("compensated", 0)
+                                       if bur is not None and not data.mapper.tag else None)  # --external: not ours alone
+    data.figures = c.figures
+    return inv
+
+
+def invariant_names() -> list[str]:
+    """The names the report and the JUnit file show, in order (balances_follow_observed_flows only applies to
+    runs whose balances the runner can follow)."""
+    return [f.__name__ for f in INVARIANTS]
+
+
+async def context(runner: "Runner", data: "RunData") -> Context:
     mapper = data.mapper
     region = runner.regions[0]
     when = data.end_time or runner.sc.start
     accounts_rep = await runner.call("accounts", "G199", {}, when, region)
     bureau_rep = await runner.call("bureau", "G199", {}, when, region)
-    acc = accounts_rep.output or {} if accounts_rep.infcode == 0 else None
-    bur = bureau_rep.output or {} if bureau_rep.infcode == 0 else None
     live, reversals = standing(data)
     settled_all = [o for o in data.observations if o.outcome is not None and o.outcome.status == "settled"
                    and isinstance(o.cmd, SettleVisit) and o.setlinfo is not None]
-    by_setl = {o.setlinfo["setl_id"]: o for o in settled_all}  # type: ignore[index]
+    raced = {mapper.unmap_text(o.cmd.psn_no) for o in data.observations
+             if o.race and (o.outcome is None or o.outcome.status != "settled")}
+    raced_families = {data.family_of[p] for p in raced if p in data.family_of}
+    must = raced | {m for fam in raced_families for m in data.families.get(fam, [])}
+    return Context(runner=runner, data=data, region=region, when=when, accounts_rep=accounts_rep,
+                   bureau_rep=bureau_rep, live=live, reversals=reversals, settled_all=settled_all, must=must)
 
-    # 1. every visit has exactly one final outcome. A generated visit ends by its POS timeout (compensated, or
-    # refused E_TIMEOUT) only when a timeout_race gave it a short timeout on purpose: with the generous timeout
-    # of the others, such an end means a message was lost or stuck.
+
+# ---- the invariants ----------------------------------------------------------------------------------------
+async def one_final_outcome_per_visit(c: Context) -> list[str]:
+    """Every visit has exactly one final outcome. A generated visit ends by its POS timeout (compensated, or
+    refused E_TIMEOUT) only when a timeout_race gave it a short timeout on purpose: with the generous timeout of
+    the others, such an end means a message was lost or stuck."""
     problems = []
     without = 0
-    for o in data.observations:
-        events = set(runner.client.events.get(o.cmd.visit_id, []))
+    for o in c.data.observations:
+        events = set(c.runner.client.events.get(o.cmd.visit_id, []))
         if o.outcome is None:
             without += 1
             problems.append(f"{o.step}: {o.note or 'no outcome'}")
@@ -136,18 +201,14 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             problems.append(f"{o.step}: {len(events)} different outcomes")
         elif o.generated and not o.race and (o.outcome.status == "compensated" or o.outcome.err_code == "E_TIMEOUT"):
             problems.append(f"{o.step}: ended by its POS timeout ({o.outcome.status} {o.outcome.err_code or ''})")
-    inv["one_final_outcome_per_visit"] = _verdict(problems)
-    figures: dict[str, Any] = {"visits_without_outcome": without}
-    # The people of every visit a timeout race ended early are always among those checked one by one
-    # (balances, accumulators): a compensated settlement must leave nothing behind.
-    raced = {mapper.unmap_text(o.cmd.psn_no) for o in data.observations
-             if o.race and (o.outcome is None or o.outcome.status != "settled")}
-    raced_families = {data.family_of[p] for p in raced if p in data.family_of}
-    must = raced | {m for fam in raced_families for m in data.families.get(fam, [])}
+    c.figures["visits_without_outcome"] = without
+    return problems
 
-    # 2. the identities of every settlement (and of every reversal, with signs turned)
+
+async def settlement_identities(c: Context) -> list[str]:
+    """The identities of every settlement (and of every reversal, with signs turned), and medfee = the bill."""
     problems = []
-    for o in data.observations:
+    for o in c.data.observations:
         s = o.setlinfo
         if s is None:
             continue
@@ -158,13 +219,16 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             if billed != _fen(s["medfee_sumamt"]):
                 why.append(f"medfee_sumamt {s['medfee_sumamt']} != the bill {from_fen(billed)}")
         if why:
-            problems.append(f"{o.step} ({mapper.unmap_text(s['setl_id'])}): {', '.join(why)}")
-    inv["settlement_identities"] = _verdict(problems)
+            problems.append(f"{o.step} ({c.mapper.unmap_text(s['setl_id'])}): {', '.join(why)}")
+    return problems
 
-    # 3. no balance ever negative
+
+async def no_negative_balance(c: Context) -> list[str]:
+    """No balance ever negative: in the outcomes, and in the accounts service (balances, limit usages)."""
+    mapper, acc = c.mapper, c.acc
     problems = []
     negatives = 0
-    for o in data.observations:
+    for o in c.data.observations:
         s = o.setlinfo
         if s is None:
             continue
@@ -176,7 +240,7 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
                 negatives += 1
                 problems.append(f"{o.step}: authorizer {mapper.unmap_text(p['authorizer_psn_no'])} balc {p['balc']}")
     if acc is None:
-        problems.append(f"accounts audit refused: {accounts_rep.err_code} {accounts_rep.err_msg}")
+        problems.append(f"accounts audit refused: {c.accounts_rep.err_code} {c.accounts_rep.err_msg}")
     else:
         if acc.get("negative_balances"):
             negatives += acc["negative_balances"]
@@ -184,11 +248,14 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
         if acc.get("negative_usage"):
             negatives += acc["negative_usage"]
             problems.append(f"{acc['negative_usage']} negative limit usages")
-    figures["negative_balances"] = negatives if acc is not None else None
-    inv["no_negative_balance"] = _verdict(problems)
+    c.figures["negative_balances"] = negatives if acc is not None else None
+    return problems
 
-    # 4. no cap ever exceeded: binding caps and yearly mutual-aid caps (the accounts' usage windows), the
-    # pooled fund's annual and outpatient caps, the channel daily limits (observed, net of reversals)
+
+async def caps_respected(c: Context) -> list[str]:
+    """No cap ever exceeded: binding caps and yearly mutual-aid caps (the accounts' usage windows), the pooled
+    fund's annual and outpatient caps, the channel daily limits (observed, net of reversals)."""
+    data, mapper, acc = c.data, c.mapper, c.acc
     problems = []
     if acc is not None:
         for over in acc.get("cap_overruns", []):
@@ -197,7 +264,7 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
     hifp: dict[tuple[str, int], int] = {}
     outp: dict[tuple[str, int], int] = {}
     chnl: dict[tuple[str, str, str], int] = {}
-    for o in live:
+    for o in c.live:
         s = o.setlinfo
         assert s is not None
         policy = data.policies.get(o.cmd.insuplc_admdvs)
@@ -238,58 +305,75 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
         if limit is not None and fen > to_fen(limit):
             problems.append(f"{mapper.unmap_text(psn)} {day}: {ch} account payments {from_fen(fen)} > daily limit "
                             f"{limit}")
-    figures["cap_overruns"] = len(problems) if acc is not None else None
-    inv["caps_respected"] = _verdict(problems)
+    c.figures["cap_overruns"] = len(problems) if acc is not None else None
+    return problems
 
-    # 5. the ledger sums to zero and every balance equals its ledger
-    problems = ledger_problems(acc, mapper.unmap_text)
-    figures["double_debits"] = acc.get("double_debits") if acc is not None else None
-    inv["ledger_balanced"] = _verdict(problems)
 
-    # 6. every balance equals what the observed flows say (opening + deposits - payments + refunds)
-    if not data.untracked_all:
-        expected: dict[str, int] = {}
-        for psn, person in data.people.items():
-            if person.balance is not None and psn not in data.untracked_people:
-                expected[psn] = to_fen(person.balance) + to_fen(person.prior_balance or Decimal("0.00")) \
-                    + data.deposits.get(psn, 0)
-        for o in data.observations:
-            s = o.setlinfo
-            if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
-                continue
-            patient = mapper.unmap_text(s["psn_no"])
-            own = _fen(s["acct_pay"]) - _fen(s["acct_mulaid_pay"]) - _fen(s.get("wallet_pay", "0.00"))
-            if patient in expected:
-                expected[patient] -= own
-            for p in s.get("mulaid_detail", []):
-                who = mapper.unmap_text(p["authorizer_psn_no"])
-                if who in expected:
-                    expected[who] -= _fen(p["amount"])
-        chosen = _sample(sorted(expected), runner.sc.seed, must)
-        got = await _gather(runner, [("accounts", "G121", {"psn_no": mapper.psn(psn)}, data.people[psn].region)
-                                     for psn in chosen], when)
-        problems = []
-        for psn, rep in zip(chosen, got):
-            if rep.infcode != 0:
-                problems.append(f"{psn}: {rep.err_code}")
-                continue
-            out = rep.output or {}
-            if _fen(out["balc"]) != expected[psn]:
-                problems.append(f"{psn}: balance {out['balc']}, the observed flows say {from_fen(expected[psn])}")
-            if out.get("ledger_balc") is not None and out["ledger_balc"] != out["balc"]:
-                problems.append(f"{psn}: balance {out['balc']} != ledger {out['ledger_balc']}")
-        inv["balances_follow_observed_flows"] = _verdict(problems)
+async def ledger_balanced(c: Context) -> list[str]:
+    """The ledger sums to zero and every balance equals its ledger (the accounts service's G199)."""
+    acc = c.acc
+    problems = ledger_problems(acc, c.mapper.unmap_text)
+    c.figures["double_debits"] = acc.get("double_debits") if acc is not None else None
+    c.figures["ledger_balanced"] = not problems
+    return problems
 
-    # 7. accumulators equal the sum of the settlements (the bureau's own audit, and 5206 vs what we saw)
+
+async def balances_follow_observed_flows(c: Context) -> list[str] | None:
+    """Every balance equals what the observed flows say (opening + deposits - payments + refunds); only when
+    the runner could follow every balance (no admin event it does not model)."""
+    data, mapper = c.data, c.mapper
+    if data.untracked_all:
+        return None
+    expected: dict[str, int] = {}
+    for psn, person in data.people.items():
+        if person.balance is not None and psn not in data.untracked_people:
+            expected[psn] = to_fen(person.balance) + to_fen(person.prior_balance or Decimal("0.00")) \
+                + data.deposits.get(psn, 0)
+    for o in data.observations:
+        s = o.setlinfo
+        if s is None or o.outcome is None or o.outcome.status not in ("settled", "reversed"):
+            continue
+        patient = mapper.unmap_text(s["psn_no"])
+        own = _fen(s["acct_pay"]) - _fen(s["acct_mulaid_pay"]) - _fen(s.get("wallet_pay", "0.00"))
+        if patient in expected:
+            expected[patient] -= own
+        for p in s.get("mulaid_detail", []):
+            who = mapper.unmap_text(p["authorizer_psn_no"])
+            if who in expected:
+                expected[who] -= _fen(p["amount"])
+    chosen = _sample(sorted(expected), c.runner.sc.seed, c.must)
+    got = await _gather(c.runner, [("accounts", "G121", {"psn_no": mapper.psn(psn)}, data.people[psn].region)
+                                   for psn in chosen], c.when)
+    problems = []
+    for psn, rep in zip(chosen, got):
+        if rep.infcode != 0:
+            problems.append(f"{psn}: {rep.err_code}")
+            continue
+        out = rep.output or {}
+        if _fen(out["balc"]) != expected[psn]:
+            problems.append(f"{psn}: balance {out['balc']}, the observed flows say {from_fen(expected[psn])}")
+        if out.get("ledger_balc") is not None and out["ledger_balc"] != out["balc"]:
+            problems.append(f"{psn}: balance {out['balc']} != ledger {out['ledger_balc']}")
+    return problems
+
+
+def _zero_accumulators() -> dict[str, int]:
+    return {"outpatient_dedc": 0, "inpatient_dedc": 0, "inpatient_stays": 0, "hifp_pay": 0,
+            "outpatient_hifp_pay": 0, "settlements": 0, **{f: 0 for f in FUND_ACCUMULATORS.values()}}
+
+
+async def accumulators_match_settlements(c: Context) -> list[str]:
+    """Accumulators equal the sum of the settlements (the bureau's own audit, and 5206 against what we saw)."""
+    data, mapper, bur, must = c.data, c.mapper, c.bur, c.must
     problems = []
     if bur is None:
-        problems.append(f"bureau audit refused: {bureau_rep.err_code} {bureau_rep.err_msg}")
+        problems.append(f"bureau audit refused: {c.bureau_rep.err_code} {c.bureau_rep.err_msg}")
     else:
         for mm in bur.get("accumulator_mismatches", []):
             problems.append(f"bureau: {mapper.unmap_text(mm['psn_no'])} {mm['year']} accumulators != settlements")
     acc_obs: dict[tuple[str, int], dict[str, int]] = {}
     touched: set[tuple[str, int]] = set()
-    for o in settled_all:
+    for o in c.settled_all:
         s = o.setlinfo
         assert s is not None
         policy = data.policies.get(o.cmd.insuplc_admdvs)
@@ -297,10 +381,8 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             continue
         key = (mapper.unmap_text(o.cmd.psn_no), insurance_year(policy.year_start_month, _time(s["setl_time"])))
         touched.add(key)
-        a = acc_obs.setdefault(key, {"outpatient_dedc": 0, "inpatient_dedc": 0, "inpatient_stays": 0,
-                                     "hifp_pay": 0, "outpatient_hifp_pay": 0, "settlements": 0,
-                                     **{f: 0 for f in FUND_ACCUMULATORS.values()}})
-        if s["setl_id"] in reversals:
+        a = acc_obs.setdefault(key, _zero_accumulators())
+        if s["setl_id"] in c.reversals:
             continue
         a["settlements"] += 1
         a["hifp_pay"] += _fen(s["hifp_pay"])
@@ -324,13 +406,11 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
                 key = (mapper.unmap_text(o.cmd.psn_no),
                        insurance_year(policy.year_start_month, _time(format_biz_time(o.cmd.biz_time))))
                 touched.add(key)
-                acc_obs.setdefault(key, {"outpatient_dedc": 0, "inpatient_dedc": 0, "inpatient_stays": 0,
-                                         "hifp_pay": 0, "outpatient_hifp_pay": 0, "settlements": 0,
-                                         **{f: 0 for f in FUND_ACCUMULATORS.values()}})
-    keys = _sample(sorted(touched), runner.sc.seed, {k for k in touched if k[0] in must})
-    got = await _gather(runner, [("bureau", "5206", {"psn_no": mapper.psn(psn), "cum_year": year},
-                                  data.people[psn].region if psn in data.people else None) for psn, year in keys],
-                        when)
+                acc_obs.setdefault(key, _zero_accumulators())
+    keys = _sample(sorted(touched), c.runner.sc.seed, {k for k in touched if k[0] in must})
+    got = await _gather(c.runner, [("bureau", "5206", {"psn_no": mapper.psn(psn), "cum_year": year},
+                                    data.people[psn].region if psn in data.people else None) for psn, year in keys],
+                        c.when)
     for (psn, year), rep in zip(keys, got):
         if rep.infcode != 0:
             problems.append(f"5206 {psn} {year}: {rep.err_code}")
@@ -342,14 +422,21 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             if have_fen != v:
                 shown = v if k in ("inpatient_stays", "settlements") else from_fen(v)
                 problems.append(f"{psn} {year}: {k} is {have}, the settlements say {shown}")
-    inv["accumulators_match_settlements"] = _verdict(problems)
+    return problems
 
-    # 8. reversals net to zero
+
+REVERSED_MONEY = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+                  "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
+                  "psn_cash_pay")
+
+
+async def reversals_net_to_zero(c: Context) -> list[str]:
+    """A reversal is the negation of the settlement it undoes; each settlement is reversed at most once, and
+    the bureau counts the reversals the run saw."""
+    data, mapper, bur = c.data, c.mapper, c.bur
+    by_setl = {o.setlinfo["setl_id"]: o for o in c.settled_all}  # type: ignore[index]
     problems = []
-    money = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
-             "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
-             "psn_cash_pay")
-    for orig_id, rev in sorted(reversals.items()):
+    for orig_id, rev in sorted(c.reversals.items()):
         orig = by_setl.get(orig_id)
         r = rev.setlinfo
         assert r is not None
@@ -358,7 +445,7 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             continue
         s = orig.setlinfo
         assert s is not None
-        bad = [k for k in money if _fen(r[k]) != -_fen(s[k])]
+        bad = [k for k in REVERSED_MONEY if _fen(r[k]) != -_fen(s[k])]
         parts_s = sorted((p["authorizer_psn_no"], _fen(p["amount"])) for p in s.get("mulaid_detail", []))
         parts_r = sorted((p["authorizer_psn_no"], -_fen(p["amount"])) for p in r.get("mulaid_detail", []))
         if parts_s != parts_r:
@@ -367,18 +454,21 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
             problems.append(f"{rev.step}: {', '.join(bad)} not the negation of {orig.step}")
     n_rev = sum(1 for o in data.observations if isinstance(o.cmd, ReverseVisit) and o.outcome is not None
                 and o.outcome.status == "reversed")
-    if len(reversals) != n_rev:
-        problems.append(f"{n_rev} reversals, {len(reversals)} distinct settlements reversed")
-    if bur is not None and not data.mapper.tag:
+    if len(c.reversals) != n_rev:
+        problems.append(f"{n_rev} reversals, {len(c.reversals)} distinct settlements reversed")
+    if bur is not None and not mapper.tag:
         states = bur.get("states", {})
         if states.get("reversed", 0) != n_rev:
             problems.append(f"the bureau has {states.get('reversed', 0)} reversed settlements, the run saw {n_rev}")
-    inv["reversals_net_to_zero"] = _verdict(problems)
+    return problems
 
-    # 9. per facility and day: a 3201 reconciliation (对总账) of the POS's totals against the bureau's
+
+async def daily_reconciliation_3201(c: Context) -> list[str]:
+    """Per facility and day: a 3201 reconciliation (对总账) of the POS's totals against the bureau's."""
+    data, mapper, bur = c.data, c.mapper, c.bur
     problems = []
     groups: dict[tuple[str, str, str], dict[str, int]] = {}
-    for o in live:
+    for o in c.live:
         s = o.setlinfo
         assert s is not None
         key = (o.cmd.fixmedins_code, s["setl_time"][:10], o.cmd.insuplc_admdvs)
@@ -393,7 +483,7 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
                                  **{k: f"{from_fen(groups[(fac, day, reg)][k]):.2f}"
                                     for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")}},
               reg) for fac, day, reg in keys3]
-    got = await _gather(runner, calls, when, sample=False)
+    got = await _gather(c.runner, calls, c.when, sample=False)
     matched = 0
     for (fac, day, reg), rep in zip(keys3, got):
         if rep.infcode != 0:
@@ -404,7 +494,7 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
         else:
             matched += 1
     if bur is not None:
-        ours = set(mapper.fac(c) for c in data.facilities)
+        ours = set(mapper.fac(code) for code in data.facilities)
         pos_days: dict[str, dict[str, int]] = {}
         for (fac, day, _reg), g in groups.items():
             d = pos_days.setdefault(f"{fac}/{day}", {"count": 0, "medfee_fen": 0})
@@ -418,38 +508,47 @@ async def audit(runner: "Runner", data: "RunData") -> dict[str, str]:
                 problems.append(f"{mapper.unmap_text(key)}: bureau {totals['count']} settlements "
                                 f"{from_fen(totals['medfee_fen'])}, POS {pos['count']} {from_fen(pos['medfee_fen'])}")
     data.results["_reconciliation"] = {"facility_days": len(keys3), "matched": matched}
-    inv["daily_reconciliation_3201"] = _verdict(problems)
-    figures["ledger_balanced"] = inv["ledger_balanced"] == "ok"
-    figures["reconciliation_matches"] = inv["daily_reconciliation_3201"] == "ok" and matched == len(keys3)
+    c.figures["reconciliation_matches"] = not problems and matched == len(keys3)
+    return problems
 
-    # 10. nothing left half-done
+
+async def nothing_in_flight(c: Context) -> list[str]:
+    """Nothing left half-done: no settlement still pending, reversing or compensating."""
+    bur = c.bur
     problems = []
-    if bur is not None and not data.mapper.tag:
+    if bur is not None and not c.mapper.tag:
         for state in ("pending", "reversing", "compensating"):
             if bur.get("states", {}).get(state):
                 problems.append(f"{bur['states'][state]} settlements still {state}")
-    inv["nothing_in_flight"] = _verdict(problems)
+    return problems
 
-    # 11. visits: every registered visit ends settled, cancelled or reported open (after the 3201 sweep above)
-    after = await runner.call("bureau", "G199", {}, when, region)
-    problems, figures["visits"] = visit_audit.check(data, after.output or {} if after.infcode == 0 else None)
-    inv["every_visit_settled_cancelled_or_open"] = _verdict(problems)
-    # 12. bureau against accounts, item by item by setl_id (3202 对明细账): a payment without its settlement,
-    # a settlement without its payment, an undone settlement not refunded, amounts that differ.
-    problems = []
-    if not data.mapper.tag:  # --external: the services hold more than this run
-        try:
-            diffs = await reconcile_services(runner, when, region)
-        except Exception as exc:  # a side that cannot answer is a finding too
-            diffs = [{"setl_id": "-", "problem": f"item reconciliation failed: {exc}"}]
-        problems = [f"{mapper.unmap_text(d['setl_id'])}: {d['problem']}" for d in diffs]
-        figures["item_differences"] = len(diffs)
-    inv["bureau_matches_accounts"] = _verdict(problems)
-    # settlements the bureau had taken in (adjudicated, maybe paid) and then undid for a 2601 冲正
-    figures["bureau_compensated"] = (bur.get("states", {}).get("compensated", 0)
-                                     if bur is not None and not data.mapper.tag else None)  # --external: not ours alone
-    data.figures = figures
-    return inv
+
+async def every_visit_settled_cancelled_or_open(c: Context) -> list[str]:
+    """Every registered visit ends settled, cancelled or reported open (after the 3201 sweep above)."""
+    after = await c.runner.call("bureau", "G199", {}, c.when, c.region)
+    problems, c.figures["visits"] = visit_audit.check(c.data, after.output or {} if after.infcode == 0 else None)
+    return problems
+
+
+async def bureau_matches_accounts(c: Context) -> list[str]:
+    """Bureau against accounts, item by item by setl_id (3202 对明细账): a payment without its settlement, a
+    settlement without its payment, an undone settlement not refunded, amounts that differ."""
+    if c.mapper.tag:  # --external: the services hold more than this run
+        return []
+    try:
+        diffs = await reconcile_services(c.runner, c.when, c.region)
+    except Exception as exc:  # a side that cannot answer is a finding too
+        diffs = [{"setl_id": "-", "problem": f"item reconciliation failed: {exc}"}]
+    c.figures["item_differences"] = len(diffs)
+    return [f"{c.mapper.unmap_text(d['setl_id'])}: {d['problem']}" for d in diffs]
+
+
+# The auditor: every invariant, in the order of the report and the JUnit file; the name is the function's.
+INVARIANTS: list[Invariant] = [
+    one_final_outcome_per_visit, settlement_identities, no_negative_balance, caps_respected, ledger_balanced,
+    balances_follow_observed_flows, accumulators_match_settlements, reversals_net_to_zero,
+    daily_reconciliation_3201, nothing_in_flight, every_visit_settled_cancelled_or_open, bureau_matches_accounts,
+]
 
 
 async def reconcile_services(runner: "Runner", when: datetime, region: str) -> list[dict[str, Any]]:

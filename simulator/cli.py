@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rd)
     redrive.add_arguments(rd)
 
-    from simulator import bench
+    from simulator.bench import measure as bench
     bench.add_arguments(b := sub.add_parser("bench", help="start the workers, load M accounts, measure settlements/s, "
                                                           "latency, CPU and memory against the raw broker ceiling"))
     _database(b, throwaway=True)
@@ -141,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_arguments(sub.add_parser("observe", help="watch outcome and conformance events (e.g. of gateway "
                                                          "traffic) and write report.json, report.html and a CSV"))
 
-    from simulator import compare, runner
-    runner.add_arguments(r := sub.add_parser("run", help="run a scenario file: start the workers, drive the timeline, "
-                                                         "audit the invariants, write report.json and report.html",
-                                             epilog=EXIT_CODES_HELP, formatter_class=raw))
+    from simulator import compare
+    from simulator.run import command as run_command
+    run_command.add_arguments(r := sub.add_parser("run", help="run a scenario file: start the workers, drive the "
+                                                              "timeline, audit the invariants, write report.json "
+                                                              "and report.html",
+                                                  epilog=EXIT_CODES_HELP, formatter_class=raw))
     _database(r, throwaway=True)
     compare.add_arguments(sub.add_parser("compare", help="policy what-if: run one scenario under two policy sets "
                                                          "and compare family out-of-pocket and pooled-fund spending",
@@ -208,13 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return _up(args)
     if args.command == "bench":
-        from simulator import bench
+        from simulator.bench import measure as bench
         with _throwaway_database(args):
             return bench.main(args, argv if argv is not None else sys.argv[2:])
     if args.command == "run":
-        from simulator import runner
+        from simulator.run import command as run_command
         with _throwaway_database(args):
-            return runner.main(args)
+            return run_command.main(args)
     if args.command == "gateway":
         from services.gateway import main as gateway
         return gateway.main(args)

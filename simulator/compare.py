@@ -26,11 +26,13 @@ import yaml
 from contracts.money import from_fen
 
 from .errors import EXIT_INVALID, run_guarded
+from .figures import totals
 from .published import SCHEMA_VERSION, snake, yuan
 from .report import _e, _table, dumps, family_figures, sources
-from .runner import Progress, RunResult, options_from, run_loaded, totals
-from .scenario import ScenarioError, load_scenario
-from .terminal import table
+from .run.command import options_from
+from .run.orchestration import RunResult, run_loaded
+from .scenario.loader import ScenarioError, load_scenario
+from .terminal import Progress, table
 
 
 class PolicySet:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 from contracts.money import to_fen
 
-from .scenario import TOTAL_FIELDS
+from .scenario.model import TOTAL_FIELDS
 
 if TYPE_CHECKING:
-    from .runner import Obs
+    from .run.observations import Obs
 
 
 def totals(observations: "list[Obs]") -> dict[str, int]:

@@ -13,7 +13,8 @@ from typing import Any
 from contracts.base import SHANGHAI
 from contracts.money import from_fen, line_total, round_fen, to_fen
 
-from .scenario import BindingSpec, Facility, Generator, Item, LoadedScenario, MoneyDist, Person, scaled_families
+from .scenario.loader import LoadedScenario, scaled_families
+from .scenario.model import BindingSpec, Facility, Generator, Item, MoneyDist, Person
 
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
 GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英华建国玉兰红梅志强海燕小雨欣怡子涵浩然思远"

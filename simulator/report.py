@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 from contracts.money import from_fen, to_fen
 from contracts.pos import ReverseVisit, SettleVisit
 
-from .audit import insurance_year, standing
+from .audit import insurance_year, invariant_names, standing
 from .figures import totals
 from .report_assets import CSS, JS  # the page's inline style and script
 
 if TYPE_CHECKING:
-    from .runner import Obs, RunData
+    from .run.observations import Obs, RunData
 
 WHY_LIMIT = 300  # settlements explained in the HTML (all of the timeline's; generated ones up to this)
 FAMILY_SERIES = 8
@@ -123,7 +123,7 @@ def build(data: "RunData", invariants: dict[str, str], *, scale: str) -> dict[st
                      "mutual_aid": _y(sum(f["mulaid"] for f in fams.values()))},
         "expectations": {"passed": data.passed, "failed": len({f["step"] for f in failures}),
                          "failures": failures},
-        "invariants": dict(invariants),
+        "invariants": {name: invariants[name] for name in invariant_names() if name in invariants},
         "reconciliation": rec,
         # the national flow: visits registered (2201/2401), how they ended, what the bureau still has open
         "national_visits": (data.figures or {}).get("visits"),

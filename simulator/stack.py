@@ -20,6 +20,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from contracts.routing import Names
+from services.shared.topology import exchanges, queues
+
 WORKERS = ("bureau", "accounts", "pos")
 RABBITMQ_IMAGE = "rabbitmq:3.13.7-management"
 NO_BROKER = ("No RabbitMQ reachable: set AMQP_URL (or --amqp-url), or start one on localhost:5672 "
@@ -163,11 +166,7 @@ class WorkerStack:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def queues_used(self) -> list[str]:
-        from contracts.routing import Names
-        n = Names(self.ns)
-        return [n.bureau_queue(None), n.accounts_pay_queue, n.accounts_admin_queue, n.pos_command_queue,
-                n.reply_queue("pos"), n.reply_queue("bureau"), n.reply_queue("bureau-all"), n.events_archive_queue,
-                n.dead_queue]
+        return [q.name for q in queues(Names(self.ns), [])]
 
     async def cleanup(self) -> None:
         await cleanup_namespace(self.amqp_url, self.ns, self.queues_used())
@@ -177,7 +176,6 @@ async def cleanup_namespace(amqp_url: str, ns: str, queues: list[str]) -> None:
     """Leave nothing behind: this run's queues and exchanges (client queues expire by themselves)."""
     import aio_pika
 
-    from contracts.routing import Names
     names = Names(ns)
     conn = await aio_pika.connect(amqp_url)
     try:
@@ -187,10 +185,7 @@ async def cleanup_namespace(amqp_url: str, ns: str, queues: list[str]) -> None:
                 await ch.queue_delete(q)
             except Exception:
                 pass
-        for ex in (names.bureau_exchange, names.registry_exchange, names.accounts_exchange, names.pay_exchange,
-                   names.pos_exchange,
-                   names.reply_exchange,
-                   names.events_exchange, names.dlx):
+        for ex in exchanges(names):
             ch = await conn.channel()
             try:
                 await ch.exchange_delete(ex)
@@ -212,8 +207,6 @@ async def read_dead_letters(amqp_url: str, ns: str, *, consume: bool = True, lim
     says why in x-gongji-reason (and x-gongji-queue); the broker's own dead-lettering (a quorum queue's delivery
     limit, ...) says it in x-first-death-reason / x-death. consume=False only looks (the messages go back)."""
     import aio_pika
-
-    from contracts.routing import Names
     conn = await aio_pika.connect(amqp_url)
     out: list[dict[str, str]] = []
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .runner import RunData
+    from .run.observations import RunData
 
 
 def check(data: "RunData", bureau: dict[str, Any] | None) -> tuple[list[str], dict[str, Any]]:

@@ -98,6 +98,13 @@ def test_junit_counts_expectations_and_invariants(amqp_url: str, tmp_path: Path)
     assert exp.get("tests") == "2" and exp.get("failures") == "1"
     assert len(inv.findall("testcase")) == len(rep["invariants"]) and inv.get("failures") == "0"
     assert root.get("tests") == str(2 + len(rep["invariants"])) and root.get("failures") == "1"
+    # The invariants are the auditor's list of named functions, every one of them here (the scenario's balances
+    # are all followed), in its order, in report.json and in the JUnit file alike.
+    from simulator.audit import INVARIANTS
+    names = [f.__name__ for f in INVARIANTS]
+    assert len(names) == len(set(names)) >= 12
+    assert list(rep["invariants"]) == sorted(names)  # report.json is written with sorted keys
+    assert [c.get("name") for c in inv.findall("testcase")] == [f"invariant: {n}" for n in names]
 
 
 def test_settle_mistakes_are_one_clear_line(amqp_url: str) -> None:

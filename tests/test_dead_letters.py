@@ -7,7 +7,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from services.shared.broker import dead_queue_args
+from services.shared.topology import dead_queue_args
 from tests.harness import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -12,18 +12,24 @@ so that conftest runs them last.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from simulator.runner import Progress, RunOptions, _local_broker, run_loaded
-from simulator.scenario import FAULT_KINDS, ScenarioError, load_scenario
+from simulator.run import faults
+from simulator.run.faults import _local_broker
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.scenario.loader import ScenarioError, load_scenario
+from simulator.scenario.model import FAULT_KINDS
+from simulator.terminal import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "scenarios" / "faults"
@@ -50,6 +56,51 @@ def test_every_fault_kind_has_a_scenario() -> None:
     assert set(found) == set(FAULT_KINDS), f"fault kinds without a scenario: {set(FAULT_KINDS) - set(found)}"
     assert {SCENARIO_KIND[name] for name in SCENARIO_KIND} == set(FAULT_KINDS)
     assert sorted(p.stem for p in FAULTS.glob("*.yaml")) == sorted(SCENARIO_KIND)
+
+
+def test_a_fault_kind_registered_from_its_own_module_is_checked_fired_and_counted() -> None:
+    """The fault registry (simulator/run/faults.py): one TRIGGERED entry is all the driver needs to check a new
+    kind before the run, fire it once its trigger is reached, and count it."""
+    fired: list[str] = []
+
+    async def node_down(driver: Any, f: Any, when: str) -> None:
+        driver.injected[f.kind] += 1
+        fired.append(when)
+
+    def needs_cluster(f: Any, external: bool, amqp_url: str) -> str | None:
+        return "needs a cluster" if "single" in amqp_url else None
+
+    faults.TRIGGERED["test_node_down"] = faults.TriggeredKind(node_down, needs_cluster, needs_stack=True)
+    try:
+        fault = SimpleNamespace(kind="test_node_down", at_s=None, after_settlements=3)
+        loaded = SimpleNamespace(scenario=SimpleNamespace(faults=[fault], seed=7, generator=None),
+                                 where=lambda path: "x.yaml:9")
+        driver = faults.FaultDriver(loaded)  # type: ignore[arg-type]
+        with pytest.raises(SystemExit, match="x.yaml:9: faults\\[0\\] \\(test_node_down\\): needs the workers"):
+            driver.check(external=True, amqp_url="amqp://localhost")
+        with pytest.raises(SystemExit, match="needs a cluster"):
+            driver.check(external=False, amqp_url="amqp://single")
+        driver.check(external=False, amqp_url="amqp://localhost")
+        assert driver.disrupts_connections and driver.chaos() is None
+        runner = SimpleNamespace(completed=2, planned=10)
+
+        async def traffic() -> None:
+            task = asyncio.create_task(driver.run(runner))  # type: ignore[arg-type]
+            await asyncio.sleep(0.3)
+            assert fired == []  # 2 outcomes: not yet
+            runner.completed = 3
+            for _ in range(200):
+                if fired:
+                    break
+                await asyncio.sleep(0.05)
+            driver.stop()
+            await task
+
+        asyncio.run(traffic())
+        assert len(fired) == 1 and fired[0].startswith("after 3 outcomes")
+        assert driver.summary()["injected"] == {"test_node_down": 1} and driver.summary()["not_injected"] == []
+    finally:
+        del faults.TRIGGERED["test_node_down"]
 
 
 def test_fault_errors_name_file_line_and_field(tmp_path: Path) -> None:

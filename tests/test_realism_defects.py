@@ -12,8 +12,9 @@ from contracts.base import SHANGHAI
 from contracts.money import line_total
 from contracts.pos import ReverseVisit
 from simulator import cli, demo
-from simulator.runner import Mapper, Runner
-from simulator.scenario import Item
+from simulator.run.identities import Mapper
+from simulator.run.runner import Runner
+from simulator.scenario.model import Item
 from tests.harness import (BJ, BJ_HOSPITAL3, HK, HK_HOSPITAL2, HOSPITAL3, HZ, PHARMACY, SH, SH_HOSPITAL3, WH,
                            WH_PHARMACY, Stack, admin_call, balance, bind, line, ok, person, uid, visit)
 

@@ -15,8 +15,9 @@ import pytest
 
 from simulator.compare import render_html as compare_html
 from simulator.report import time_ticks
-from simulator.runner import Progress, RunOptions, run_loaded
-from simulator.scenario import load_scenario
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
+from simulator.scenario.loader import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = shutil.which("node")

@@ -174,7 +174,7 @@ def test_generated_month_has_residents_and_low_income_people() -> None:
     from pathlib import Path
 
     from simulator.generate import generate
-    from simulator.scenario import load_scenario
+    from simulator.scenario.loader import load_scenario
     pop = generate(load_scenario(Path("scenarios/generated_month.yaml"), scale="0.1"))
     people = pop.people
     residents = [p for p in people if p.insutype == "390"]

@@ -182,8 +182,9 @@ async def test_report_shows_where_each_yuan_came_from_by_fund(amqp_url: str, tmp
     for key, value in database_env.items():  # the workers run_loaded starts inherit it
         monkeypatch.setenv(key, value)
 
-    from simulator.runner import Progress, RunOptions, run_loaded
-    from simulator.scenario import load_scenario
+    from simulator.run.orchestration import RunOptions, run_loaded
+    from simulator.terminal import Progress
+    from simulator.scenario.loader import load_scenario
     repo = Path(__file__).resolve().parents[1]
     # scenarios/low_income_assistance.yaml: two stays of 10000.00; basic 6900.00 each, 医疗救助 2170.00 for
     # the low-income one; cash 930.00 + 3100.00.

@@ -20,8 +20,9 @@ from typing import Iterator
 import pytest
 
 from simulator.generate import generate
-from simulator.runner import Progress, RunOptions, run_loaded
-from simulator.scenario import ScenarioError, load_scenario
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
+from simulator.scenario.loader import ScenarioError, load_scenario
 from tests.harness import Stack
 
 REPO = Path(__file__).resolve().parents[1]

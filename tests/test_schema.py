@@ -20,8 +20,9 @@ from referencing.jsonschema import DRAFT202012
 
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.broker import Broker
-from simulator.runner import Progress, RunOptions, run_loaded
-from simulator.scenario import load_scenario
+from simulator.run.orchestration import RunOptions, run_loaded
+from simulator.terminal import Progress
+from simulator.scenario.loader import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted([*(REPO / "scenarios").glob("*.yaml"), *(REPO / "scenarios" / "faults").glob("*.yaml")])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable
@@ -23,10 +22,11 @@ from contracts.routing import Names
 from contracts.settlement import NEVER_ACCOUNT_SCOPES, PILOT_SCOPES, MulaidPart
 from services.shared.inbox import decode_input, envelope_refusal, handle_idempotent
 from services.shared.policy import MED_TYPE_CATEGORY, AccountRules, RegionPolicy
-from services.shared.store import OutMessage, outbox_add, rolled_back, transaction
+from services.shared.sql import Tx
+from services.shared.store import OutMessage
 
 from . import lifecycle
-from . import store as db
+from .repository import AccountsUnitOfWork
 from .domain import Allocation, Limit, Payer, allocate, split_pockets, windows
 
 ZERO = Decimal("0.00")
@@ -50,30 +50,31 @@ class AccountsService:
     def windows(self, region: str, when: datetime) -> dict[str, str]:
         return windows(when, self.year_start(region))
 
-    def roll_pockets(self, conn: sqlite3.Connection, psn_no: str, when: datetime) -> None:
+    def roll_pockets(self, uow: AccountsUnitOfWork, psn_no: str, when: datetime) -> None:
         """Where only the prior-year account is shared, the current-year account becomes prior-year when
         the insurance year turns (结转), on business time, the first time the account is touched."""
-        acct = db.get_account(conn, psn_no)
+        uow.accounts.lock([psn_no])
+        acct = uow.accounts.get(psn_no)
         if acct is None or self.rules(acct["insuplc_admdvs"]).shared_pocket != "prior_year":
             return
         year = int(self.windows(acct["insuplc_admdvs"], when)["year"])
         if acct["pocket_year"] is None or acct["pocket_year"] >= year:
             if acct["pocket_year"] is None:
-                conn.execute("UPDATE accounts SET pocket_year=? WHERE psn_no=?", (year, psn_no))
+                uow.accounts.set_pocket_year(psn_no, year)
             return
         if acct["balance_fen"]:
-            db.post(conn, f"rollover:{psn_no}:{year}", "rollover", format_biz_time(when),
+            uow.ledger.post(f"rollover:{psn_no}:{year}", "rollover", format_biz_time(when),
                     [(f"psn:{psn_no}", -acct["balance_fen"]), (f"psnp:{psn_no}", acct["balance_fen"])])
-        conn.execute("UPDATE accounts SET pocket_year=? WHERE psn_no=?", (year, psn_no))
+        uow.accounts.set_pocket_year(psn_no, year)
 
-    def shareable(self, acct: sqlite3.Row) -> list[tuple[str, int]]:
+    def shareable(self, acct: Any) -> list[tuple[str, int]]:
         """The pockets an authorizer may share, in the order they are drawn."""
         psn = acct["psn_no"]
         if self.rules(acct["insuplc_admdvs"]).shared_pocket == "prior_year":
             return [(f"psnp:{psn}", acct["prior_fen"])]
         return [(f"psn:{psn}", acct["balance_fen"]), (f"psnp:{psn}", acct["prior_fen"])]
 
-    def own_pockets(self, acct: sqlite3.Row, med_type: str | None = None) -> list[tuple[str, int]]:
+    def own_pockets(self, acct: Any, med_type: str | None = None) -> list[tuple[str, int]]:
         """The patient's own account: the current-year account first where the region says so for this kind
         of settlement (Shanghai: 门急诊 and pharmacy), else the prior-year account first."""
         psn = acct["psn_no"]
@@ -83,30 +84,31 @@ class AccountsService:
             pockets.reverse()
         return pockets
 
-    def sweep_transfers(self, conn: sqlite3.Connection, when: str, outbox: list[int]) -> None:
+    def sweep_transfers(self, uow: AccountsUnitOfWork, when: str, outbox: list[int]) -> None:
         """Unclaimed wallet transfers go back to the sender at the return time (business time)."""
-        for t in conn.execute("SELECT * FROM transfers WHERE state='sent' AND expires_time <= ?", (when,)).fetchall():
+        for t in uow.transfers.due(when):
             back = [(acct, -amount) for acct, amount in json.loads(t["postings"])]
             back.append(("transit:wallet", -t["amount_fen"]))
-            db.post(conn, f"return:{t['transfer_id']}", "wallet_return", t["expires_time"], back)
-            conn.execute("UPDATE transfers SET state='returned' WHERE transfer_id=?", (t["transfer_id"],))
-            self.event(conn, outbox, t["from_psn_no"], t["amount_fen"], "wallet_return", t["transfer_id"],
+            uow.ledger.post(f"return:{t['transfer_id']}", "wallet_return", t["expires_time"], back)
+            uow.transfers.set_state(t["transfer_id"], "returned")
+            self.event(uow, outbox, t["from_psn_no"], t["amount_fen"], "wallet_return", t["transfer_id"],
                        t["expires_time"])
 
-    def event(self, conn: sqlite3.Connection, outbox: list[int], psn_no: str, delta: int, reason: str, ref: str,
+    def event(self, uow: AccountsUnitOfWork, outbox: list[int], psn_no: str, delta: int, reason: str, ref: str,
               when: str, wallet: bool = False) -> None:
         """个人账户变动提醒: one event per person and movement."""
         if delta == 0:
             return
-        balc = db.wallet(conn, psn_no) if wallet else db.balance(conn, psn_no)
+        balc = uow.people.wallet(psn_no) if wallet else uow.accounts.balance(psn_no)
         event = BalanceChanged(psn_no=psn_no, delta=from_fen(delta), balc=from_fen(balc), reason=reason,  # type: ignore
                                ref=ref, biz_time=when)  # type: ignore[arg-type]
-        outbox.append(outbox_add(conn, OutMessage(self.names.events_exchange, f"balance.{psn_no}",
-                                                  event.model_dump_json().encode(),
-                                                  message_id=f"bal:{ref}:{psn_no}:{reason}")))
+        outbox.append(uow.outbox.add(OutMessage(self.names.events_exchange, f"balance.{psn_no}",
+                                                event.model_dump_json().encode(),
+                                                message_id=f"bal:{ref}:{psn_no}:{reason}")))
 
     # ---- requests from the bureau -------------------------------------------------------------
-    def handle_request(self, conn: sqlite3.Connection, req: AccountsRequest, reply_to: str | None) -> list[int]:
+    def handle_request(self, tx: Tx, req: AccountsRequest, reply_to: str | None) -> list[int]:
+        uow = AccountsUnitOfWork(tx)
         content_hash = hashlib.sha256(req.model_dump_json(exclude={"context"}).encode()).hexdigest()
 
         def refusal(exc: GongjiError) -> bytes:
@@ -116,31 +118,31 @@ class AccountsService:
         def effect(outbox: list[int]) -> bytes:
             if req.kind == "balance":
                 reply = AccountsReply(req_id=req.req_id, kind=req.kind, ok=True,
-                                      balc=from_fen(db.balance(conn, req.psn_no)), context=req.context)
+                                      balc=from_fen(uow.accounts.balance(req.psn_no)), context=req.context)
             elif req.kind == "refund":
-                self.sweep_transfers(conn, format_biz_time(req.biz_time), outbox)
-                reply = self._refund(conn, req, outbox)
+                self.sweep_transfers(uow, format_biz_time(req.biz_time), outbox)
+                reply = self._refund(uow, req, outbox)
             else:
                 if req.kind == "pay":
-                    self.sweep_transfers(conn, format_biz_time(req.biz_time), outbox)
-                reply = self._pay(conn, req, outbox, commit=req.kind == "pay")
+                    self.sweep_transfers(uow, format_biz_time(req.biz_time), outbox)
+                reply = self._pay(uow, req, outbox, commit=req.kind == "pay")
             return reply.model_dump_json().encode()
 
         if req.kind in ("preview", "balance"):
             # Read-only: nothing to make idempotent, no inbox entry; rolled back, so nothing sticks.
             outbox: list[int] = []
-            with rolled_back(conn):
+            with uow.rolled_back():
                 try:
                     body = effect([])
                 except GongjiError as exc:
                     body = refusal(exc)
             if reply_to:
-                with transaction(conn):
-                    outbox.append(outbox_add(conn, OutMessage(self.names.reply_exchange, reply_to, body,
-                                                              message_id=f"re:{req.req_id}",
-                                                              correlation_id=req.req_id)))
+                with uow.transaction():
+                    outbox.append(uow.outbox.add(OutMessage(self.names.reply_exchange, reply_to, body,
+                                                            message_id=f"re:{req.req_id}",
+                                                            correlation_id=req.req_id)))
             return outbox
-        return handle_idempotent(conn, key=req.req_id, kind=req.kind, content_hash=content_hash, reply_to=reply_to,
+        return handle_idempotent(uow, key=req.req_id, kind=req.kind, content_hash=content_hash, reply_to=reply_to,
                                  reply_exchange=self.names.reply_exchange, effect=effect, refusal=refusal)
 
     def _payable(self, req: AccountsRequest, rules: AccountRules, psn_part: int) -> tuple[int, list[str]]:
@@ -159,28 +161,29 @@ class AccountsService:
                     notes.append(f"{scope} items ({amount}) may not be paid from any personal account")
         return max(0, psn_part - excluded), notes
 
-    def _payers(self, conn: sqlite3.Connection, req: AccountsRequest, win: dict[str, str], psn_part: int = 0
-                ) -> tuple[Payer | None, list[Payer], dict[str, sqlite3.Row], list[str]]:
+    def _payers(self, uow: AccountsUnitOfWork, req: AccountsRequest, win: dict[str, str], psn_part: int = 0
+                ) -> tuple[Payer | None, list[Payer], dict[str, Any], list[str]]:
         notes: list[str] = []
-        self.roll_pockets(conn, req.psn_no, req.biz_time)
-        own_row = db.get_account(conn, req.psn_no)
+        bindings = uow.bindings.active_of_member(req.psn_no) if req.proxy_psn_no is None else []
+        uow.accounts.lock([req.psn_no] + [b["authorizer_psn_no"] for b in bindings])  # in psn_no order
+        self.roll_pockets(uow, req.psn_no, req.biz_time)
+        own_row = uow.accounts.get(req.psn_no)
         own = None
         if own_row is not None:
             own = Payer(req.psn_no, None, own_row["balance_fen"] + own_row["prior_fen"],
                         usable=own_row["status"] == "normal", why_unusable=f"account {own_row['status']}")
         authorizers: list[Payer] = []
-        rows: dict[str, sqlite3.Row] = {}
+        rows: dict[str, Any] = {}
         if req.proxy_psn_no is not None:
-            proxy = conn.execute("SELECT * FROM proxies WHERE proxy_psn_no=? AND member_psn_no=? AND status='active'",
-                                 (req.proxy_psn_no, req.psn_no)).fetchone()
+            proxy = uow.proxies.active(req.proxy_psn_no, req.psn_no)
             if proxy is None:
                 raise GongjiError(ErrorCode.PROXY_NOT_AUTHORIZED,
                                   f"{req.proxy_psn_no} may not use {req.psn_no}'s e-voucher (no 亲情账户 link)")
             notes.append(f"亲情账户: {req.proxy_psn_no} settles for {req.psn_no}; only {req.psn_no}'s own money pays")
             return own, authorizers, rows, notes
-        for b in db.active_bindings(conn, req.psn_no):
-            self.roll_pockets(conn, b["authorizer_psn_no"], req.biz_time)
-            acct = db.get_account(conn, b["authorizer_psn_no"])
+        for b in bindings:
+            self.roll_pockets(uow, b["authorizer_psn_no"], req.biz_time)
+            acct = uow.accounts.get(b["authorizer_psn_no"])
             assert acct is not None
             rows[b["authorizer_psn_no"]] = acct
             # The shared part follows the AUTHORIZER's region: its scope, 全自费 and pilot rules.
@@ -202,13 +205,13 @@ class AccountsService:
             for period, col in (("day", "day_cap_fen"), ("month", "month_cap_fen"), ("year", "year_cap_fen")):
                 if b[col] is not None:
                     key = f"auth:{b['auth_id']}:{period}:{win[period]}"
-                    limits.append(Limit(key, b[col], db.usage_of(conn, key),
+                    limits.append(Limit(key, b[col], uow.usage.of(key),
                                         f"{period} cap {from_fen(b[col])} of binding {b['auth_id']}"))
             if arules.mutual_aid_annual_cap is not None:
                 ayear = self.windows(acct["insuplc_admdvs"], req.biz_time)["year"]
                 key = f"mulaid:{acct['psn_no']}:year:{ayear}"
                 cap = to_fen(arules.mutual_aid_annual_cap)
-                limits.append(Limit(key, cap, db.usage_of(conn, key),
+                limits.append(Limit(key, cap, uow.usage.of(key),
                                     f"regional annual mutual-aid cap {arules.mutual_aid_annual_cap} "
                                     f"({acct['insuplc_admdvs']})"))
             available = sum(amount for _, amount in self.shareable(acct))
@@ -217,8 +220,8 @@ class AccountsService:
                                      why_unusable=why, limits=tuple(limits), payable=ceiling))
         return own, authorizers, rows, notes
 
-    def _allocate(self, conn: sqlite3.Connection, req: AccountsRequest
-                  ) -> tuple[Allocation, dict[str, sqlite3.Row], dict[str, int], list[str]]:
+    def _allocate(self, uow: AccountsUnitOfWork, req: AccountsRequest
+                  ) -> tuple[Allocation, dict[str, Any], dict[str, int], list[str]]:
         if req.psn_part_amt is None or req.med_type is None:
             raise GongjiError(ErrorCode.BAD_INPUT, "pay needs psn_part_amt and med_type")
         rules = self.rules(req.insuplc_admdvs)
@@ -227,16 +230,16 @@ class AccountsService:
             raise GongjiError(ErrorCode.BAD_INPUT, "psn_part_amt must not be negative")
         payable, notes = self._payable(req, rules, psn_part)
         win = self.windows(req.insuplc_admdvs, req.biz_time)
-        own, authorizers, rows, more = self._payers(conn, req, win, psn_part)
+        own, authorizers, rows, more = self._payers(uow, req, win, psn_part)
         notes += more
         shared: list[Limit] = []
         if req.setl_chnl in rules.channel_daily_limit:
             cap = to_fen(rules.channel_daily_limit[req.setl_chnl])
             key = f"chnl:{req.psn_no}:{req.setl_chnl}:day:{win['day']}"
-            shared.append(Limit(key, cap, db.usage_of(conn, key), f"{req.setl_chnl} daily limit {from_fen(cap)}"))
+            shared.append(Limit(key, cap, uow.usage.of(key), f"{req.setl_chnl} daily limit {from_fen(cap)}"))
         # The member's region must run the service; what each authorizer may pay is its own region's rule
         # (scope, 全自费, pilots: see _payers).
-        wallet_fen = db.wallet(conn, req.psn_no)
+        wallet_fen = uow.people.wallet(req.psn_no)
         wallet = Payer(req.psn_no, "wallet", wallet_fen) if wallet_fen > 0 else None
         alloc = allocate(psn_part=psn_part, payable=payable, own=own, authorizers=authorizers, shared_limits=shared,
                          mutual_aid_allowed=rules.mutual_aid_open, wallet=wallet,
@@ -244,10 +247,10 @@ class AccountsService:
         caps = {lim.key: lim.cap for p in authorizers for lim in p.limits} | {lim.key: lim.cap for lim in shared}
         return alloc, rows, caps, notes
 
-    def _pay(self, conn: sqlite3.Connection, req: AccountsRequest, outbox: list[int], commit: bool) -> AccountsReply:
-        alloc, rows, caps, notes = self._allocate(conn, req)
+    def _pay(self, uow: AccountsUnitOfWork, req: AccountsRequest, outbox: list[int], commit: bool) -> AccountsReply:
+        alloc, rows, caps, notes = self._allocate(uow, req)
         when = format_biz_time(req.biz_time)
-        own_row = db.get_account(conn, req.psn_no)
+        own_row = uow.accounts.get(req.psn_no)
         postings: list[tuple[str, int]] = []
         if alloc.own:
             assert own_row is not None
@@ -260,71 +263,70 @@ class AccountsService:
             if not req.setl_id or not req.fixmedins_code:
                 raise GongjiError(ErrorCode.BAD_INPUT, "pay needs setl_id and fixmedins_code")
             postings.append((f"fixmedins:{req.fixmedins_code}", alloc.acct_pay))
-            db.post(conn, f"pay:{req.setl_id}", "settlement", when, postings)
-            db.add_usage(conn, alloc.usage, +1, caps)
+            uow.ledger.post(f"pay:{req.setl_id}", "settlement", when, postings)
+            uow.usage.add(alloc.usage, +1, caps)
             year = int(self.windows(req.insuplc_admdvs, req.biz_time)["year"])
-            conn.execute(
-                "INSERT INTO payments (setl_id, psn_no, fixmedins_code, biz_time, year, medfee_fen, psn_part_fen, "
-                "own_fen, mulaid, wallet_fen, cash_fen, usage, postings, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'paid')",
-                (req.setl_id, req.psn_no, req.fixmedins_code, when, year, to_fen(req.medfee_sumamt or ZERO),
-                 to_fen(req.psn_part_amt or ZERO), alloc.own,
-                 json.dumps([[p.psn_no, p.auth_id, p.amount] for p in alloc.mulaid]), alloc.wallet, alloc.cash,
-                 json.dumps(list(alloc.usage)), json.dumps(postings)))
-            self.event(conn, outbox, req.psn_no, -alloc.own, "settlement", req.setl_id, when)
-            self.event(conn, outbox, req.psn_no, -alloc.wallet, "wallet", req.setl_id, when, wallet=True)
+            uow.payments.add(req.setl_id, req.psn_no, req.fixmedins_code, when, year,
+                             to_fen(req.medfee_sumamt or ZERO), to_fen(req.psn_part_amt or ZERO), alloc.own,
+                             json.dumps([[p.psn_no, p.auth_id, p.amount] for p in alloc.mulaid]), alloc.wallet,
+                             alloc.cash, json.dumps(list(alloc.usage)), json.dumps(postings))
+            self.event(uow, outbox, req.psn_no, -alloc.own, "settlement", req.setl_id, when)
+            self.event(uow, outbox, req.psn_no, -alloc.wallet, "wallet", req.setl_id, when, wallet=True)
             for p in alloc.mulaid:
-                self.event(conn, outbox, p.psn_no, -p.amount, "mutual_aid", req.setl_id, when)
+                self.event(uow, outbox, p.psn_no, -p.amount, "mutual_aid", req.setl_id, when)
         after = 0 if commit else 1  # a preview reports balances as they would be after
         detail = [MulaidPart(authorizer_psn_no=p.psn_no, auth_id=p.auth_id, amount=from_fen(p.amount),
-                             balc=from_fen(db.balance(conn, p.psn_no) - after * p.amount)) for p in alloc.mulaid]
+                             balc=from_fen(uow.accounts.balance(p.psn_no) - after * p.amount)) for p in alloc.mulaid]
         return AccountsReply(req_id=req.req_id, kind=req.kind, ok=True, acct_pay=from_fen(alloc.acct_pay),
                              acct_mulaid_pay=from_fen(alloc.mulaid_total), psn_cash_pay=from_fen(alloc.cash),
                              wallet_pay=from_fen(alloc.wallet),
-                             balc=from_fen(db.balance(conn, req.psn_no) - after * alloc.own), mulaid_detail=detail,
+                             balc=from_fen(uow.accounts.balance(req.psn_no) - after * alloc.own), mulaid_detail=detail,
                              notes=notes + list(alloc.notes), context=req.context)
 
-    def _refund(self, conn: sqlite3.Connection, req: AccountsRequest, outbox: list[int]) -> AccountsReply:
+    def _refund(self, uow: AccountsUnitOfWork, req: AccountsRequest, outbox: list[int]) -> AccountsReply:
         if not req.setl_id:
             raise GongjiError(ErrorCode.BAD_INPUT, "refund needs setl_id")
-        pay = db.load_payment(conn, req.setl_id)
+        pay = uow.payments.get(req.setl_id)
         when = format_biz_time(req.biz_time)
         if pay is None or pay["state"] != "paid":
             # Nothing was paid (or it is already refunded): a harmless no-op, answered as zeros.
             return AccountsReply(req_id=req.req_id, kind=req.kind, ok=True, acct_pay=ZERO, acct_mulaid_pay=ZERO,
-                                 psn_cash_pay=ZERO, wallet_pay=ZERO, balc=from_fen(db.balance(conn, req.psn_no)),
+                                 psn_cash_pay=ZERO, wallet_pay=ZERO, balc=from_fen(uow.accounts.balance(req.psn_no)),
                                  notes=["nothing to refund"], context=req.context)
         if pay["psn_no"] != req.psn_no:
             raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"payment {req.setl_id} is not {req.psn_no}'s")
         # Exactly the postings of the payment, negated: every pocket gets back what it gave.
-        db.post(conn, f"refund:{req.setl_id}", "reversal", when, [(a, -x) for a, x in pay["postings"]])
-        db.add_usage(conn, pay["usage"], -1)
-        conn.execute("UPDATE payments SET state='refunded' WHERE setl_id=?", (req.setl_id,))
+        uow.ledger.post(f"refund:{req.setl_id}", "reversal", when, [(a, -x) for a, x in pay["postings"]])
+        uow.usage.add(pay["usage"], -1)
+        uow.payments.set_refunded(req.setl_id)
         mulaid = pay["mulaid"]
-        self.event(conn, outbox, pay["psn_no"], pay["own_fen"], "reversal", req.setl_id, when)
-        self.event(conn, outbox, pay["psn_no"], pay["wallet_fen"], "reversal", req.setl_id, when, wallet=True)
+        self.event(uow, outbox, pay["psn_no"], pay["own_fen"], "reversal", req.setl_id, when)
+        self.event(uow, outbox, pay["psn_no"], pay["wallet_fen"], "reversal", req.setl_id, when, wallet=True)
         for psn_no, _auth, amount in mulaid:
-            self.event(conn, outbox, psn_no, amount, "reversal", req.setl_id, when)
+            self.event(uow, outbox, psn_no, amount, "reversal", req.setl_id, when)
         total_mulaid = sum(m[2] for m in mulaid)
         detail = [MulaidPart(authorizer_psn_no=psn_no, auth_id=auth, amount=from_fen(-amount),
-                             balc=from_fen(db.balance(conn, psn_no))) for psn_no, auth, amount in mulaid]
+                             balc=from_fen(uow.accounts.balance(psn_no))) for psn_no, auth, amount in mulaid]
         return AccountsReply(req_id=req.req_id, kind=req.kind, ok=True,
                              acct_pay=from_fen(-(pay["own_fen"] + total_mulaid + pay["wallet_fen"])),
                              acct_mulaid_pay=from_fen(-total_mulaid), psn_cash_pay=from_fen(-pay["cash_fen"]),
-                             wallet_pay=from_fen(-pay["wallet_fen"]), balc=from_fen(db.balance(conn, pay["psn_no"])),
+                             wallet_pay=from_fen(-pay["wallet_fen"]), balc=from_fen(uow.accounts.balance(pay["psn_no"])),
                              mulaid_detail=detail, notes=[f"refunded {req.setl_id}"], context=req.context)
 
     # ---- admin transactions (gongji's G-codes) ----------------------------------------------
-    def handle_admin(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
+    def handle_admin(self, tx: Tx, req: Request, reply_to: str | None) -> list[int]:
+        uow = AccountsUnitOfWork(tx)
+
         def effect(outbox: list[int]) -> bytes:
             inp = decode_input(req, ACCOUNTS_ADMIN_INPUTS)
-            self.sweep_transfers(conn, format_biz_time(req.inf_time), outbox)
+            self.sweep_transfers(uow, format_biz_time(req.inf_time), outbox)
             handler: Callable[..., dict[str, Any]] | None = lifecycle.HANDLERS.get(req.infno)
             if handler is None:
                 raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")
-            out = handler(self, conn, req, inp, outbox)
+            out = handler(self, uow, req, inp, outbox)
             return Reply.ok(req.msgid, out).model_dump_json().encode()
 
-        return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
+        return handle_idempotent(uow, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
                                  reply_to=reply_to, reply_exchange=self.names.reply_exchange, effect=effect,
                                  refusal=envelope_refusal(req.msgid))
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from contracts.errors import ErrorCode, GongjiError
 from contracts.money import MAX_FEN, from_fen
+from services.shared.sql import Tx, for_update, marks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
@@ -123,29 +124,43 @@ CREATE INDEX IF NOT EXISTS payments_psn ON payments(psn_no, year);
 POCKETS = {"psn": ("accounts", "balance_fen"), "psnp": ("accounts", "prior_fen"), "wallet": ("people", "wallet_fen")}
 
 
-def get_person(conn: sqlite3.Connection, psn_no: str) -> sqlite3.Row | None:
+def get_person(conn: Tx, psn_no: str) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM people WHERE psn_no=?", (psn_no,)).fetchone()
 
 
-def get_account(conn: sqlite3.Connection, psn_no: str) -> sqlite3.Row | None:
+def get_account(conn: Tx, psn_no: str) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM accounts WHERE psn_no=?", (psn_no,)).fetchone()
 
 
-def balance(conn: sqlite3.Connection, psn_no: str) -> int:
+def lock_people(conn: Tx, psn_nos: list[str]) -> None:
+    """Row locks on these people's accounts and wallets, taken in psn_no order (PostgreSQL; on SQLite the
+    transaction already holds the file's write lock): every transaction that moves money takes them the same
+    way, so two of them wait for each other instead of deadlocking."""
+    if not for_update(conn) or not psn_nos:
+        return
+    keys = sorted(set(psn_nos))
+    conn.execute(f"SELECT psn_no FROM people WHERE psn_no IN ({marks(len(keys))}) ORDER BY psn_no"
+                 + for_update(conn), keys).fetchall()
+    conn.execute(f"SELECT psn_no FROM accounts WHERE psn_no IN ({marks(len(keys))}) ORDER BY psn_no"
+                 + for_update(conn), keys).fetchall()
+
+
+def balance(conn: Tx, psn_no: str) -> int:
     """The personal account balance (当年 + 历年), as `balc` reports it."""
     row = get_account(conn, psn_no)
     return int(row["balance_fen"] + row["prior_fen"]) if row else 0
 
 
-def wallet(conn: sqlite3.Connection, psn_no: str) -> int:
+def wallet(conn: Tx, psn_no: str) -> int:
     row = get_person(conn, psn_no)
     return int(row["wallet_fen"]) if row else 0
 
 
-def post(conn: sqlite3.Connection, txn_id: str, kind: str, biz_time: str, postings: list[tuple[str, int]]) -> None:
+def post(conn: Tx, txn_id: str, kind: str, biz_time: str, postings: list[tuple[str, int]]) -> None:
     """One balanced transaction. Pockets move with their postings; CHECK constraints keep them >= 0."""
     if sum(amount for _, amount in postings) != 0:
         raise AssertionError(f"unbalanced postings for {txn_id}: {postings}")
+    lock_people(conn, [a.partition(":")[2] for a, x in postings if x and a.partition(":")[0] in POCKETS])
     for account, amount in postings:
         if amount == 0:
             continue
@@ -161,7 +176,7 @@ def post(conn: sqlite3.Connection, txn_id: str, kind: str, biz_time: str, postin
                 _within_wire(conn, prefix, psn_no)
 
 
-def _within_wire(conn: sqlite3.Connection, prefix: str, psn_no: str) -> None:
+def _within_wire(conn: Tx, prefix: str, psn_no: str) -> None:
     """A credit may not take a balance beyond what the wire can carry (balc = 当年 + 历年; the wallet): refused
     here, in the transaction, so the caller's savepoint undoes it and nothing moves."""
     if prefix == "wallet":
@@ -185,23 +200,25 @@ def person_deltas(postings: list[tuple[str, int]]) -> dict[str, tuple[int, int]]
     return out
 
 
-def active_bindings(conn: sqlite3.Connection, member: str) -> list[sqlite3.Row]:
+def active_bindings(conn: Tx, member: str) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM bindings WHERE member_psn_no=? AND status='active' ORDER BY rank, auth_id",
                         (member,)).fetchall()
 
 
-def usage_of(conn: sqlite3.Connection, key: str) -> int:
-    row = conn.execute("SELECT used_fen FROM usage WHERE key=?", (key,)).fetchone()
+def usage_of(conn: Tx, key: str) -> int:
+    """Locked: a payment goes on to raise it (a window not used yet has no row: the locks on the accounts
+    serialise its first use, see lock_people)."""
+    row = conn.execute("SELECT used_fen FROM usage WHERE key=?" + for_update(conn), (key,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def add_usage(conn: sqlite3.Connection, usage: list[tuple[str, int]] | tuple[tuple[str, int], ...], sign: int,
+def add_usage(conn: Tx, usage: list[tuple[str, int]] | tuple[tuple[str, int], ...], sign: int,
               caps: dict[str, int] | None = None) -> None:
     for key, amount in usage:
         if sign > 0:
             cap = (caps or {}).get(key)
             conn.execute("INSERT INTO usage (key, used_fen, cap_fen) VALUES (?, ?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET used_fen = used_fen + excluded.used_fen, "
+                         "ON CONFLICT (key) DO UPDATE SET used_fen = usage.used_fen + excluded.used_fen, "
                          "cap_fen = excluded.cap_fen", (key, amount, cap))
         else:  # a release never goes below zero: the CHECK constraint refuses it
             cur = conn.execute("UPDATE usage SET used_fen = used_fen - ? WHERE key=?", (amount, key))
@@ -209,20 +226,20 @@ def add_usage(conn: sqlite3.Connection, usage: list[tuple[str, int]] | tuple[tup
                 raise AssertionError(f"releasing usage {key} that was never recorded")
 
 
-def load_payment(conn: sqlite3.Connection, setl_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT * FROM payments WHERE setl_id=?", (setl_id,)).fetchone()
+def load_payment(conn: Tx, setl_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM payments WHERE setl_id=?" + for_update(conn), (setl_id,)).fetchone()
     if row is None:
         return None
     return {**dict(row), "mulaid": json.loads(row["mulaid"]), "usage": [tuple(u) for u in json.loads(row["usage"])],
             "postings": [tuple(p) for p in json.loads(row["postings"])]}
 
 
-def audit(conn: sqlite3.Connection) -> dict[str, Any]:
+def audit(conn: Tx) -> dict[str, Any]:
     """Consistency figures: the ledger sums to zero, each pocket equals its ledger, nothing negative,
     no usage window above the cap in force when it was raised."""
     ledger_sum = conn.execute("SELECT COALESCE(SUM(amount_fen),0) FROM ledger").fetchone()[0]
     unbalanced = conn.execute("SELECT COUNT(*) FROM (SELECT txn_id FROM ledger GROUP BY txn_id "
-                              "HAVING SUM(amount_fen) != 0)").fetchone()[0]
+                              "HAVING SUM(amount_fen) != 0) AS t").fetchone()[0]
     sums: dict[str, int] = {r[0]: r[1] for r in conn.execute(
         "SELECT account, SUM(amount_fen) FROM ledger WHERE account LIKE 'psn%' OR account LIKE 'wallet:%' "
         "GROUP BY account")}
@@ -245,13 +262,14 @@ def audit(conn: sqlite3.Connection) -> dict[str, Any]:
     return {
         "accounts": conn.execute("SELECT COUNT(*) FROM accounts").fetchone()[0],
         "ledger_rows": conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0],
-        "bindings": conn.execute("SELECT COUNT(*) || '/' || COALESCE(SUM(status='active'), 0) || '/' || "
-                                 "COALESCE(SUM(frozen), 0) FROM bindings").fetchone()[0],
+        "bindings": "/".join(str(x) for x in conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status='active' THEN 1 ELSE 0 END), 0), "
+            "COALESCE(SUM(frozen), 0) FROM bindings").fetchone()),
         "usage_fen": conn.execute("SELECT COALESCE(SUM(used_fen), 0) FROM usage").fetchone()[0],
         "ledger_sum_fen": ledger_sum,
         # the same posting made twice (a settlement paid twice would show here)
         "double_debits": conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM ledger GROUP BY txn_id, account "
-                                      "HAVING COUNT(*) > 1)").fetchone()[0],
+                                      "HAVING COUNT(*) > 1) AS t").fetchone()[0],
         "unbalanced_txns": unbalanced,
         "balance_mismatches": mismatched,
         "negative_balances": negative,
@@ -266,7 +284,7 @@ def audit(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[str]) -> dict[str, Any]:
+def audit_items(conn: Tx, after: str, limit: int, regions: set[str]) -> dict[str, Any]:
     """G199 scope=items: each payment by setl_id with what it took from the accounts (3202 对明细账)."""
     items: dict[str, dict[str, Any]] = {}
     last = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 from dataclasses import asdict
 from datetime import datetime, time
 from decimal import Decimal
@@ -25,12 +24,23 @@ from contracts.settlement import (CompensateInput, Cumulative, CumulativeInput, 
 from services.shared.inbox import decode_input, envelope_refusal, handle_idempotent
 from services.shared.policy import RegionPolicy
 from services.shared.runtime import inbox_counters
-from services.shared.store import OutMessage, inbox_get, inbox_put, inbox_set_reply, outbox_add, transaction
+from services.shared.sql import Tx
+from services.shared.store import OutMessage
 
+from . import settlement as life
 from . import store as db
 from .domain import Adjudication, adjudicate
+from .repository import BureauUnitOfWork
 from .visits import PRESETTLE as NATIONAL_PRESETTLE
 from .visits import VisitDesk, national_output
+
+# What a refused reversal says, by the code the settlement's life cycle gives (settlement.reverse).
+REVERSE_REFUSALS = {
+    ErrorCode.ALREADY_REVERSED: "settlement {setl_id} is already reversed",
+    ErrorCode.COMPENSATED: "settlement {setl_id} was undone by 冲正",
+    ErrorCode.SETTLEMENT_PENDING: "settlement {setl_id} is still being paid",
+    ErrorCode.SETTLEMENT_NOT_FOUND: "settlement {setl_id} failed and has nothing to undo",
+}
 
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "act_pay_dedc", "hifp_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay", "acct_mulaid_pay",
@@ -59,81 +69,80 @@ class BureauService:
         self.time_ahead_s = float(os.environ.get("GONGJI_BIZ_TIME_AHEAD_S", str(DEFAULT_TIME_AHEAD_S)))
 
     # ---- national transactions ----------------------------------------------------------------
-    def handle_request(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+    def handle_request(self, tx: Tx, req: Request, reply_to: str | None,
                        headers: dict[str, Any] | None = None) -> list[int]:
+        uow = BureauUnitOfWork(tx)
         nonce = None
         if req.infno == infno.SIGN_IN:
-            refusal, nonce = self._check_credential(conn, req, reply_to, headers or {})
+            refusal, nonce = self._check_credential(uow, req, reply_to, headers or {})
         elif infno.needs_sign_in(req.infno):
-            refusal = self._check_sign_no(conn, req)
+            refusal = self._check_sign_no(uow, req)
         else:
             refusal = None
         if refusal is None:  # only once the sender is who it says (else anyone could move a facility's clock)
-            refusal = self._check_clock(conn, req)
+            refusal = self._check_clock(uow, req)
         if refusal is not None:
             # Not a business answer: nothing is recorded, so the same msgid may come again once signed in.
             if not reply_to:
                 return []
-            with transaction(conn):
-                return [self._reply(conn, reply_to, req.msgid, refusal)]
+            with uow.transaction():
+                return [self._reply(uow, reply_to, req.msgid, refusal)]
         if national.is_national(req.infno, req.input):  # the national visit flow (services/bureau/visits.py)
             if req.infno in NATIONAL_PRESETTLE:
-                return self._read_only(conn, req, reply_to, national=True)
-            return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
+                return self._read_only(uow, req, reply_to, national=True)
+            return handle_idempotent(uow, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
                                      reply_to=reply_to, reply_exchange=self.names.reply_exchange,
-                                     effect=lambda outbox: self.visits.effect(conn, req, reply_to, outbox),
+                                     effect=lambda outbox: self.visits.effect(uow, req, reply_to, outbox),
                                      refusal=envelope_refusal(req.msgid))
         if req.infno in infno.PRESETTLE or req.infno == infno.PERSON_INFO:
-            return self._read_only(conn, req, reply_to)
+            return self._read_only(uow, req, reply_to)
         if nonce is not None:  # remembered in the sign-in's own transaction: a replay is refused
-            with transaction(conn):
-                db.remember_nonce(conn, req.fixmedins_code, nonce)
-                return self._idempotent(conn, req, reply_to)
-        return self._idempotent(conn, req, reply_to)
+            with uow.transaction():
+                uow.registry.remember_nonce(req.fixmedins_code, nonce)
+                return self._idempotent(uow, req, reply_to)
+        return self._idempotent(uow, req, reply_to)
 
-    def _idempotent(self, conn: sqlite3.Connection, req: Request, reply_to: str | None) -> list[int]:
-        return handle_idempotent(conn, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
+    def _idempotent(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None) -> list[int]:
+        return handle_idempotent(uow, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
                                  reply_to=reply_to, reply_exchange=self.names.reply_exchange,
-                                 effect=lambda outbox: self._effect(conn, req, reply_to, outbox),
+                                 effect=lambda outbox: self._effect(uow, req, reply_to, outbox),
                                  refusal=envelope_refusal(req.msgid))
 
-    def _check_clock(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
+    def _check_clock(self, uow: BureauUnitOfWork, req: Request) -> Reply | None:
         """Business time per facility: never more than `time_back_s` behind the latest time the facility had
         accepted, never more than `time_ahead_s` ahead of it (0: no bound). Back-dating would reopen closed
         day/month windows (a 50.00 day cap spent again on "yesterday"); running ahead would open future ones.
         A repeat of a message already handled is not checked (the inbox answers it as before)."""
         if not infno.needs_sign_in(req.infno) and req.infno != infno.SIGN_IN:
             return None  # gongji's own G-transactions: the registry's business, not a facility's
-        if not (self.time_back_s or self.time_ahead_s) or inbox_get(conn, req.msgid) is not None:
+        if not (self.time_back_s or self.time_ahead_s) or uow.inbox.get(req.msgid) is not None:
             return None
         when = req.inf_time.astimezone(SHANGHAI).replace(tzinfo=None)
-        row = conn.execute("SELECT latest FROM facility_clock WHERE fixmedins_code=?", (req.fixmedins_code,)).fetchone()
-        if row is not None:
-            latest = datetime.strptime(row["latest"], "%Y-%m-%d %H:%M:%S")
+        clock = uow.registry.clock(req.fixmedins_code)
+        if clock is not None:
+            latest = datetime.strptime(clock, "%Y-%m-%d %H:%M:%S")
             behind, ahead = (latest - when).total_seconds(), (when - latest).total_seconds()
             if self.time_back_s and behind > self.time_back_s:
                 return Reply.fail(req.msgid, ErrorCode.BIZ_TIME_REFUSED,
                                   f"inf_time {format_biz_time(req.inf_time)} is {behind:.0f} s behind the latest time "
-                                  f"{row['latest']} of {req.fixmedins_code} (tolerance {self.time_back_s:.0f} s)")
+                                  f"{clock} of {req.fixmedins_code} (tolerance {self.time_back_s:.0f} s)")
             if self.time_ahead_s and ahead > self.time_ahead_s:
                 return Reply.fail(req.msgid, ErrorCode.BIZ_TIME_REFUSED,
                                   f"inf_time {format_biz_time(req.inf_time)} is {ahead:.0f} s ahead of the latest time "
-                                  f"{row['latest']} of {req.fixmedins_code} (tolerance {self.time_ahead_s:.0f} s)")
+                                  f"{clock} of {req.fixmedins_code} (tolerance {self.time_ahead_s:.0f} s)")
             if ahead <= 0:
                 return None
-        with transaction(conn):
-            conn.execute("INSERT INTO facility_clock (fixmedins_code, latest) VALUES (?, ?) ON CONFLICT(fixmedins_code) "
-                         "DO UPDATE SET latest=excluded.latest WHERE excluded.latest > latest",
-                         (req.fixmedins_code, format_biz_time(req.inf_time)))
+        with uow.transaction():
+            uow.registry.advance_clock(req.fixmedins_code, format_biz_time(req.inf_time))
         return None
 
-    def _check_credential(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+    def _check_credential(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None,
                           headers: dict[str, Any]) -> tuple[Reply | None, str | None]:
         """9001 needs the facility's credential (x-tif headers, contracts.credentials) as AMQP headers: a
         signature by the facility's paasToken, fresh, with a nonce not seen before. A redelivery of the very
         same message (same msgid, same reply queue) is replayed by the inbox; the same msgid to another reply
         queue is a replay by someone else, refused (it would hand them the sign_no)."""
-        entry = inbox_get(conn, req.msgid)
+        entry = uow.inbox.get(req.msgid)
         if entry is not None:
             if entry.reply_to != reply_to:
                 return Reply.fail(req.msgid, ErrorCode.NONCE_REUSED, f"9001 {req.msgid} was already signed in "
@@ -145,14 +154,14 @@ class BureauService:
         if code is None and h.get(credentials.PAASID) != req.fixmedins_code:
             code, message = ErrorCode.SIGNATURE_INVALID, (f"{credentials.PAASID} {h.get(credentials.PAASID)} "
                                                           f"is not {req.fixmedins_code}")
-        if code is None and db.nonce_seen(conn, req.fixmedins_code, h[credentials.NONCE]):
+        if code is None and uow.registry.nonce_seen(req.fixmedins_code, h[credentials.NONCE]):
             code, message = ErrorCode.NONCE_REUSED, f"nonce {h[credentials.NONCE]} was already used"
         if code is not None:
             return Reply.fail(req.msgid, code, f"9001 of {req.fixmedins_code}: {message}"), None
         return None, h[credentials.NONCE]
 
-    def _check_sign_no(self, conn: sqlite3.Connection, req: Request) -> Reply | None:
-        row = conn.execute("SELECT * FROM signins WHERE sign_no=?", (req.sign_no,)).fetchone() if req.sign_no else None
+    def _check_sign_no(self, uow: BureauUnitOfWork, req: Request) -> Reply | None:
+        row = uow.registry.signin(req.sign_no) if req.sign_no else None
         if row is None or row["fixmedins_code"] != req.fixmedins_code:
             return Reply.fail(req.msgid, ErrorCode.SIGN_NO_UNKNOWN,
                               f"sign_no {req.sign_no or '(none)'} is not a sign-in of {req.fixmedins_code}; sign in "
@@ -166,62 +175,60 @@ class BureauService:
                               f"sign_no {req.sign_no} is valid on {row['valid_until'][:10]} only, not on {when[:10]}")
         return None
 
-    def _sign_in(self, conn: sqlite3.Connection, req: Request, inp: SignInInput) -> dict[str, Any]:
-        if conn.execute("SELECT 1 FROM facilities WHERE code=?", (req.fixmedins_code,)).fetchone() is None:
+    def _sign_in(self, uow: BureauUnitOfWork, req: Request, inp: SignInInput) -> dict[str, Any]:
+        if uow.registry.facility(req.fixmedins_code) is None:
             raise GongjiError(ErrorCode.UNKNOWN_FACILITY, f"facility {req.fixmedins_code} is not a designated one")
         # Deterministic from the msgid, so that every bureau (9001 is broadcast to all) issues the same one.
         sign_no = "SN" + hashlib.sha256(req.msgid.encode()).hexdigest()[:20].upper()
         local = req.inf_time.astimezone(SHANGHAI)
         valid_until = format_biz_time(datetime.combine(local.date(), time(23, 59, 59), tzinfo=SHANGHAI))
-        conn.execute("INSERT OR REPLACE INTO signins (sign_no, fixmedins_code, opter_no, sign_time, valid_until) "
-                     "VALUES (?,?,?,?,?)", (sign_no, req.fixmedins_code, inp.opter_no, format_biz_time(req.inf_time),
-                                            valid_until))
+        uow.registry.put_signin(sign_no, req.fixmedins_code, inp.opter_no, format_biz_time(req.inf_time), valid_until)
         return SignInOutput(sign_no=sign_no, sign_time=req.inf_time, valid_until=valid_until).model_dump(mode="json")
 
-    def _effect(self, conn: sqlite3.Connection, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
+    def _effect(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
         inp = decode_input(req, infno.BUREAU_INPUTS)
         if isinstance(inp, SignInInput):
-            return Reply.ok(req.msgid, self._sign_in(conn, req, inp)).model_dump_json().encode()
+            return Reply.ok(req.msgid, self._sign_in(uow, req, inp)).model_dump_json().encode()
         if req.infno in ("G001", "G002", "G003", "G199"):
-            return Reply.ok(req.msgid, self._registry(conn, inp)).model_dump_json().encode()
+            return Reply.ok(req.msgid, self._registry(uow, inp)).model_dump_json().encode()
         if isinstance(inp, SettleInput):
-            return self._settle(conn, req, inp, reply_to, outbox)
+            return self._settle(uow, req, inp, reply_to, outbox)
         if isinstance(inp, ReverseInput):
-            return self._reverse(conn, req, inp, reply_to, outbox)
+            return self._reverse(uow, req, inp, reply_to, outbox)
         if isinstance(inp, CompensateInput):
-            return self._compensate(conn, req, inp, reply_to, outbox)
+            return self._compensate(uow, req, inp, reply_to, outbox)
         if isinstance(inp, CumulativeInput):
-            return Reply.ok(req.msgid, self._cumulative(conn, req, inp)).model_dump_json().encode()
+            return Reply.ok(req.msgid, self._cumulative(uow, req, inp)).model_dump_json().encode()
         if isinstance(inp, ReconcileInput):
-            return Reply.ok(req.msgid, self._reconcile(conn, req, inp)).model_dump_json().encode()
+            return Reply.ok(req.msgid, self._reconcile(uow, req, inp)).model_dump_json().encode()
         raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")
 
-    def _read_only(self, conn: sqlite3.Connection, req: Request, reply_to: str | None,
+    def _read_only(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None,
                    national: bool = False) -> list[int]:
         """Pre-settlement and person info change nothing: no inbox, the accounts service fills in balances."""
         outbox: list[int] = []
-        with transaction(conn):
+        with uow.transaction():
             try:
                 inp = None if national else decode_input(req, infno.BUREAU_INPUTS)
                 if national:
-                    self.visits.presettle(conn, req, reply_to, outbox)
+                    self.visits.presettle(uow, req, reply_to, outbox)
                 elif isinstance(inp, SettleInput):
-                    person, policy, facility = self._check_settle(conn, req, inp)
-                    adj = self._adjudicate(conn, req, inp, person, policy, facility)
+                    person, policy, facility = self._check_settle(uow, req, inp)
+                    adj = self._adjudicate(uow, req, inp, person, policy, facility)
                     context = {"msgid": req.msgid, "reply_to": reply_to, "infno": req.infno,
                                "setlinfo": self._base_setlinfo(f"PRE{req.msgid}", req, inp.psn_no, inp.med_type, adj)}
-                    self._ask_accounts(conn, outbox, "preview", f"pre:{req.msgid}", req, inp, adj, context)
+                    self._ask_accounts(uow, outbox, "preview", f"pre:{req.msgid}", req, inp, adj, context)
                 else:
                     assert isinstance(inp, PersonInfoInput)
                     self._region(req)
-                    person = self._person(conn, inp.psn_no, req.insuplc_admdvs)
+                    person = self._person(uow, inp.psn_no, req.insuplc_admdvs)
                     context = {"msgid": req.msgid, "reply_to": reply_to, "person": dict(person)}
-                    self._send_accounts(conn, outbox, AccountsRequest(
+                    self._send_accounts(uow, outbox, AccountsRequest(
                         req_id=f"bal:{req.msgid}", kind="balance", psn_no=inp.psn_no,
                         insuplc_admdvs=req.insuplc_admdvs, biz_time=req.inf_time, context=context))
             except GongjiError as exc:
                 if reply_to:
-                    outbox.append(self._reply(conn, reply_to, req.msgid, Reply.fail(req.msgid, exc.code, exc.message)))
+                    outbox.append(self._reply(uow, reply_to, req.msgid, Reply.fail(req.msgid, exc.code, exc.message)))
         return outbox
 
     # ---- checks ---------------------------------------------------------------------------------
@@ -233,24 +240,24 @@ class BureauService:
             raise GongjiError(ErrorCode.NO_POLICY, f"no policy file for region {req.insuplc_admdvs}")
         return policy
 
-    def _person(self, conn: sqlite3.Connection, psn_no: str, region: str) -> sqlite3.Row:
-        person = conn.execute("SELECT * FROM persons WHERE psn_no=?", (psn_no,)).fetchone()
+    def _person(self, uow: BureauUnitOfWork, psn_no: str, region: str) -> Any:
+        person = uow.registry.person(psn_no)
         if person is None or person["insuplc_admdvs"] != region:
             raise GongjiError(ErrorCode.UNKNOWN_PERSON, f"person {psn_no} is not insured in {region}")
         return person
 
-    def _check_settle(self, conn: sqlite3.Connection, req: Request, inp: SettleInput
-                      ) -> tuple[sqlite3.Row, RegionPolicy, sqlite3.Row]:
+    def _check_settle(self, uow: BureauUnitOfWork, req: Request, inp: SettleInput
+                      ) -> tuple[Any, RegionPolicy, Any]:
         policy = self._region(req)
         triple = infno.TRIPLES[inp.med_type]
         if req.infno not in triple:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH,
                               f"med_type {inp.med_type} is settled with {triple[0]}/{triple[1]}, not {req.infno}")
-        person = self._person(conn, inp.psn_no, req.insuplc_admdvs)
+        person = self._person(uow, inp.psn_no, req.insuplc_admdvs)
         if person["insutype"] != inp.insutype:
             raise GongjiError(ErrorCode.WRONG_INSUTYPE, f"{inp.psn_no} is insured under {person['insutype']}, "
                                                         f"not {inp.insutype}")
-        facility = conn.execute("SELECT * FROM facilities WHERE code=?", (req.fixmedins_code,)).fetchone()
+        facility = uow.registry.facility(req.fixmedins_code)
         if facility is None:
             raise GongjiError(ErrorCode.UNKNOWN_FACILITY, f"facility {req.fixmedins_code} is not a designated one")
         if (facility["type"] == "pharmacy") != (inp.med_type == "41"):
@@ -258,42 +265,40 @@ class BureauService:
                               f"a {facility['type']} cannot settle med_type {inp.med_type}")
         return person, policy, facility
 
-    def _adjudicate(self, conn: sqlite3.Connection, req: Request, inp: SettleInput, person: sqlite3.Row,
-                    policy: RegionPolicy, facility: sqlite3.Row) -> Adjudication:
+    def _adjudicate(self, uow: BureauUnitOfWork, req: Request, inp: SettleInput, person: Any,
+                    policy: RegionPolicy, facility: Any) -> Adjudication:
         # 就医地目录, 参保地政策: the catalog of the place of treatment, the insured region's money rules.
         catalog = self.policies.get(req.mdtrtarea_admvs, policy)
-        acc = db.load_acc(conn, inp.psn_no, insurance_year(policy, req.inf_time))
+        acc = uow.accumulators.get(inp.psn_no, insurance_year(policy, req.inf_time))
         return adjudicate(policy=policy, catalog=catalog, med_type=inp.med_type, psn_type=person["psn_type"],
                           hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc, insutype=person["insutype"],
                           resident_group=person["resident_group"], low_income=bool(person["low_income"]),
                           rx_flag=inp.rx_circ_flag == "1")
 
     # ---- settle, reverse, 冲正 --------------------------------------------------------------------
-    def _settle(self, conn: sqlite3.Connection, req: Request, inp: SettleInput, reply_to: str | None,
+    def _settle(self, uow: BureauUnitOfWork, req: Request, inp: SettleInput, reply_to: str | None,
                 outbox: list[int]) -> None:
-        person, policy, facility = self._check_settle(conn, req, inp)
-        adj = self._adjudicate(conn, req, inp, person, policy, facility)
+        person, policy, facility = self._check_settle(uow, req, inp)
+        adj = self._adjudicate(uow, req, inp, person, policy, facility)
         year = insurance_year(policy, req.inf_time)
-        db.save_acc(conn, inp.psn_no, year, db.load_acc(conn, inp.psn_no, year).plus(adj.delta))
+        uow.accumulators.add(inp.psn_no, year, adj.delta)
         setl_id = f"S{req.msgid}"
         base = self._base_setlinfo(setl_id, req, inp.psn_no, inp.med_type, adj)
-        conn.execute("INSERT INTO settlements (setl_id, msgid, infno, psn_no, fixmedins_code, med_type, year, "
-                     "setl_time, state, adjudication, reply_to) VALUES (?,?,?,?,?,?,?,?, 'pending', ?, ?)",
-                     (setl_id, req.msgid, req.infno, inp.psn_no, req.fixmedins_code, inp.med_type, year,
-                      format_biz_time(req.inf_time),
-                      json.dumps({"base": base, "delta": asdict(adj.delta),
+        uow.settlements.add(setl_id, req.msgid, req.infno, inp.psn_no, req.fixmedins_code, inp.med_type, year,
+                            format_biz_time(req.inf_time),
+                            json.dumps({"base": base, "delta": asdict(adj.delta),
                                   "fulamt": adj.fulamt_ownpay, "overlmt": adj.overlmt_selfpay,
                                   "acct_used_flag": inp.acct_used_flag, "setl_chnl": inp.setl_chnl,
                                   "insuplc_admdvs": req.insuplc_admdvs}),
-                      reply_to))
-        self._ask_accounts(conn, outbox, "pay", f"pay:{setl_id}", req, inp, adj, {"setl_id": setl_id},
+                            reply_to)
+        self._ask_accounts(uow, outbox, "pay", f"pay:{setl_id}", req, inp, adj, {"setl_id": setl_id},
                            setl_id=setl_id)
         return None  # the reply follows the accounts' answer
 
-    def _reverse(self, conn: sqlite3.Connection, req: Request, inp: ReverseInput, reply_to: str | None,
+    def _reverse(self, uow: BureauUnitOfWork, req: Request, inp: ReverseInput, reply_to: str | None,
                  outbox: list[int]) -> None:
         self._region(req)
-        row = db.settlement_by(conn, "setl_id", inp.setl_id)
+        row = uow.settlements.by_setl_id(inp.setl_id)
         if row is None or json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs:
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {inp.setl_id} in {req.insuplc_admdvs}")
         if row["psn_no"] != inp.psn_no:
@@ -304,91 +309,79 @@ class BureauService:
         if req.infno != infno.TRIPLES[row["med_type"]][2]:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"settlement {inp.setl_id} (med_type {row['med_type']}) "
                                                            f"is reversed with {infno.TRIPLES[row['med_type']][2]}")
-        self._refusal_for_state(row, inp.setl_id)
-        self._undo(conn, row, "reversing", outbox, req.inf_time)
-        conn.execute("UPDATE settlements SET rev_msgid=?, rev_reply_to=?, rev_time=? WHERE setl_id=?",
-                     (req.msgid, reply_to, format_biz_time(req.inf_time), row["setl_id"]))
+        step = life.reverse(row["state"])
+        if step.error is not None:
+            raise GongjiError(step.error, REVERSE_REFUSALS[step.error].format(setl_id=inp.setl_id))
+        self._undo(uow, row, step.state, outbox, req.inf_time)
+        uow.settlements.mark_reversal(row["setl_id"], req.msgid, reply_to, format_biz_time(req.inf_time))
         return None
 
-    @staticmethod
-    def _refusal_for_state(row: sqlite3.Row, setl_id: str) -> None:
-        state = row["state"]
-        if state in ("reversing", "reversed"):
-            raise GongjiError(ErrorCode.ALREADY_REVERSED, f"settlement {setl_id} is already reversed")
-        if state in ("compensating", "compensated"):
-            raise GongjiError(ErrorCode.COMPENSATED, f"settlement {setl_id} was undone by 冲正")
-        if state == "pending":
-            raise GongjiError(ErrorCode.SETTLEMENT_PENDING, f"settlement {setl_id} is still being paid")
-        if state == "failed":
-            raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"settlement {setl_id} failed and has nothing to undo")
-
-    def _undo(self, conn: sqlite3.Connection, row: sqlite3.Row, state: str, outbox: list[int],
+    def _undo(self, uow: BureauUnitOfWork, row: Any, state: str | None, outbox: list[int],
               when: datetime) -> None:
         """Give the accumulators back and ask the accounts service to refund exactly what it took."""
-        year = row["year"]
-        db.save_acc(conn, row["psn_no"], year, db.load_acc(conn, row["psn_no"], year).minus(db.delta_of(row)))
-        conn.execute("UPDATE settlements SET state=? WHERE setl_id=?", (state, row["setl_id"]))
+        assert state is not None
+        uow.accumulators.give_back(row["psn_no"], row["year"], db.delta_of(row))
+        uow.settlements.set_state(row["setl_id"], state)
         adj = json.loads(row["adjudication"])
-        self._send_accounts(conn, outbox, AccountsRequest(
+        self._send_accounts(uow, outbox, AccountsRequest(
             req_id=f"refund:{row['setl_id']}", kind="refund", psn_no=row["psn_no"],
             insuplc_admdvs=adj["insuplc_admdvs"], biz_time=when, fixmedins_code=row["fixmedins_code"],
             med_type=row["med_type"], setl_id=row["setl_id"], context={"setl_id": row["setl_id"]}))
 
-    def _compensate(self, conn: sqlite3.Connection, req: Request, inp: CompensateInput, reply_to: str | None,
+    def _compensate(self, uow: BureauUnitOfWork, req: Request, inp: CompensateInput, reply_to: str | None,
                     outbox: list[int]) -> bytes | None:
         # A facility cancels only what it sent: a settlement records who made it, and any other msgid (one not
         # received yet: a tombstone) must begin with the sender's fixmedins_code, so B can neither undo A's
         # settlement nor tombstone A's future msgids.
-        made = db.settlement_by(conn, "msgid", inp.omsgid)
+        made = uow.settlements.by_msgid(inp.omsgid)
         mine = made["fixmedins_code"] == req.fixmedins_code if made is not None \
             else inp.omsgid.startswith(req.fixmedins_code)
         if not mine:
             raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
-        original = conn.execute("SELECT kind FROM inbox WHERE msgid=?", (inp.omsgid,)).fetchone()
+        original = uow.inbox.get(inp.omsgid)
         if original is None:
             # Never arrived (yet): leave a tombstone so that, if it does arrive, it is refused and does nothing.
             tomb = Reply.fail(inp.omsgid, ErrorCode.COMPENSATED,
                               f"msgid {inp.omsgid} was cancelled by 2601 {req.msgid} before it arrived")
-            inbox_put(conn, inp.omsgid, "tombstone", "-", tomb.model_dump_json(), None)
+            # The inbox holds it (kind "tombstone"): the msgid's later settle is answered E_COMPENSATED there,
+            # as life.settle(TOMBSTONE) says, before any effect runs.
+            uow.inbox.put(inp.omsgid, str(life.cancel(None).state), "-", tomb.model_dump_json(), None)
             return self._ok(req, {"omsgid": inp.omsgid, "result": "not received; it will be refused if it arrives"})
-        row = db.settlement_by(conn, "msgid", inp.omsgid)
+        row = made
         if row is not None and json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs:
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"msgid {inp.omsgid} is no settlement in "
                                                               f"{req.insuplc_admdvs}")
         if row is None:
-            if original["kind"] in infno.REVERSE:
+            if original.kind in infno.REVERSE:
                 raise GongjiError(ErrorCode.BAD_INPUT, "冲正 of a reversal is not supported; settle again instead")
             return self._ok(req, {"omsgid": inp.omsgid, "result": "the original changed nothing"})
         if row["psn_no"] != inp.psn_no:
             raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"msgid {inp.omsgid} is not {inp.psn_no}'s")
-        state = row["state"]
-        if state == "pending":
-            conn.execute("UPDATE settlements SET cancel_msgid=?, cancel_reply_to=? WHERE setl_id=?",
-                         (req.msgid, reply_to, row["setl_id"]))
-            return None  # undone as soon as the payment is answered
-        if state == "settled":
-            self._undo(conn, row, "compensating", outbox, req.inf_time)
-            conn.execute("UPDATE settlements SET cancel_msgid=?, cancel_reply_to=? WHERE setl_id=?",
-                         (req.msgid, reply_to, row["setl_id"]))
-            return None
-        return self._ok(req, {"omsgid": inp.omsgid, "result": f"nothing left to undo ({state})"})
+        step = life.cancel(row["state"])
+        if step.wait or step.undo:
+            if step.undo:
+                self._undo(uow, row, step.state, outbox, req.inf_time)
+            uow.settlements.mark_cancel(row["setl_id"], req.msgid, reply_to)
+            return None  # answered once the refund (or, still pending, the payment) is answered
+        return self._ok(req, {"omsgid": inp.omsgid, "result": f"nothing left to undo ({row['state']})"})
 
     @staticmethod
     def _ok(req: Request, output: dict[str, Any]) -> bytes:
         return Reply.ok(req.msgid, output).model_dump_json().encode()
 
     # ---- answers from the accounts service ------------------------------------------------------
-    def handle_accounts_reply(self, conn: sqlite3.Connection, rep: AccountsReply) -> list[int]:
+    def handle_accounts_reply(self, tx: Tx, rep: AccountsReply) -> list[int]:
         outbox: list[int] = []
-        with transaction(conn):
-            db.awaiting_done(conn, rep.req_id)
+        uow = BureauUnitOfWork(tx)
+        with uow.transaction():
+            uow.awaiting.done(rep.req_id)
             if rep.kind == "preview":
                 ctx = rep.context
                 reply = (Reply.ok(ctx["msgid"], national_output(ctx, self._final_setlinfo(ctx["setlinfo"], rep)))
                          if rep.ok
                          else Reply.fail(ctx["msgid"], rep.err_code or ErrorCode.INTERNAL, rep.err_msg or ""))
                 if ctx.get("reply_to"):
-                    outbox.append(self._reply(conn, ctx["reply_to"], ctx["msgid"], reply))
+                    outbox.append(self._reply(uow, ctx["reply_to"], ctx["msgid"], reply))
             elif rep.kind == "balance":
                 ctx = rep.context
                 p = ctx["person"]
@@ -396,48 +389,48 @@ class BureauService:
                                   psn_type=p["psn_type"], insuplc_admdvs=p["insuplc_admdvs"],
                                   balc=rep.balc if rep.ok and rep.balc is not None else Decimal("0.00"))
                 if ctx.get("reply_to"):
-                    outbox.append(self._reply(conn, ctx["reply_to"], ctx["msgid"],
+                    outbox.append(self._reply(uow, ctx["reply_to"], ctx["msgid"],
                                               Reply.ok(ctx["msgid"], info.model_dump(mode="json"))))
             else:
-                row = db.settlement_by(conn, "setl_id", rep.context["setl_id"])
+                row = uow.settlements.by_setl_id(rep.context["setl_id"])
                 if row is not None:
-                    (self._paid if rep.kind == "pay" else self._refunded)(conn, row, rep, outbox)
+                    (self._paid if rep.kind == "pay" else self._refunded)(uow, row, rep, outbox)
         return outbox
 
-    def _paid(self, conn: sqlite3.Connection, row: sqlite3.Row, rep: AccountsReply, outbox: list[int]) -> None:
-        if row["state"] != "pending":
+    def _paid(self, uow: BureauUnitOfWork, row: Any, rep: AccountsReply, outbox: list[int]) -> None:
+        step = life.paid(row["state"], rep.ok, cancelled=bool(row["cancel_msgid"]))
+        if step.duplicate:
             inbox_counters["duplicates_absorbed"] += 1
             return  # a duplicate answer
         adj = json.loads(row["adjudication"])
-        if not rep.ok:
-            year = row["year"]
-            db.save_acc(conn, row["psn_no"], year, db.load_acc(conn, row["psn_no"], year).minus(db.delta_of(row)))
-            conn.execute("UPDATE settlements SET state='failed' WHERE setl_id=?", (row["setl_id"],))
+        if step.state == life.FAILED:
+            uow.accumulators.give_back(row["psn_no"], row["year"], db.delta_of(row))
+            uow.settlements.set_state(row["setl_id"], life.FAILED)
             reply = Reply.fail(row["msgid"], rep.err_code or ErrorCode.INTERNAL, f"accounts: {rep.err_msg}")
-            inbox_set_reply(conn, row["msgid"], reply.model_dump_json())
+            uow.inbox.set_reply(row["msgid"], reply.model_dump_json())
             if row["cancel_msgid"]:
-                self._answer_cancel(conn, row, outbox, "the original failed; nothing to undo")
+                self._answer_cancel(uow, row, outbox, "the original failed; nothing to undo")
             elif row["reply_to"]:
-                outbox.append(self._reply(conn, row["reply_to"], row["msgid"], reply))
+                outbox.append(self._reply(uow, row["reply_to"], row["msgid"], reply))
             return
         info = self._final_setlinfo(adj["base"], rep)
-        conn.execute("UPDATE settlements SET state='settled', setlinfo=? WHERE setl_id=?",
-                     (json.dumps(info), row["setl_id"]))
+        uow.settlements.set_state(row["setl_id"], life.SETTLED, setlinfo=json.dumps(info))
         reply = Reply.ok(row["msgid"], national_output(adj, info))
-        inbox_set_reply(conn, row["msgid"], reply.model_dump_json())
-        if row["cancel_msgid"]:
+        uow.inbox.set_reply(row["msgid"], reply.model_dump_json())
+        if step.undo:
             # 冲正 arrived while we waited for the payment: undo at once; the POS gave up on this reply.
-            fresh = db.settlement_by(conn, "setl_id", row["setl_id"])
+            fresh = uow.settlements.by_setl_id(row["setl_id"])
             assert fresh is not None
-            self._undo(conn, fresh, "compensating", outbox, datetime.strptime(
+            self._undo(uow, fresh, step.state, outbox, datetime.strptime(
                 row["setl_time"], "%Y-%m-%d %H:%M:%S"))
         elif row["reply_to"]:
-            outbox.append(self._reply(conn, row["reply_to"], row["msgid"], reply))
+            outbox.append(self._reply(uow, row["reply_to"], row["msgid"], reply))
 
-    def _refunded(self, conn: sqlite3.Connection, row: sqlite3.Row, rep: AccountsReply, outbox: list[int]) -> None:
+    def _refunded(self, uow: BureauUnitOfWork, row: Any, rep: AccountsReply, outbox: list[int]) -> None:
         if not rep.ok:
             raise RuntimeError(f"refund of {row['setl_id']} refused: {rep.err_code} {rep.err_msg}")
-        if row["state"] == "reversing":
+        step = life.refunded(row["state"])
+        if step.state == life.REVERSED and not step.duplicate:
             info = json.loads(row["setlinfo"])
             negated = {**info, **{f: f"{-Decimal(info[f]):.2f}" for f in MONEY_FIELDS}}
             negated["setldetail"] = [{**d, "fund_payamt": f"{-Decimal(d['fund_payamt']):.2f}"}
@@ -446,26 +439,26 @@ class BureauService:
                            balc=f"{rep.balc:.2f}", notes=[f"reversal of {row['setl_id']}"] + rep.notes,
                            mulaid_detail=[p.model_dump(mode="json") for p in rep.mulaid_detail])
             SetlInfo.model_validate(negated)  # the reversal answer must be as valid as any settlement
-            conn.execute("UPDATE settlements SET state='reversed' WHERE setl_id=?", (row["setl_id"],))
+            uow.settlements.set_state(row["setl_id"], life.REVERSED)
             reply = Reply.ok(row["rev_msgid"], national_output(json.loads(row["adjudication"]), negated))
-            inbox_set_reply(conn, row["rev_msgid"], reply.model_dump_json())
+            uow.inbox.set_reply(row["rev_msgid"], reply.model_dump_json())
             if row["rev_reply_to"]:
-                outbox.append(self._reply(conn, row["rev_reply_to"], row["rev_msgid"], reply))
-        elif row["state"] != "compensating":
+                outbox.append(self._reply(uow, row["rev_reply_to"], row["rev_msgid"], reply))
+        elif step.duplicate:
             inbox_counters["duplicates_absorbed"] += 1  # a duplicate answer
         else:
-            conn.execute("UPDATE settlements SET state='compensated' WHERE setl_id=?", (row["setl_id"],))
-            inbox_set_reply(conn, row["msgid"], Reply.fail(
+            uow.settlements.set_state(row["setl_id"], life.COMPENSATED)
+            uow.inbox.set_reply(row["msgid"], Reply.fail(
                 row["msgid"], ErrorCode.COMPENSATED,
                 f"settlement {row['setl_id']} was undone by 2601 {row['cancel_msgid']}").model_dump_json())
-            self._answer_cancel(conn, row, outbox, f"settlement {row['setl_id']} undone; "
+            self._answer_cancel(uow, row, outbox, f"settlement {row['setl_id']} undone; "
                                                    f"refunded {rep.acct_pay} to the accounts")
 
-    def _answer_cancel(self, conn: sqlite3.Connection, row: sqlite3.Row, outbox: list[int], result: str) -> None:
+    def _answer_cancel(self, uow: BureauUnitOfWork, row: Any, outbox: list[int], result: str) -> None:
         reply = Reply.ok(row["cancel_msgid"], {"omsgid": row["msgid"], "result": result})
-        inbox_set_reply(conn, row["cancel_msgid"], reply.model_dump_json())
+        uow.inbox.set_reply(row["cancel_msgid"], reply.model_dump_json())
         if row["cancel_reply_to"]:
-            outbox.append(self._reply(conn, row["cancel_reply_to"], row["cancel_msgid"], reply))
+            outbox.append(self._reply(uow, row["cancel_reply_to"], row["cancel_msgid"], reply))
 
     # ---- building replies ------------------------------------------------------------------------
     @staticmethod
@@ -493,10 +486,10 @@ class BureauService:
                 "notes": base["notes"] + rep.notes}
         return SetlInfo.model_validate(info).model_dump(mode="json")
 
-    def _ask_accounts(self, conn: sqlite3.Connection, outbox: list[int], kind: AccountsKind, req_id: str,
+    def _ask_accounts(self, uow: BureauUnitOfWork, outbox: list[int], kind: AccountsKind, req_id: str,
                       req: Request, inp: SettleInput, adj: Adjudication, context: dict[str, Any],
                       setl_id: str | None = None) -> None:
-        self._send_accounts(conn, outbox, AccountsRequest(
+        self._send_accounts(uow, outbox, AccountsRequest(
             req_id=req_id, kind=kind, psn_no=inp.psn_no, insuplc_admdvs=req.insuplc_admdvs, biz_time=req.inf_time,
             fixmedins_code=req.fixmedins_code, med_type=inp.med_type, setl_chnl=inp.setl_chnl, setl_id=setl_id,
             acct_used_flag=inp.acct_used_flag, psn_part_amt=from_fen(adj.psn_part),
@@ -504,55 +497,54 @@ class BureauService:
             scope_amounts={k: from_fen(v) for k, v in adj.scope_amounts},  # type: ignore[misc]
             medfee_sumamt=from_fen(adj.medfee), proxy_psn_no=inp.proxy_psn_no, context=context))
 
-    def _send_accounts(self, conn: sqlite3.Connection, outbox: list[int], request: AccountsRequest) -> None:
+    def _send_accounts(self, uow: BureauUnitOfWork, outbox: list[int], request: AccountsRequest) -> None:
         body = request.model_dump_json().encode()
-        outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay", body, message_id=request.req_id,
-                                                  reply_to=self.reply_key)))
+        outbox.append(uow.outbox.add(OutMessage(self.names.pay_exchange, "pay", body, message_id=request.req_id,
+                                                reply_to=self.reply_key)))
         if request.kind in ("pay", "refund"):  # money in flight: the sweep asks again until it is answered
-            db.awaiting_add(conn, request.req_id, request.setl_id or "", body)
+            uow.awaiting.add(request.req_id, request.setl_id or "", body)
 
-    def sweep_pending(self, conn: sqlite3.Connection, older_than_s: float) -> list[int]:
+    def sweep_pending(self, tx: Tx, older_than_s: float) -> list[int]:
         """Reconciliation sweep: a payment or refund the accounts service has not answered within `older_than_s`
         (wall-clock transport time) is asked again, with the same req_id: its inbox answers a repeat with the
         stored reply, so a lost request or a lost answer ends the same way (settled, failed, or, after a 2601,
         compensated), and nothing is paid twice."""
         outbox: list[int] = []
-        with transaction(conn):
-            for req_id, body in db.awaiting_due(conn, older_than_s):
-                outbox.append(outbox_add(conn, OutMessage(self.names.pay_exchange, "pay", body, message_id=req_id,
-                                                          reply_to=self.reply_key)))
+        uow = BureauUnitOfWork(tx)
+        with uow.transaction():
+            for req_id, body in uow.awaiting.due(older_than_s):
+                outbox.append(uow.outbox.add(OutMessage(self.names.pay_exchange, "pay", body, message_id=req_id,
+                                                        reply_to=self.reply_key)))
         return outbox
 
-    def _reply(self, conn: sqlite3.Connection, reply_to: str, msgid: str, reply: Reply) -> int:
-        return outbox_add(conn, OutMessage(self.names.reply_exchange, reply_to, reply.model_dump_json().encode(),
-                                           message_id=f"re:{msgid}", correlation_id=msgid))
+    def _reply(self, uow: BureauUnitOfWork, reply_to: str, msgid: str, reply: Reply) -> int:
+        return uow.outbox.add(OutMessage(self.names.reply_exchange, reply_to, reply.model_dump_json().encode(),
+                                         message_id=f"re:{msgid}", correlation_id=msgid))
 
     # ---- registry and queries --------------------------------------------------------------------
-    def _registry(self, conn: sqlite3.Connection, inp: Any) -> dict[str, Any]:
+    def _registry(self, uow: BureauUnitOfWork, inp: Any) -> dict[str, Any]:
         if isinstance(inp, admin.RegisterFacility):
-            conn.execute("INSERT OR REPLACE INTO facilities (code, name, type, hosp_lv, admdvs) VALUES (?,?,?,?,?)",
-                         (inp.fixmedins_code, inp.fixmedins_name, inp.fixmedins_type, inp.hosp_lv, inp.admdvs))
+            uow.registry.put_facility(inp.fixmedins_code, inp.fixmedins_name, inp.fixmedins_type, inp.hosp_lv,
+                                      inp.admdvs)
             return {"fixmedins_code": inp.fixmedins_code}
         if isinstance(inp, (admin.RegisterPerson, admin.RegisterPersons)):
             people = [inp] if isinstance(inp, admin.RegisterPerson) else inp.persons
             for p in people:
                 if p.insuplc_admdvs not in self.served:
                     raise GongjiError(ErrorCode.REGION_NOT_SERVED, f"this bureau does not serve {p.insuplc_admdvs}")
-            conn.executemany("INSERT OR REPLACE INTO persons (psn_no, name, insutype, psn_type, insuplc_admdvs, "
-                             "resident_group, low_income) VALUES (?,?,?,?,?,?,?)",
-                             [(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs, p.resident_group,
+            uow.registry.put_persons([(p.psn_no, p.psn_name, p.insutype, p.psn_type, p.insuplc_admdvs, p.resident_group,
                                int(p.low_income)) for p in people])
             return {"registered": len(people)}
         if inp.scope == "items":
             regions = set(inp.regions) & self.served if inp.regions else self.served
-            return {**db.audit_items(conn, inp.after, inp.limit, regions), "regions": sorted(regions)}
-        return db.audit(conn)
+            return {**uow.settlements.audit_items(inp.after, inp.limit, regions), "regions": sorted(regions)}
+        return uow.settlements.audit()
 
-    def _cumulative(self, conn: sqlite3.Connection, req: Request, inp: CumulativeInput) -> dict[str, Any]:
+    def _cumulative(self, uow: BureauUnitOfWork, req: Request, inp: CumulativeInput) -> dict[str, Any]:
         policy = self._region(req)
-        self._person(conn, inp.psn_no, req.insuplc_admdvs)
+        self._person(uow, inp.psn_no, req.insuplc_admdvs)
         year = inp.cum_year or insurance_year(policy, req.inf_time)
-        acc = db.load_acc(conn, inp.psn_no, year)
+        acc = uow.accumulators.get(inp.psn_no, year, lock=False)
         return Cumulative(psn_no=inp.psn_no, cum_year=year, outpatient_dedc=from_fen(acc.outpatient_dedc),
                           inpatient_dedc=from_fen(acc.inpatient_dedc), inpatient_stays=acc.inpatient_stays,
                           hifp_pay=from_fen(acc.hifp_pay), outpatient_hifp_pay=from_fen(acc.outpatient_hifp_pay),
@@ -560,14 +552,13 @@ class BureauService:
                           crit_burden=from_fen(acc.crit_burden), crit_pay=from_fen(acc.crit_pay),
                           assist_pay=from_fen(acc.assist_pay)).model_dump(mode="json")
 
-    def _reconcile(self, conn: sqlite3.Connection, req: Request, inp: ReconcileInput) -> dict[str, Any]:
+    def _reconcile(self, uow: BureauUnitOfWork, req: Request, inp: ReconcileInput) -> dict[str, Any]:
         """3201 对总账: the bureau's totals of the facility's standing settlements of that day, against the POS's."""
         region = inp.setl_optins or req.insuplc_admdvs
         self._region(req)
         mine = {"fixmedins_setl_cnt": 0, **{f: 0 for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                             "psn_cash_pay")}}
-        for row in conn.execute("SELECT adjudication, setlinfo FROM settlements WHERE fixmedins_code=? AND "
-                                "state='settled' AND substr(setl_time, 1, 10)=?", (inp.fixmedins_code, inp.stmt_date)):
+        for row in uow.settlements.settled_on(inp.fixmedins_code, inp.stmt_date):
             if json.loads(row["adjudication"]).get("insuplc_admdvs") != region:
                 continue
             info = json.loads(row["setlinfo"])
@@ -578,7 +569,7 @@ class BureauService:
                   **{f: to_fen(getattr(inp, f)) for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                           "psn_cash_pay")}}
         differ = [f for f in mine if mine[f] != theirs[f]]
-        swept = self.visits.sweep(conn, inp.fixmedins_code, region, inp.stmt_date)
+        swept = self.visits.sweep(uow, inp.fixmedins_code, region, inp.stmt_date)
         bureau = {f: (v if f == "fixmedins_setl_cnt" else f"{from_fen(v)}") for f, v in mine.items()}
         return {"fixmedins_code": inp.fixmedins_code, "stmt_date": inp.stmt_date, "setl_optins": region,
                 "stmt_rslt": "1" if differ else "0",

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from contracts import credentials
 from contracts.money import to_fen
+from services.shared.sql import Tx, for_update
 
 from .domain import Accumulators
 from .visit_store import VISIT_SCHEMA
@@ -86,7 +87,10 @@ ADDED_COLUMNS = {"accumulators": [(c, "INTEGER NOT NULL DEFAULT 0") for c in ACC
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Add the missing columns, once, under the write lock (replicas may start together)."""
+    """Add the missing columns, once, under the write lock (replicas may start together). SQLite data
+    directories only: another backend versions its schema itself."""
+    if getattr(conn, "dialect", "sqlite") != "sqlite":
+        return
     from services.shared.store import transaction
     with transaction(conn):
         for table, columns in ADDED_COLUMNS.items():
@@ -94,22 +98,26 @@ def migrate(conn: sqlite3.Connection) -> None:
             for name, decl in columns:
                 if name not in have:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        # A visit follows its settlement in repository code now (repository.Settlements.set_state).
+        conn.execute("DROP TRIGGER IF EXISTS visit_follows_settlement")
 
 
-def load_acc(conn: sqlite3.Connection, psn_no: str, year: int) -> Accumulators:
-    row = conn.execute(f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?",
-                       (psn_no, year)).fetchone()
+def load_acc(conn: Tx, psn_no: str, year: int, lock: bool = False) -> Accumulators:
+    row = conn.execute(f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?"
+                       + (for_update(conn) if lock else ""), (psn_no, year)).fetchone()
     return Accumulators(*row) if row else Accumulators()
 
 
-def save_acc(conn: sqlite3.Connection, psn_no: str, year: int, acc: Accumulators) -> None:
-    conn.execute(f"INSERT OR REPLACE INTO accumulators (psn_no, year, {', '.join(ACC_COLUMNS)}) "
-                 f"VALUES (?,?,{','.join('?' * len(ACC_COLUMNS))})", (psn_no, year, *acc.as_tuple()))
+def save_acc(conn: Tx, psn_no: str, year: int, acc: Accumulators) -> None:
+    conn.execute(f"INSERT INTO accumulators (psn_no, year, {', '.join(ACC_COLUMNS)}) "
+                 f"VALUES (?,?,{','.join('?' * len(ACC_COLUMNS))}) ON CONFLICT (psn_no, year) DO UPDATE SET "
+                 + ", ".join(f"{c}=excluded.{c}" for c in ACC_COLUMNS), (psn_no, year, *acc.as_tuple()))
 
 
-def settlement_by(conn: sqlite3.Connection, column: str, value: str) -> sqlite3.Row | None:
+def settlement_by(conn: Tx, column: str, value: str) -> sqlite3.Row | None:
+    """Locked: the transaction may go on to move it."""
     assert column in ("setl_id", "msgid")
-    return conn.execute(f"SELECT * FROM settlements WHERE {column}=?", (value,)).fetchone()
+    return conn.execute(f"SELECT * FROM settlements WHERE {column}=?" + for_update(conn), (value,)).fetchone()
 
 
 def delta_of(row: sqlite3.Row) -> Accumulators:
@@ -120,7 +128,7 @@ def delta_json(acc: Accumulators) -> dict[str, int]:
     return asdict(acc)
 
 
-def audit(conn: sqlite3.Connection) -> dict:
+def audit(conn: Tx) -> dict:
     """Accumulators equal the sum of the settlements that still count; daily totals per facility (3201)."""
     counted: dict[tuple[str, int], Accumulators] = {}
     for row in conn.execute("SELECT * FROM settlements WHERE state IN ('pending', 'settled')"):
@@ -153,7 +161,7 @@ def audit(conn: sqlite3.Connection) -> dict:
             "visits": visit_summary(conn)}
 
 
-def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[str]) -> dict:
+def audit_items(conn: Tx, after: str, limit: int, regions: set[str]) -> dict:
     """G199 scope=items: each settlement by setl_id with what it says was taken from the accounts (3202)."""
     items: dict[str, dict] = {}
     last = None
@@ -174,32 +182,34 @@ def audit_items(conn: sqlite3.Connection, after: str, limit: int, regions: set[s
     return {"items": items, "next": last if more else None}
 
 
-def nonce_seen(conn: sqlite3.Connection, paasid: str, nonce: str) -> bool:
+def nonce_seen(conn: Tx, paasid: str, nonce: str) -> bool:
     return conn.execute("SELECT 1 FROM signin_nonces WHERE paasid=? AND nonce=?", (paasid, nonce)).fetchone() \
         is not None
 
 
-def remember_nonce(conn: sqlite3.Connection, paasid: str, nonce: str) -> None:
+def remember_nonce(conn: Tx, paasid: str, nonce: str) -> None:
     """Kept twice as long as a signature is valid (older signatures are refused by their timestamp anyway)."""
     now = time.time()
     conn.execute("DELETE FROM signin_nonces WHERE seen_at < ?", (now - 2 * credentials.MAX_SKEW_S,))
-    conn.execute("INSERT OR IGNORE INTO signin_nonces (paasid, nonce, seen_at) VALUES (?,?,?)", (paasid, nonce, now))
+    conn.execute("INSERT INTO signin_nonces (paasid, nonce, seen_at) VALUES (?,?,?) ON CONFLICT (paasid, nonce) "
+                 "DO NOTHING", (paasid, nonce, now))
 
 
-def awaiting_add(conn: sqlite3.Connection, req_id: str, setl_id: str, body: bytes) -> None:
-    conn.execute("INSERT OR REPLACE INTO awaiting (req_id, setl_id, body, asked_at, asks) VALUES (?,?,?,?,1)",
+def awaiting_add(conn: Tx, req_id: str, setl_id: str, body: bytes) -> None:
+    conn.execute("INSERT INTO awaiting (req_id, setl_id, body, asked_at, asks) VALUES (?,?,?,?,1) ON CONFLICT (req_id) "
+                 "DO UPDATE SET setl_id=excluded.setl_id, body=excluded.body, asked_at=excluded.asked_at, asks=1",
                  (req_id, setl_id, body, time.time()))
 
 
-def awaiting_done(conn: sqlite3.Connection, req_id: str) -> None:
+def awaiting_done(conn: Tx, req_id: str) -> None:
     conn.execute("DELETE FROM awaiting WHERE req_id=?", (req_id,))
 
 
-def awaiting_due(conn: sqlite3.Connection, older_than_s: float, limit: int = 500) -> list[tuple[str, bytes]]:
+def awaiting_due(conn: Tx, older_than_s: float, limit: int = 500) -> list[tuple[str, bytes]]:
     """Requests asked longer ago than `older_than_s`; each is marked as asked again now."""
     now = time.time()
-    rows = conn.execute("SELECT req_id, body FROM awaiting WHERE asked_at < ? ORDER BY asked_at LIMIT ?",
-                        (now - older_than_s, limit)).fetchall()
+    rows = conn.execute("SELECT req_id, body FROM awaiting WHERE asked_at < ? ORDER BY asked_at, req_id LIMIT ?"
+                        + for_update(conn), (now - older_than_s, limit)).fetchall()
     for r in rows:
         conn.execute("UPDATE awaiting SET asked_at=?, asks=asks+1 WHERE req_id=?", (now, r["req_id"]))
     return [(r["req_id"], bytes(r["body"])) for r in rows]

@@ -1,6 +1,7 @@
 """The bureau's record of visits (就诊): registration or admission, uploaded fee details, discharge, and the
-link to the settlement. A trigger keeps a visit in step with its settlement, whatever path moves the
-settlement (payment answer, failure, 2208/2305 reversal, 2601 冲正), so that path stays one."""
+link to the settlement. A visit keeps in step with its settlement whatever path moves the settlement (payment
+answer, failure, 2208/2305 reversal, 2601 冲正): repository.Settlements.set_state is the one place that moves
+both."""
 from __future__ import annotations
 
 import sqlite3
@@ -46,16 +47,6 @@ CREATE TABLE IF NOT EXISTS visit_details (
     setl_id TEXT,
     PRIMARY KEY (mdtrt_id, feedetl_sn)
 );
-CREATE TRIGGER IF NOT EXISTS visit_follows_settlement AFTER UPDATE OF state ON settlements
-BEGIN
-    UPDATE visits SET state = CASE NEW.state
-            WHEN 'pending' THEN 'settling' WHEN 'settled' THEN 'settled'
-            WHEN 'reversing' THEN 'reversed' WHEN 'reversed' THEN 'reversed'
-            ELSE pre_state END
-        WHERE setl_id = NEW.setl_id AND state IN ('settling', 'settled', 'reversed');
-    UPDATE visit_details SET setl_id = NULL
-        WHERE setl_id = NEW.setl_id AND NEW.state IN ('failed', 'compensating', 'compensated');
-END;
 """
 
 OPEN_STATES = ("registered", "admitted", "discharged")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -26,9 +25,9 @@ from contracts.settlement import FeeDetail, ReverseInput, SettleInput
 from services.shared.inbox import short_error
 from services.shared.policy import RegionPolicy
 
-from . import store as db
+from .repository import BureauUnitOfWork
 from .domain import line_scope, split_line
-from .visit_store import OPEN_STATES, SWEEP_AFTER_DAYS
+from .visit_store import SWEEP_AFTER_DAYS
 
 if TYPE_CHECKING:
     from .service import BureauService
@@ -80,7 +79,7 @@ class VisitDesk:
         self.b = bureau
 
     # ---- dispatch ----------------------------------------------------------------------------------------
-    def effect(self, conn: sqlite3.Connection, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
+    def effect(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
         inp = decode(req)
         code = req.infno
         handler = {"2201": self._register, "2401": self._admit, "2202": self._cancel_registration,
@@ -88,54 +87,51 @@ class VisitDesk:
                    "2302": self._cancel_lines, "2402": self._discharge, "5203": self._query_settlement,
                    "5204": self._query_details}.get(code)
         if handler is not None:
-            return _ok(req, handler(conn, req, inp))
+            return _ok(req, handler(uow, req, inp))
         if code in ("2207", "2304", "2102"):
-            settle, national = self._bill(conn, req, inp)
-            self.b._settle(conn, req, settle, reply_to, outbox)
-            row = db.settlement_by(conn, "msgid", req.msgid)
+            settle, national = self._bill(uow, req, inp)
+            self.b._settle(uow, req, settle, reply_to, outbox)
+            row = uow.settlements.by_msgid(req.msgid)
             assert row is not None
             adj = json.loads(row["adjudication"])
             adj["national"] = national
-            conn.execute("UPDATE settlements SET adjudication=? WHERE setl_id=?", (json.dumps(adj), row["setl_id"]))
+            uow.settlements.set_adjudication(row["setl_id"], json.dumps(adj))
             if national.get("form") == "visit":
-                conn.execute("UPDATE visits SET pre_state=state, state='settling', setl_id=?, last_time=? "
-                             "WHERE mdtrt_id=?", (row["setl_id"], format_biz_time(req.inf_time), national["mdtrt_id"]))
-                conn.execute("UPDATE visit_details SET setl_id=? WHERE mdtrt_id=? AND state='active' AND "
-                             "(? = '' OR chrg_bchno = ?)", (row["setl_id"], national["mdtrt_id"],
-                                                              national["batch"], national["batch"]))
+                uow.visits.start_settling(national["mdtrt_id"], row["setl_id"], national["batch"],
+                                          format_biz_time(req.inf_time))
             return None
         if code in ("2208", "2305", "2103"):
             data = inp.data
             if data.mdtrt_id is not None:
-                visit = conn.execute("SELECT setl_id FROM visits WHERE mdtrt_id=?", (data.mdtrt_id,)).fetchone()
+                visit = uow.visits.get(data.mdtrt_id)
                 if visit is None or visit["setl_id"] != data.setl_id:
                     raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND,
                                       f"settlement {data.setl_id} is not the settlement of visit {data.mdtrt_id}")
-            self.b._reverse(conn, req, ReverseInput(psn_no=data.psn_no, setl_id=data.setl_id), reply_to, outbox)
+            self.b._reverse(uow, req, ReverseInput(psn_no=data.psn_no, setl_id=data.setl_id), reply_to, outbox)
             return None
         raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {code} is not served here")
 
-    def presettle(self, conn: sqlite3.Connection, req: Request, reply_to: str | None, outbox: list[int]) -> None:
+    def presettle(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None, outbox: list[int]) -> None:
         """2206 / 2303 / 2101 in the national form: changes nothing; the accounts service fills in balances."""
         inp = decode(req)
-        settle, national = self._bill(conn, req, inp)
-        person, policy, facility = self.b._check_settle(conn, req, settle)
-        adj = self.b._adjudicate(conn, req, settle, person, policy, facility)
+        settle, national = self._bill(uow, req, inp)
+        person, policy, facility = self.b._check_settle(uow, req, settle)
+        adj = self.b._adjudicate(uow, req, settle, person, policy, facility)
         context = {"msgid": req.msgid, "reply_to": reply_to, "infno": req.infno, "national": national,
                    "setlinfo": self.b._base_setlinfo(f"PRE{req.msgid}", req, settle.psn_no, settle.med_type, adj)}
-        self.b._ask_accounts(conn, outbox, "preview", f"pre:{req.msgid}", req, settle, adj, context)
+        self.b._ask_accounts(uow, outbox, "preview", f"pre:{req.msgid}", req, settle, adj, context)
 
     # ---- checks --------------------------------------------------------------------------------------------
-    def _visit(self, conn: sqlite3.Connection, req: Request, mdtrt_id: str, psn_no: str) -> sqlite3.Row:
+    def _visit(self, uow: BureauUnitOfWork, req: Request, mdtrt_id: str, psn_no: str) -> Any:
         self.b._region(req)
-        row = conn.execute("SELECT * FROM visits WHERE mdtrt_id=?", (mdtrt_id,)).fetchone()
+        row = uow.visits.get(mdtrt_id)
         if (row is None or row["fixmedins_code"] != req.fixmedins_code or row["psn_no"] != psn_no
                 or row["insuplc_admdvs"] != req.insuplc_admdvs):
             raise GongjiError(ErrorCode.VISIT_UNKNOWN, f"no visit {mdtrt_id} of {psn_no} at {req.fixmedins_code}")
         return row
 
     @staticmethod
-    def _must_be(row: sqlite3.Row, *states: str) -> None:
+    def _must_be(row: Any, *states: str) -> None:
         state = row["state"]
         if state in states:
             return
@@ -149,18 +145,18 @@ class VisitDesk:
         raise GongjiError(ErrorCode.VISIT_STATE, f"visit {row['mdtrt_id']} is {state}: not for this transaction "
                                                  f"(expected {' or '.join(states)})")
 
-    def _touch(self, conn: sqlite3.Connection, mdtrt_id: str, req: Request) -> None:
-        conn.execute("UPDATE visits SET last_time=? WHERE mdtrt_id=?", (format_biz_time(req.inf_time), mdtrt_id))
+    def _touch(self, uow: BureauUnitOfWork, mdtrt_id: str, req: Request) -> None:
+        uow.visits.touch(mdtrt_id, format_biz_time(req.inf_time))
 
     # ---- registration, admission, discharge ------------------------------------------------------------------
-    def _new_visit(self, conn: sqlite3.Connection, req: Request, *, psn_no: str, insutype: str, med_type: str,
+    def _new_visit(self, uow: BureauUnitOfWork, req: Request, *, psn_no: str, insutype: str, med_type: str,
                    kind: str, ipt_otp_no: str, begntime: Any, info: dict[str, Any] | None) -> dict[str, Any]:
         self.b._region(req)
-        person = self.b._person(conn, psn_no, req.insuplc_admdvs)
+        person = self.b._person(uow, psn_no, req.insuplc_admdvs)
         if person["insutype"] != insutype:
             raise GongjiError(ErrorCode.WRONG_INSUTYPE, f"{psn_no} is insured under {person['insutype']}, "
                                                         f"not {insutype}")
-        facility = conn.execute("SELECT * FROM facilities WHERE code=?", (req.fixmedins_code,)).fetchone()
+        facility = uow.registry.facility(req.fixmedins_code)
         if facility is None:
             raise GongjiError(ErrorCode.UNKNOWN_FACILITY, f"facility {req.fixmedins_code} is not a designated one")
         if facility["type"] != "hospital":
@@ -168,56 +164,49 @@ class VisitDesk:
                                                                 "register visits")
         # Deterministic from the msgid: replicas sharing the store, and a redelivery, give the same mdtrt_id.
         mdtrt_id = "M" + hashlib.sha256(req.msgid.encode()).hexdigest()[:19].upper()
-        conn.execute("INSERT INTO visits (mdtrt_id, msgid, psn_no, fixmedins_code, insuplc_admdvs, mdtrtarea_admvs,"
-                     " insutype, med_type, kind, ipt_otp_no, begntime, state, info, last_time) "
-                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                     (mdtrt_id, req.msgid, psn_no, req.fixmedins_code, req.insuplc_admdvs, req.mdtrtarea_admvs,
-                      insutype, med_type, kind, ipt_otp_no, format_biz_time(begntime),
-                      "admitted" if kind == "inpatient" else "registered",
-                      json.dumps(info, default=str) if info else None, format_biz_time(req.inf_time)))
+        uow.visits.add(mdtrt_id, req.msgid, psn_no, req.fixmedins_code, req.insuplc_admdvs, req.mdtrtarea_admvs,
+                       insutype, med_type, kind, ipt_otp_no, format_biz_time(begntime),
+                       "admitted" if kind == "inpatient" else "registered",
+                       json.dumps(info, default=str) if info else None, format_biz_time(req.inf_time))
         return {"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": ipt_otp_no}}
 
-    def _register(self, conn: sqlite3.Connection, req: Request, inp: nat.In2201) -> dict[str, Any]:
+    def _register(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2201) -> dict[str, Any]:
         d = inp.data
-        return self._new_visit(conn, req, psn_no=d.psn_no, insutype=d.insutype, med_type="11", kind="outpatient",
+        return self._new_visit(uow, req, psn_no=d.psn_no, insutype=d.insutype, med_type="11", kind="outpatient",
                                ipt_otp_no=d.ipt_otp_no, begntime=d.begntime, info=None)
 
-    def _admit(self, conn: sqlite3.Connection, req: Request, inp: nat.In2401) -> dict[str, Any]:
+    def _admit(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2401) -> dict[str, Any]:
         m = inp.mdtrtinfo
-        return self._new_visit(conn, req, psn_no=m.psn_no, insutype=m.insutype, med_type="21", kind="inpatient",
+        return self._new_visit(uow, req, psn_no=m.psn_no, insutype=m.insutype, med_type="21", kind="inpatient",
                                ipt_otp_no=m.ipt_no, begntime=m.begntime,
                                info={"adm": inp.model_dump(mode="json")})
 
-    def _cancel_registration(self, conn: sqlite3.Connection, req: Request, inp: nat.In2202) -> dict[str, Any]:
-        row = self._visit(conn, req, inp.data.mdtrt_id, inp.data.psn_no)
+    def _cancel_registration(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2202) -> dict[str, Any]:
+        row = self._visit(uow, req, inp.data.mdtrt_id, inp.data.psn_no)
         self._must_be(row, "registered")
-        conn.execute("UPDATE visit_details SET state='cancelled', cancel_msgid=? WHERE mdtrt_id=? AND state='active'",
-                     (req.msgid, row["mdtrt_id"]))
-        conn.execute("UPDATE visits SET state='cancelled', last_time=? WHERE mdtrt_id=?",
-                     (format_biz_time(req.inf_time), row["mdtrt_id"]))
+        uow.visits.cancel(row["mdtrt_id"], req.msgid, format_biz_time(req.inf_time))
         return {"mdtrt_id": row["mdtrt_id"], "result": "cancelled"}
 
-    def _visit_info(self, conn: sqlite3.Connection, req: Request, inp: nat.In2203) -> dict[str, Any]:
+    def _visit_info(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2203) -> dict[str, Any]:
         m = inp.mdtrtinfo
-        row = self._visit(conn, req, m.mdtrt_id, m.psn_no)
+        row = self._visit(uow, req, m.mdtrt_id, m.psn_no)
         self._must_be(row, "registered")
         if m.med_type == "21" or m.med_type == "41":
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"med_type {m.med_type} is not an outpatient visit")
-        conn.execute("UPDATE visits SET med_type=?, info=?, last_time=? WHERE mdtrt_id=?",
-                     (m.med_type, json.dumps(inp.model_dump(mode="json")), format_biz_time(req.inf_time), m.mdtrt_id))
+        uow.visits.set_info(m.mdtrt_id, m.med_type, json.dumps(inp.model_dump(mode="json")),
+                            format_biz_time(req.inf_time))
         return {"mdtrt_id": m.mdtrt_id, "med_type": m.med_type}
 
-    def _discharge(self, conn: sqlite3.Connection, req: Request, inp: nat.In2402) -> dict[str, Any]:
+    def _discharge(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2402) -> dict[str, Any]:
         d = inp.dscginfo
-        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        row = self._visit(uow, req, d.mdtrt_id, d.psn_no)
         self._must_be(row, "admitted")
-        if self._active_lines(conn, row["mdtrt_id"], "") == []:
+        if uow.visits.active_lines(row["mdtrt_id"]) == []:
             raise GongjiError(ErrorCode.VISIT_NO_DETAILS, f"visit {d.mdtrt_id} has no fee details: upload them "
                                                           "(2301) before discharge")
         info = json.loads(row["info"] or "{}")
         info["dscg"] = inp.model_dump(mode="json")
-        conn.execute("UPDATE visits SET state='discharged', endtime=?, info=?, last_time=? WHERE mdtrt_id=?",
-                     (format_biz_time(d.endtime), json.dumps(info), format_biz_time(req.inf_time), d.mdtrt_id))
+        uow.visits.discharge(d.mdtrt_id, format_biz_time(d.endtime), json.dumps(info), format_biz_time(req.inf_time))
         return {"mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "endtime": format_biz_time(d.endtime)}
 
     # ---- fee details -----------------------------------------------------------------------------------------
@@ -225,9 +214,9 @@ class VisitDesk:
         policy = self.b._region(req)
         return self.b.policies.get(req.mdtrtarea_admvs, policy)
 
-    def _upload(self, conn: sqlite3.Connection, req: Request, inp: nat.In2204 | nat.In2301) -> dict[str, Any]:
+    def _upload(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2204 | nat.In2301) -> dict[str, Any]:
         first = inp.feedetail[0]
-        row = self._visit(conn, req, first.mdtrt_id, first.psn_no)
+        row = self._visit(uow, req, first.mdtrt_id, first.psn_no)
         inpatient = req.infno == "2301"
         if (row["kind"] == "inpatient") != inpatient:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is {row['kind']}: details go "
@@ -242,25 +231,22 @@ class VisitDesk:
             answer = {"feedetl_sn": line.feedetl_sn, "det_item_fee_sumamt": line.det_item_fee_sumamt,
                       "cnt": line.cnt, "pric": line.pric, **split}
             national = line.model_dump(mode="json")
-            old = conn.execute("SELECT * FROM visit_details WHERE mdtrt_id=? AND feedetl_sn=?",
-                               (row["mdtrt_id"], line.feedetl_sn)).fetchone()
+            old = uow.visits.detail(row["mdtrt_id"], line.feedetl_sn)
             if old is not None:
                 if old["state"] != "active" or json.loads(old["national"]) != national:
                     raise GongjiError(ErrorCode.DETAIL_CONFLICT, f"feedetl_sn {line.feedetl_sn} was uploaded before "
                                                                  "with other content (or cancelled)")
                 result.append(json.loads(old["split"], parse_float=Decimal))
                 continue
-            conn.execute("INSERT INTO visit_details (mdtrt_id, feedetl_sn, chrg_bchno, state, fee_ocur_time, line, "
-                         "national, split, upload_msgid) VALUES (?,?,?, 'active', ?,?,?,?,?)",
-                         (row["mdtrt_id"], line.feedetl_sn, batch, format_biz_time(line.fee_ocur_time),
-                          internal.model_dump_json(), json.dumps(national), _plain_json(answer), req.msgid))
+            uow.visits.add_detail(row["mdtrt_id"], line.feedetl_sn, batch, format_biz_time(line.fee_ocur_time),
+                                  internal.model_dump_json(), json.dumps(national), _plain_json(answer), req.msgid)
             result.append(answer)
-        self._touch(conn, row["mdtrt_id"], req)
+        self._touch(uow, row["mdtrt_id"], req)
         return {"result": result}
 
-    def _cancel_lines(self, conn: sqlite3.Connection, req: Request, inp: nat.In2205 | nat.In2302) -> dict[str, Any]:
+    def _cancel_lines(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2205 | nat.In2302) -> dict[str, Any]:
         d = inp.data
-        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        row = self._visit(uow, req, d.mdtrt_id, d.psn_no)
         inpatient = req.infno == "2302"
         if (row["kind"] == "inpatient") != inpatient:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is {row['kind']}")
@@ -269,28 +255,18 @@ class VisitDesk:
             sn, batch = (None, "") if d.feedetl_sn == nat.ALL_BATCHES else (d.feedetl_sn, "")
         else:
             sn, batch = d.feedetl_sn, ("" if d.chrg_bchno == nat.ALL_BATCHES else d.chrg_bchno)
-        where, args = "mdtrt_id=? AND state='active'", [row["mdtrt_id"]]
-        if batch:
-            where, args = where + " AND chrg_bchno=?", args + [batch]
-        if sn is not None:
-            where, args = where + " AND feedetl_sn=?", args + [sn]
-        found = [r["feedetl_sn"] for r in conn.execute(f"SELECT feedetl_sn FROM visit_details WHERE {where}", args)]
+        found = uow.visits.active_sns(row["mdtrt_id"], batch, sn)
         if not found:
-            if batch and sn is None and conn.execute("SELECT 1 FROM visit_details WHERE mdtrt_id=? AND chrg_bchno=?",
-                                                     (row["mdtrt_id"], batch)).fetchone() is None:
+            if batch and sn is None and not uow.visits.has_batch(row["mdtrt_id"], batch):
                 raise GongjiError(ErrorCode.CHRG_BCHNO_UNKNOWN, f"no details uploaded with chrg_bchno {batch}")
             raise GongjiError(ErrorCode.DETAIL_UNKNOWN, f"no active detail {sn or batch or '(any)'} on visit "
                                                         f"{row['mdtrt_id']}")
-        conn.execute(f"UPDATE visit_details SET state='cancelled', cancel_msgid=? WHERE {where}", [req.msgid, *args])
-        self._touch(conn, row["mdtrt_id"], req)
+        uow.visits.cancel_lines(row["mdtrt_id"], batch, sn, req.msgid)
+        self._touch(uow, row["mdtrt_id"], req)
         return {"mdtrt_id": row["mdtrt_id"], "cancelled": sorted(found)}
 
-    def _active_lines(self, conn: sqlite3.Connection, mdtrt_id: str, batch: str) -> list[sqlite3.Row]:
-        return conn.execute("SELECT * FROM visit_details WHERE mdtrt_id=? AND state='active' AND (? = '' OR "
-                            "chrg_bchno = ?) ORDER BY fee_ocur_time, rowid", (mdtrt_id, batch, batch)).fetchall()
-
     # ---- the bill to settle ------------------------------------------------------------------------------------
-    def _bill(self, conn: sqlite3.Connection, req: Request, inp: Any) -> tuple[SettleInput, dict[str, Any]]:
+    def _bill(self, uow: BureauUnitOfWork, req: Request, inp: Any) -> tuple[SettleInput, dict[str, Any]]:
         if isinstance(inp, nat.InPharmacy):
             i = inp.druginfo
             details = [internal_line(d) for d in inp.drugdetail]
@@ -299,7 +275,7 @@ class VisitDesk:
             rx = "1" if any(x.rx_circ_flag == "1" for x in inp.drugdetail) else "0"
             return _settle_input(i, "41", i.medfee_sumamt, details, rx), national
         d = inp.data
-        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        row = self._visit(uow, req, d.mdtrt_id, d.psn_no)
         presettle = req.infno in PRESETTLE
         inpatient = req.infno in ("2303", "2304")
         if (row["kind"] == "inpatient") != inpatient:
@@ -311,13 +287,12 @@ class VisitDesk:
         if d.med_type is not None and d.med_type != row["med_type"]:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is med_type {row['med_type']}")
         batch = "" if inpatient or d.chrg_bchno in (None, nat.ALL_BATCHES) else d.chrg_bchno
-        if not self._active_lines(conn, row["mdtrt_id"], ""):
+        if not uow.visits.active_lines(row["mdtrt_id"]):
             raise GongjiError(ErrorCode.VISIT_NO_DETAILS, f"visit {row['mdtrt_id']} has no fee details to settle")
-        if batch and conn.execute("SELECT 1 FROM visit_details WHERE mdtrt_id=? AND chrg_bchno=?",
-                                  (row["mdtrt_id"], batch)).fetchone() is None:
+        if batch and not uow.visits.has_batch(row["mdtrt_id"], batch):
             raise GongjiError(ErrorCode.CHRG_BCHNO_UNKNOWN, f"no details uploaded with chrg_bchno {batch} on visit "
                                                             f"{row['mdtrt_id']}")
-        lines = self._active_lines(conn, row["mdtrt_id"], batch)
+        lines = uow.visits.active_lines(row["mdtrt_id"], batch)
         if not lines:
             raise GongjiError(ErrorCode.VISIT_NO_DETAILS, f"visit {row['mdtrt_id']} has no fee details "
                                                           f"{'in ' + batch if batch else ''} to settle")
@@ -332,13 +307,13 @@ class VisitDesk:
         return _settle_input(d, row["med_type"], total, details), national
 
     # ---- queries -------------------------------------------------------------------------------------------------
-    def _query_settlement(self, conn: sqlite3.Connection, req: Request, inp: nat.InQuery) -> dict[str, Any]:
+    def _query_settlement(self, uow: BureauUnitOfWork, req: Request, inp: nat.InQuery) -> dict[str, Any]:
         d = inp.data
         self.b._region(req)
         setl_id = d.setl_id
         if not setl_id and d.mdtrt_id:
-            setl_id = self._visit(conn, req, d.mdtrt_id, d.psn_no)["setl_id"] or ""
-        row = db.settlement_by(conn, "setl_id", setl_id) if setl_id else None
+            setl_id = self._visit(uow, req, d.mdtrt_id, d.psn_no)["setl_id"] or ""
+        row = uow.settlements.by_setl_id(setl_id) if setl_id else None
         if (row is None or row["psn_no"] != d.psn_no or row["fixmedins_code"] != req.fixmedins_code
                 or json.loads(row["adjudication"])["insuplc_admdvs"] != req.insuplc_admdvs):
             raise GongjiError(ErrorCode.SETTLEMENT_NOT_FOUND, f"no settlement {setl_id or '(none)'} of {d.psn_no}")
@@ -350,13 +325,13 @@ class VisitDesk:
         out["setlinfo"]["setl_stas"] = row["state"]
         return out
 
-    def _query_details(self, conn: sqlite3.Connection, req: Request, inp: nat.InQuery) -> dict[str, Any]:
+    def _query_details(self, uow: BureauUnitOfWork, req: Request, inp: nat.InQuery) -> dict[str, Any]:
         d = inp.data
         if not d.mdtrt_id:
             raise GongjiError(ErrorCode.BAD_INPUT, "5204 names the visit (mdtrt_id)")
-        row = self._visit(conn, req, d.mdtrt_id, d.psn_no)
+        row = self._visit(uow, req, d.mdtrt_id, d.psn_no)
         out = []
-        for r in conn.execute("SELECT * FROM visit_details WHERE mdtrt_id=? ORDER BY rowid", (row["mdtrt_id"],)):
+        for r in uow.visits.all_details(row["mdtrt_id"]):
             split = json.loads(r["split"], parse_float=Decimal)
             line = json.loads(r["national"], parse_float=Decimal)
             out.append({**split, "mdtrt_id": row["mdtrt_id"], "setl_id": r["setl_id"] or "",
@@ -368,7 +343,7 @@ class VisitDesk:
 
     # ---- the reconciliation sweep ----------------------------------------------------------------------------------
     @staticmethod
-    def sweep(conn: sqlite3.Connection, fixmedins_code: str, region: str, stmt_date: str) -> int:
+    def sweep(uow: BureauUnitOfWork, fixmedins_code: str, region: str, stmt_date: str) -> int:
         """The reconciliation sweep, run by the facility's 3201 对总账 of a day (business time, never the wall
         clock): its visits in the region still open with no transaction for SWEEP_AFTER_DAYS before the end of
         that day are closed as abandoned ('expired'; nothing was paid, their details are kept for 5204).
@@ -377,10 +352,7 @@ class VisitDesk:
         end = datetime.strptime(stmt_date, "%Y-%m-%d") + timedelta(days=1)
         for kind, days in SWEEP_AFTER_DAYS.items():
             cutoff = (end - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
-            cur = conn.execute(f"UPDATE visits SET state='expired' WHERE fixmedins_code=? AND insuplc_admdvs=? AND "
-                               f"kind=? AND state IN ({','.join('?' * len(OPEN_STATES))}) AND last_time < ?",
-                               (fixmedins_code, region, kind, *OPEN_STATES, cutoff))
-            n += cur.rowcount
+            n += uow.visits.expire(fixmedins_code, region, kind, cutoff)
         return n
 
 

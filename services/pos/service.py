@@ -6,7 +6,6 @@ outcome event. Deadlines are real (wall-clock) transport timeouts; the business 
 visit's. Requests are kept and sent with money as JSON numbers (contracts.wire), never through a float."""
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -20,9 +19,13 @@ from contracts.settlement import setlinfo_of
 from contracts.base import format_biz_time
 from contracts.routing import REGISTRY_KEY, Names
 from services.shared.runtime import inbox_counters
-from services.shared.store import OutMessage, outbox_add, transaction
+from services.shared.sql import Tx
+from services.shared.store import OutMessage
 
 from .national_flow import plan, stage_input, stage_infno
+from .repository import SCHEMA, PosUnitOfWork
+
+__all__ = ["SCHEMA", "PosService", "parse_command", "settle_input_of"]
 
 COMMAND = TypeAdapter(PosCommand)
 
@@ -49,32 +52,6 @@ def encode(request: Request) -> str:
 def decode(text: str) -> Request:
     return Request.model_validate(wire.loads(text))
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS visits (
-    visit_id TEXT PRIMARY KEY,
-    command TEXT NOT NULL,
-    state TEXT NOT NULL,             -- open | done
-    stage TEXT NOT NULL,             -- signin | register | admit | info | upload:N | cancel:N | discharge
-                                     -- | presettle | settle | reverse | compensate  (national_flow.plan)
-    next_stage TEXT,                 -- after a sign-in: the stage it was needed for
-    msgid TEXT NOT NULL,             -- the request we are waiting on
-    settle_msgid TEXT,
-    request TEXT NOT NULL,           -- that request, to resend as it was
-    deadline REAL NOT NULL,
-    presettle TEXT,
-    outcome TEXT,
-    mdtrt_id TEXT,                   -- the bureau's 就诊ID, from the 2201 / 2401 answer
-    round_trips INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS visits_msgid ON visits(msgid);
-CREATE INDEX IF NOT EXISTS visits_open ON visits(state, deadline);
-CREATE TABLE IF NOT EXISTS msgid_seq (prefix TEXT PRIMARY KEY, n INTEGER NOT NULL);
--- one sign-in per facility and business day (a visit of any day finds the sign-in of its own day)
-CREATE TABLE IF NOT EXISTS signins (fixmedins_code TEXT NOT NULL, day TEXT NOT NULL, sign_no TEXT NOT NULL,
-                                    valid_until TEXT NOT NULL, PRIMARY KEY (fixmedins_code, day));
-"""
-
-
 class PosService:
     def __init__(self, names: Names, reply_key: str = "pos"):
         self.names = names
@@ -82,13 +59,14 @@ class PosService:
         self.open_high_water = 0  # the most visits open at once that this process saw (admission control)
 
     # ---- commands ---------------------------------------------------------------------------------
-    def handle_command(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit,
+    def handle_command(self, tx: Tx, cmd: SettleVisit | ReverseVisit,
                        max_open: int | None = None) -> list[int] | None:
         """None (and nothing written) when `max_open` visits are already open: admission control, the
         caller waits and tries again. Counted in the store, so the bound holds across POS replicas."""
         outbox: list[int] = []
-        with transaction(conn):
-            row = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
+        uow = PosUnitOfWork(tx)
+        with uow.transaction():
+            row = uow.visits.get(cmd.visit_id)
             if row is not None:
                 if row["command"] != cmd.model_dump_json():
                     # Like a msgid conflict: a visit_id names one visit; other content under it is refused
@@ -97,85 +75,75 @@ class PosService:
                                       f"visit_id {cmd.visit_id} was already used for a different visit")
                 inbox_counters["duplicates_absorbed"] += 1
                 if row["outcome"] is not None:  # a repeated command: repeat the outcome
-                    outbox.append(self._event(conn, VisitOutcome.model_validate_json(row["outcome"])))
+                    outbox.append(self._event(uow, VisitOutcome.model_validate_json(row["outcome"])))
                 return outbox
             if max_open is not None:
-                n = self.open_visits(conn)
+                n = uow.visits.count_open()
                 if n >= max_open:
                     return None
                 self.open_high_water = max(self.open_high_water, n + 1)
             stage = plan(cmd)[0]
             next_stage = None
-            if self._sign_no(conn, cmd) is None:  # sign in (9001) first, once per facility and business day
+            if self._sign_no(uow, cmd) is None:  # sign in (9001) first, once per facility and business day
                 stage, next_stage = "signin", stage
-                request = self._request(conn, cmd, infno.SIGN_IN, {"opter_no": "pos"})
+                request = self._request(uow, cmd, infno.SIGN_IN, {"opter_no": "pos"})
             else:
-                request = self._stage_request(conn, cmd, stage, None)
-            conn.execute("INSERT INTO visits (visit_id, command, state, stage, next_stage, msgid, settle_msgid, request,"
-                         " deadline, round_trips) VALUES (?,?, 'open', ?,?,?,?,?,?,?)",
-                         (cmd.visit_id, cmd.model_dump_json(), stage, next_stage, request.msgid,
-                          request.msgid if stage == "settle" else None, encode(request),
-                          time.time() + stage_timeout(cmd, stage), 0 if stage == "signin" else 1))
-            outbox.append(self._send(conn, request))
+                request = self._stage_request(uow, cmd, stage, None)
+            uow.visits.add(cmd.visit_id, cmd.model_dump_json(), stage, next_stage, request.msgid,
+                           request.msgid if stage == "settle" else None, encode(request),
+                           time.time() + stage_timeout(cmd, stage), 0 if stage == "signin" else 1)
+            outbox.append(self._send(uow, request))
         return outbox
 
     @staticmethod
-    def open_visits(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT COUNT(*) FROM visits WHERE state='open'").fetchone()[0])
-
-    @staticmethod
-    def _sign_no(conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> str | None:
-        row = conn.execute("SELECT sign_no, valid_until FROM signins WHERE fixmedins_code=? AND day=?",
-                           (cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10])).fetchone()
+    def _sign_no(uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit) -> str | None:
+        row = uow.signins.get(cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10])
         if row is None or row["valid_until"] < format_biz_time(cmd.biz_time):
             return None
         return str(row["sign_no"])
 
-    def _stage_request(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, stage: str,
+    def _stage_request(self, uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit, stage: str,
                        mdtrt_id: str | None) -> Request:
         code = stage_infno(cmd, stage)
         if isinstance(cmd, SettleVisit) and cmd.flow == "flat" and stage in ("presettle", "settle"):
-            return self._request(conn, cmd, code, settle_input_of(cmd))  # gongji's flat shortcut
-        return self._request(conn, cmd, code, stage_input(cmd, stage, mdtrt_id))
+            return self._request(uow, cmd, code, settle_input_of(cmd))  # gongji's flat shortcut
+        return self._request(uow, cmd, code, stage_input(cmd, stage, mdtrt_id))
 
-    def _request(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, code: str,
+    def _request(self, uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit, code: str,
                  data: dict[str, Any]) -> Request:
-        return Request(infno=code, msgid=self._next_msgid(conn, cmd), inf_time=cmd.biz_time,
+        return Request(infno=code, msgid=self._next_msgid(uow, cmd), inf_time=cmd.biz_time,
                        fixmedins_code=cmd.fixmedins_code, insuplc_admdvs=cmd.insuplc_admdvs,
                        mdtrtarea_admvs=cmd.mdtrtarea_admvs, opter="pos",
-                       sign_no="" if code == infno.SIGN_IN else (self._sign_no(conn, cmd) or ""), input=data)
+                       sign_no="" if code == infno.SIGN_IN else (self._sign_no(uow, cmd) or ""), input=data)
 
     @staticmethod
-    def _next_msgid(conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit) -> str:
+    def _next_msgid(uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit) -> str:
         """12-char facility code + business yyyyMMddHHmmss + a 4-digit sequence; the next free second if
         a facility sends more than 10,000 messages stamped with one second."""
         stamp = int(cmd.biz_time.strftime("%Y%m%d%H%M%S"))
         while True:
             prefix = f"{cmd.fixmedins_code}{stamp}"
-            row = conn.execute("SELECT n FROM msgid_seq WHERE prefix=?", (prefix,)).fetchone()
-            n = 0 if row is None else row[0] + 1
+            n = uow.msgids.next(prefix)
             if n <= 9999:
-                conn.execute("INSERT OR REPLACE INTO msgid_seq (prefix, n) VALUES (?, ?)", (prefix, n))
                 return make_msgid(cmd.fixmedins_code, str(stamp), n)
             stamp += 1
 
-    def _send(self, conn: sqlite3.Connection, request: Request) -> int:
+    def _send(self, uow: PosUnitOfWork, request: Request) -> int:
         # 9001 goes to every bureau (each checks the sign_no of the requests it serves).
         key = REGISTRY_KEY if request.infno == infno.SIGN_IN else request.insuplc_admdvs
         headers = {"gongji-kind": "bureau-request"}
         if request.infno == infno.SIGN_IN:  # signed with the facility's credential (x-tif headers)
             code = request.fixmedins_code
             headers.update(credentials.sign(code, credentials.paas_token(code)))
-        return outbox_add(conn, OutMessage(self.names.bureau_exchange, key,
-                                           encode(request).encode(), message_id=request.msgid,
-                                           reply_to=self.reply_key, headers=headers))
+        return uow.outbox.add(OutMessage(self.names.bureau_exchange, key, encode(request).encode(),
+                                         message_id=request.msgid, reply_to=self.reply_key, headers=headers))
 
     # ---- answers from the bureau --------------------------------------------------------------------
-    def handle_reply(self, conn: sqlite3.Connection, reply: Reply) -> list[int]:
+    def handle_reply(self, tx: Tx, reply: Reply) -> list[int]:
         outbox: list[int] = []
-        with transaction(conn):
-            row = conn.execute("SELECT * FROM visits WHERE msgid=? AND state='open'",
-                               (reply.inf_refmsgid,)).fetchone()
+        uow = PosUnitOfWork(tx)
+        with uow.transaction():
+            row = uow.visits.open_by_msgid(reply.inf_refmsgid)
             if row is None:
                 inbox_counters["duplicates_absorbed"] += 1
                 return outbox  # late (after 冲正 or a resend) or a duplicate: the visit has moved on
@@ -186,26 +154,24 @@ class PosService:
             cmd = COMMAND.validate_json(row["command"])
             stage = row["stage"]
             if stage == "signin" and reply.infcode == 0 and reply.output:
-                conn.execute("INSERT OR REPLACE INTO signins (fixmedins_code, day, sign_no, valid_until) "
-                             "VALUES (?,?,?,?)", (cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10],
-                                                  reply.output["sign_no"], reply.output["valid_until"]))
-                outbox.append(self._advance(conn, cmd, row["next_stage"], row["mdtrt_id"]))
+                uow.signins.put(cmd.fixmedins_code, format_biz_time(cmd.biz_time)[:10], reply.output["sign_no"],
+                                reply.output["valid_until"])
+                outbox.append(self._advance(uow, cmd, row["next_stage"], row["mdtrt_id"]))
                 return outbox
             if stage not in FINAL and stage != "signin" and reply.infcode == 0:
                 mdtrt_id = row["mdtrt_id"]
                 if stage in ("register", "admit"):
                     mdtrt_id = str((reply.output or {})["data"]["mdtrt_id"])
-                    conn.execute("UPDATE visits SET mdtrt_id=? WHERE visit_id=?", (mdtrt_id, cmd.visit_id))
+                    uow.visits.set_mdtrt_id(cmd.visit_id, mdtrt_id)
                 if stage == "presettle":
-                    conn.execute("UPDATE visits SET presettle=? WHERE visit_id=?",
-                                 (wire.dumps(setlinfo_of(reply.output)), cmd.visit_id))
+                    uow.visits.set_presettle(cmd.visit_id, wire.dumps(setlinfo_of(reply.output)))
                 stages = plan(cmd)
                 nxt = stages[stages.index(stage) + 1]
                 if nxt == "abandon":  # the patient walks away: nothing settled, the bureau's sweep closes it
-                    fresh = conn.execute("SELECT * FROM visits WHERE visit_id=?", (cmd.visit_id,)).fetchone()
-                    outbox.append(self._finish(conn, fresh, cmd, "abandoned", 0, None, None, None, row["msgid"]))
+                    fresh = uow.visits.get(cmd.visit_id)
+                    outbox.append(self._finish(uow, fresh, cmd, "abandoned", 0, None, None, None, row["msgid"]))
                 else:
-                    outbox.append(self._advance(conn, cmd, nxt, mdtrt_id))
+                    outbox.append(self._advance(uow, cmd, nxt, mdtrt_id))
                 return outbox
             if stage == "compensate":
                 status = "compensated" if reply.infcode == 0 else "refused"
@@ -214,21 +180,19 @@ class PosService:
             else:
                 status = "reversed" if stage == "reverse" else "settled"
             setlinfo = setlinfo_of(reply.output) if status in ("settled", "reversed") else None
-            outbox.append(self._finish(conn, row, cmd, status, reply.infcode, reply.err_code, reply.err_msg,
+            outbox.append(self._finish(uow, row, cmd, status, reply.infcode, reply.err_code, reply.err_msg,
                                        setlinfo, row["msgid"]))
         return outbox
 
-    def _advance(self, conn: sqlite3.Connection, cmd: SettleVisit | ReverseVisit, stage: str,
+    def _advance(self, uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit, stage: str,
                  mdtrt_id: str | None) -> int:
         """Send the request of the visit's next stage and wait for its answer."""
-        request = self._stage_request(conn, cmd, stage, mdtrt_id)
-        conn.execute("UPDATE visits SET stage=?, next_stage=NULL, msgid=?, settle_msgid=COALESCE(?, settle_msgid), "
-                     "request=?, deadline=?, round_trips=round_trips+1 WHERE visit_id=?",
-                     (stage, request.msgid, request.msgid if stage == "settle" else None, encode(request),
-                      time.time() + stage_timeout(cmd, stage), cmd.visit_id))
-        return self._send(conn, request)
+        request = self._stage_request(uow, cmd, stage, mdtrt_id)
+        uow.visits.advance(cmd.visit_id, stage, request.msgid, request.msgid if stage == "settle" else None,
+                           encode(request), time.time() + stage_timeout(cmd, stage))
+        return self._send(uow, request)
 
-    def _finish(self, conn: sqlite3.Connection, row: sqlite3.Row, cmd: SettleVisit | ReverseVisit, status: str,
+    def _finish(self, uow: PosUnitOfWork, row: Any, cmd: SettleVisit | ReverseVisit, status: str,
                 infcode: int, err_code: str | None, err_msg: str | None, setlinfo: dict[str, Any] | None,
                 msgid: str) -> int:
         outcome = VisitOutcome(visit_id=cmd.visit_id, cmd=cmd.cmd, status=status,  # type: ignore[arg-type]
@@ -237,49 +201,47 @@ class PosService:
                                err_msg=err_msg, setlinfo=setlinfo,  # type: ignore[arg-type]
                                presettle=wire.loads(row["presettle"]) if row["presettle"] else None,
                                mdtrt_id=row["mdtrt_id"], round_trips=row["round_trips"], biz_time=cmd.biz_time)
-        conn.execute("UPDATE visits SET state='done', outcome=? WHERE visit_id=?",
-                     (outcome.model_dump_json(), cmd.visit_id))
-        return self._event(conn, outcome)
+        uow.visits.finish(cmd.visit_id, outcome.model_dump_json())
+        return self._event(uow, outcome)
 
-    def _event(self, conn: sqlite3.Connection, outcome: VisitOutcome) -> int:
-        return outbox_add(conn, OutMessage(self.names.events_exchange, f"outcome.{outcome.fixmedins_code}",
-                                           outcome.model_dump_json().encode(), message_id=f"out:{outcome.visit_id}"))
+    def _event(self, uow: PosUnitOfWork, outcome: VisitOutcome) -> int:
+        return uow.outbox.add(OutMessage(self.names.events_exchange, f"outcome.{outcome.fixmedins_code}",
+                                         outcome.model_dump_json().encode(), message_id=f"out:{outcome.visit_id}"))
 
     # ---- deadlines -------------------------------------------------------------------------------------
-    def handle_deadlines(self, conn: sqlite3.Connection, now: float) -> list[int]:
+    def handle_deadlines(self, tx: Tx, now: float) -> list[int]:
         outbox: list[int] = []
-        with transaction(conn):
-            for row in conn.execute("SELECT * FROM visits WHERE state='open' AND deadline < ? LIMIT 500",
-                                    (now,)).fetchall():
+        uow = PosUnitOfWork(tx)
+        with uow.transaction():
+            for row in uow.visits.due(now):
                 cmd = COMMAND.validate_json(row["command"])
                 deadline = now + cmd.timeout_ms / 1000
                 if row["stage"] not in FINAL:
                     # No money moved yet: a sign-in, registration, upload or pre-settlement pays nothing, so
                     # nothing to undo (a visit left open at the bureau is closed by its sweep).
-                    outbox.append(self._finish(conn, row, cmd, "refused", -1, ErrorCode.TIMEOUT,
+                    outbox.append(self._finish(uow, row, cmd, "refused", -1, ErrorCode.TIMEOUT,
                                                f"{row['stage']} not answered in time", None, row["msgid"]))
                 elif row["stage"] == "settle":
                     settle = decode(row["request"])
-                    request = self._request(conn, cmd, infno.COMPENSATE,
+                    request = self._request(uow, cmd, infno.COMPENSATE,
                                             {"psn_no": cmd.psn_no, "omsgid": settle.msgid, "oinfno": settle.infno})
-                    conn.execute("UPDATE visits SET stage='compensate', msgid=?, request=?, deadline=?, "
-                                 "round_trips=round_trips+1 WHERE visit_id=?",
-                                 (request.msgid, encode(request), deadline, cmd.visit_id))
-                    outbox.append(self._send(conn, request))
+                    uow.visits.compensate(cmd.visit_id, request.msgid, encode(request), deadline)
+                    outbox.append(self._send(uow, request))
                 else:
                     # A reversal or a 冲正 not answered: send the very same message again (both are idempotent).
-                    conn.execute("UPDATE visits SET deadline=? WHERE visit_id=?", (deadline, cmd.visit_id))
-                    outbox.append(self._send(conn, decode(row["request"])))
+                    uow.visits.set_deadline(cmd.visit_id, deadline)
+                    outbox.append(self._send(uow, decode(row["request"])))
         return outbox
 
-    def handle_unroutable(self, conn: sqlite3.Connection, msgid: str, routing_key: str) -> list[int]:
+    def handle_unroutable(self, tx: Tx, msgid: str, routing_key: str) -> list[int]:
         """No bureau serves the region: the visit is refused at once (nothing was sent anywhere)."""
         outbox: list[int] = []
-        with transaction(conn):
-            row = conn.execute("SELECT * FROM visits WHERE msgid=? AND state='open'", (msgid,)).fetchone()
+        uow = PosUnitOfWork(tx)
+        with uow.transaction():
+            row = uow.visits.open_by_msgid(msgid)
             if row is not None:
                 cmd = COMMAND.validate_json(row["command"])
-                outbox.append(self._finish(conn, row, cmd, "refused", -1, ErrorCode.UNROUTABLE,
+                outbox.append(self._finish(uow, row, cmd, "refused", -1, ErrorCode.UNROUTABLE,
                                            f"no bureau serves region {routing_key}", None, row["msgid"]))
         return outbox
 

@@ -18,13 +18,13 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
-from contracts.routing import REGISTRY_KEY, Names
+from contracts.routing import Names
 
 from .store import OutMessage
+from .topology import bureau_bindings, exchanges, queues, work_queue_args
 
 log = structlog.get_logger()
 
-DELIVERY_LIMIT = 20
 # Errors that mean "the connection or channel is going or gone". A channel closed by the broker for a
 # reason (access refused, no such exchange: subclasses of ChannelClosed) is not among them.
 RECOVERABLE: tuple[type[BaseException], ...] = (aiormq.exceptions.ChannelInvalidStateError,
@@ -43,21 +43,6 @@ class Unroutable(Exception):
     """The broker returned a mandatory message: no queue is bound for its routing key."""
 
 
-def topology_exchanges(n: Names) -> list[str]:
-    return [n.bureau_exchange, n.registry_exchange, n.accounts_exchange, n.pay_exchange, n.pos_exchange,
-            n.reply_exchange, n.events_exchange, n.dlx]
-
-
-def dead_queue_args() -> dict[str, Any]:
-    """<ns>.dead is bounded by length, bytes and age (oldest dropped first), so that a flood of poison can
-    neither fill the broker's disk nor keep parked messages forever (GONGJI_DEAD_MAX_LENGTH,
-    GONGJI_DEAD_MAX_MB, GONGJI_DEAD_TTL_DAYS). Quorum queues support all three since RabbitMQ 3.10."""
-    return {"x-queue-type": "quorum", "x-overflow": "drop-head",
-            "x-max-length": int(os.environ.get("GONGJI_DEAD_MAX_LENGTH", "100000")),
-            "x-max-length-bytes": int(os.environ.get("GONGJI_DEAD_MAX_MB", "256")) * 1024 * 1024,
-            "x-message-ttl": int(float(os.environ.get("GONGJI_DEAD_TTL_DAYS", "14")) * 86400 * 1000)}
-
-
 def dead_body_limit() -> int:
     """Bytes of a parked message's body that are kept (GONGJI_DEAD_BODY_KB, default 64 KB)."""
     return int(os.environ.get("GONGJI_DEAD_BODY_KB", "64")) * 1024
@@ -69,20 +54,6 @@ def parked(body: bytes, headers: dict[str, Any]) -> tuple[bytes, dict[str, Any]]
     if len(body) <= limit:
         return body, headers
     return body[:limit], {**headers, "x-gongji-truncated": True, "x-gongji-body-bytes": len(body)}
-
-
-def events_archive_args() -> dict[str, Any]:
-    """<ns>.events.archive: a RabbitMQ stream (3.9+) bounded by GONGJI_ARCHIVE_MB (default 512) and
-    GONGJI_ARCHIVE_MAX_AGE (default 30D). A broker holding an older quorum archive of the same name refuses
-    the declaration (PRECONDITION_FAILED): delete that queue once (its events are history, nothing consumes them)."""
-    return {"x-queue-type": "stream",
-            "x-max-length-bytes": int(os.environ.get("GONGJI_ARCHIVE_MB", "512")) * 1024 * 1024,
-            "x-max-age": os.environ.get("GONGJI_ARCHIVE_MAX_AGE", "30D"),
-            "x-stream-max-segment-size-bytes": 16 * 1024 * 1024}
-
-
-def work_queue_args(names: Names) -> dict[str, Any]:
-    return {"x-queue-type": "quorum", "x-dead-letter-exchange": names.dlx, "x-delivery-limit": DELIVERY_LIMIT}
 
 
 class Broker:
@@ -190,43 +161,27 @@ class Broker:
         task.add_done_callback(self._background.discard)
 
     async def declare_topology(self) -> None:
-        """The fixed part of the topology. Every process declares it, so start order never matters."""
+        """The fixed part of the topology (services/shared/topology.py). Every process declares it, so start
+        order never matters."""
         n = self.names
         ch = self._pub
         assert ch is not None
+        mine = [q for q in queues(n, []) if q.every_process]
         if self.passive:
-            for name in topology_exchanges(n):
+            for name in exchanges(n):
                 self._exchanges[name] = await ch.get_exchange(name, ensure=True)
-            for queue in (n.dead_queue, n.accounts_pay_queue, n.accounts_admin_queue, n.pos_command_queue,
-                          n.reply_queue("pos"), n.events_archive_queue):
-                await ch.get_queue(queue, ensure=True)
+            for q in mine:
+                if q.deployed:
+                    await ch.get_queue(q.name, ensure=True)
             return
-        dlx = await ch.declare_exchange(n.dlx, ExchangeType.FANOUT, durable=True)
-        dead = await ch.declare_queue(n.dead_queue, durable=True, arguments=dead_queue_args())
-        await dead.bind(dlx, "")
-        for name, kind in [(n.bureau_exchange, ExchangeType.DIRECT), (n.registry_exchange, ExchangeType.DIRECT),
-                           (n.accounts_exchange, ExchangeType.DIRECT), (n.pay_exchange, ExchangeType.DIRECT),
-                           (n.pos_exchange, ExchangeType.DIRECT), (n.reply_exchange, ExchangeType.TOPIC),
-                           (n.events_exchange, ExchangeType.TOPIC)]:
-            self._exchanges[name] = await ch.declare_exchange(name, kind, durable=True)
-        self._exchanges[n.dlx] = dlx
-        await self.declare_queue(n.accounts_pay_queue, [(n.pay_exchange, "pay")])
-        await self.declare_queue(n.accounts_admin_queue, [(n.accounts_exchange, "admin")])
-        await self.declare_queue(n.pos_command_queue, [(n.pos_exchange, "command")])
-        for key in ("pos", "bureau"):
-            await self.declare_queue(n.reply_queue(key), [(n.reply_exchange, key)])
-        # Keeps every event routable (mandatory publishing) and gives auditors the history, replayable from
-        # any offset. A stream, not a second quorum copy of every event (a quorum queue costs the broker a
-        # consensus round and an index entry per message): appended to segment files, old segments dropped
-        # by size and age.
-        await self.declare_queue(n.events_archive_queue, [(n.events_exchange, "#")],
-                                 arguments=events_archive_args())
+        for name, kind in exchanges(n).items():
+            self._exchanges[name] = await ch.declare_exchange(name, ExchangeType(kind), durable=True)
+        for q in mine:
+            await self.declare_queue(q.name, list(q.bindings), q.arguments)
 
     async def declare_bureau_queue(self, regions: list[str] | None, served: list[str]) -> str:
         name = self.names.bureau_queue(regions)
-        bindings = [(ex, key) for ex in (self.names.bureau_exchange, self.names.registry_exchange)
-                    for key in [*served, REGISTRY_KEY]]
-        await self.declare_queue(name, bindings)
+        await self.declare_queue(name, list(bureau_bindings(self.names, served)))
         return name
 
     async def declare_queue(self, name: str, bindings: list[tuple[str, str]],

@@ -21,9 +21,9 @@ import json
 import re
 from typing import Any
 
-from contracts.routing import REGISTRY_KEY, Names
+from contracts.routing import Names
 
-from .broker import DELIVERY_LIMIT, dead_queue_args, events_archive_args, topology_exchanges
+from .topology import exchanges, queues
 
 LOCAL_PASSWORDS = {"bureau": "bureau-local", "accounts": "accounts-local", "pos": "pos-local",
                    "simulator": "simulator-local", "gateway": "gateway-local", "admin": "admin-local"}
@@ -81,26 +81,7 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
     n = Names(ns)
     regions = sorted(regions if regions is not None else load_policies())
     users = users or LOCAL_PASSWORDS
-    work = {"x-queue-type": "quorum", "x-dead-letter-exchange": n.dlx, "x-delivery-limit": DELIVERY_LIMIT}
-    kinds = {n.bureau_exchange: "direct", n.registry_exchange: "direct", n.accounts_exchange: "direct",
-             n.pay_exchange: "direct", n.pos_exchange: "direct", n.reply_exchange: "topic",
-             n.events_exchange: "topic", n.dlx: "fanout"}
-    queues: dict[str, dict[str, Any]] = {
-        n.dead_queue: dead_queue_args(),
-        n.bureau_queue(None): work, n.reply_queue("bureau-all"): work,
-        n.accounts_pay_queue: work, n.accounts_admin_queue: work, n.pos_command_queue: work,
-        n.reply_queue("pos"): work, n.reply_queue("gateway-1"): work,
-        n.events_archive_queue: events_archive_args(),
-    }
-    bindings = [(n.dlx, n.dead_queue, ""), (n.accounts_exchange, n.accounts_admin_queue, "admin"),
-                (n.pay_exchange, n.accounts_pay_queue, "pay"), (n.pos_exchange, n.pos_command_queue, "command"),
-                (n.reply_exchange, n.reply_queue("pos"), "pos"),
-                (n.reply_exchange, n.reply_queue("gateway-1"), "gateway-1"),
-                (n.reply_exchange, n.reply_queue("bureau-all"), "bureau-all"),
-                (n.events_exchange, n.events_archive_queue, "#")]
-    bindings += [(ex, n.bureau_queue(None), key) for ex in (n.bureau_exchange, n.registry_exchange)
-                 for key in [*regions, REGISTRY_KEY]]
-    assert set(kinds) == set(topology_exchanges(n))
+    deployed = [q for q in queues(n, regions) if q.deployed]  # the topology, as the workers declare it
     perms = permissions(ns)
     return {
         "users": [{"name": prefix + u, "password_hash": password_hash(prefix + u, pw),
@@ -111,11 +92,11 @@ def build(ns: str = "gongji", regions: list[str] | None = None, vhost: str = "/"
         "topic_permissions": [{"user": prefix + u, "vhost": vhost, "exchange": exchange, **tp}
                               for u in users for exchange, tp in topic_permissions(ns).get(u, {}).items()],
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
-                       "internal": False, "arguments": {}} for name, kind in kinds.items()],
-        "queues": [{"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args}
-                   for name, args in queues.items()],
-        "bindings": [{"source": src, "vhost": vhost, "destination": dst, "destination_type": "queue",
-                      "routing_key": key, "arguments": {}} for src, dst, key in bindings],
+                       "internal": False, "arguments": {}} for name, kind in exchanges(n).items()],
+        "queues": [{"name": q.name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": q.arguments}
+                   for q in deployed],
+        "bindings": [{"source": src, "vhost": vhost, "destination": q.name, "destination_type": "queue",
+                      "routing_key": key, "arguments": {}} for q in deployed for src, key in q.bindings],
     }
 
 

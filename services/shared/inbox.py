@@ -7,7 +7,6 @@ A refusal (GongjiError) rolls the effect back to a savepoint, so bad input chang
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Callable
 
 from pydantic import BaseModel, ValidationError
@@ -16,23 +15,24 @@ from contracts.envelope import Reply, Request
 from contracts.errors import ErrorCode, GongjiError
 
 from .runtime import Incoming, Poison, inbox_counters
-from .store import OutMessage, inbox_get, inbox_put, outbox_add, transaction
+from .store import OutMessage
+from .uow import UnitOfWork
 
 # effect(outbox) -> reply body now, or None when the reply will follow once another service answers
 Effect = Callable[[list[int]], bytes | None]
 
 
-def handle_idempotent(conn: sqlite3.Connection, *, key: str, kind: str, content_hash: str, reply_to: str | None,
+def handle_idempotent(uow: UnitOfWork, *, key: str, kind: str, content_hash: str, reply_to: str | None,
                       reply_exchange: str, effect: Effect, refusal: Callable[[GongjiError], bytes]) -> list[int]:
     outbox: list[int] = []
 
     def send(body: bytes) -> None:
         if reply_to:
-            outbox.append(outbox_add(conn, OutMessage(reply_exchange, reply_to, body, message_id=f"re:{key}",
-                                                      correlation_id=key)))
+            outbox.append(uow.outbox.add(OutMessage(reply_exchange, reply_to, body, message_id=f"re:{key}",
+                                                    correlation_id=key)))
 
-    with transaction(conn):
-        entry = inbox_get(conn, key)
+    with uow.transaction():
+        entry = uow.inbox.get(key)
         if entry is not None:
             inbox_counters["duplicates_absorbed"] += 1
             if entry.kind == "tombstone" and entry.reply is not None:
@@ -43,15 +43,13 @@ def handle_idempotent(conn: sqlite3.Connection, *, key: str, kind: str, content_
             elif entry.reply is not None:
                 send(entry.reply.encode())
             return outbox
-        conn.execute("SAVEPOINT effect")
         try:
-            body = effect(outbox)
+            with uow.transaction():  # a savepoint: a refusal undoes the effect, not the inbox entry
+                body = effect(outbox)
         except GongjiError as exc:
-            conn.execute("ROLLBACK TO effect")
             outbox.clear()
             body = refusal(exc)
-        conn.execute("RELEASE effect")
-        inbox_put(conn, key, kind, content_hash, body.decode() if body is not None else None, reply_to)
+        uow.inbox.put(key, kind, content_hash, body.decode() if body is not None else None, reply_to)
         if body is not None:
             send(body)
     return outbox

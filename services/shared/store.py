@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from .health import StoreFault
-from .sql import SqliteTx
+from .sql import SqliteTx, Tx
 
 T = TypeVar("T")
 
@@ -260,19 +260,19 @@ def rolled_back(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
 
 
-def inbox_get(conn: sqlite3.Connection, msgid: str) -> InboxEntry | None:
+def inbox_get(conn: Tx, msgid: str) -> InboxEntry | None:
     row = conn.execute("SELECT msgid, kind, content_hash, reply, reply_to FROM inbox WHERE msgid=?",
                        (msgid,)).fetchone()
     return InboxEntry(*row) if row else None
 
 
-def inbox_put(conn: sqlite3.Connection, msgid: str, kind: str, content_hash: str, reply: str | None,
+def inbox_put(conn: Tx, msgid: str, kind: str, content_hash: str, reply: str | None,
               reply_to: str | None) -> None:
     conn.execute("INSERT INTO inbox (msgid, kind, content_hash, reply, reply_to, created_at) VALUES (?,?,?,?,?,?)",
                  (msgid, kind, content_hash, reply, reply_to, time.time()))
 
 
-def inbox_set_reply(conn: sqlite3.Connection, msgid: str, reply: str) -> None:
+def inbox_set_reply(conn: Tx, msgid: str, reply: str) -> None:
     conn.execute("UPDATE inbox SET reply=? WHERE msgid=?", (reply, msgid))
 
 
@@ -285,13 +285,13 @@ _written: dict[tuple[int, int], OutMessage] = {}
 WRITTEN_MAX = 50_000
 
 
-def outbox_add(conn: sqlite3.Connection, msg: OutMessage) -> int:
+def outbox_add(conn: Tx, msg: OutMessage) -> int:
     cur = conn.execute(
         "INSERT INTO outbox (exchange, routing_key, body, message_id, correlation_id, reply_to, headers, created_at)"
-        " VALUES (?,?,?,?,?,?,?,?)",
+        " VALUES (?,?,?,?,?,?,?,?) RETURNING id",
         (msg.exchange, msg.routing_key, msg.body, msg.message_id, msg.correlation_id, msg.reply_to,
          json.dumps(msg.headers) if msg.headers else None, time.time()))
-    row_id = int(cur.lastrowid)
+    row_id = int(cur.fetchone()[0])
     if len(_written) >= WRITTEN_MAX:
         _written.clear()  # stale entries of rolled-back rows must not pile up; the table is the truth
     _written[(id(conn), row_id)] = msg
@@ -322,7 +322,7 @@ def outbox_forget(conn: sqlite3.Connection | None, ids: list[int]) -> None:
 CHUNK = 500  # rows per statement: far below SQLite's limit on bound variables
 
 
-def outbox_load(conn: sqlite3.Connection, ids: list[int] | None = None,
+def outbox_load(conn: Tx, ids: list[int] | None = None,
                 older_than: float | None = None, limit: int = CHUNK) -> list[tuple[int, OutMessage]]:
     if ids is not None:
         rows = []
@@ -337,7 +337,7 @@ def outbox_load(conn: sqlite3.Connection, ids: list[int] | None = None,
                                  r["reply_to"], json.loads(r["headers"]) if r["headers"] else None)) for r in rows]
 
 
-def outbox_delete(conn: sqlite3.Connection, ids: list[int]) -> None:
+def outbox_delete(conn: Tx, ids: list[int]) -> None:
     for i in range(0, len(ids), CHUNK):
         part = ids[i:i + CHUNK]
         conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(part))})", part)

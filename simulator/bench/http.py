@@ -31,7 +31,7 @@ async def start_gateway(amqp_url: str, ns: str, logs: Path) -> tuple[subprocess.
         proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", "gateway", "--namespace", ns, "--amqp-url",
                                  amqp_url, "--host", "127.0.0.1", "--port", "0", "--reply-timeout", "120"],
                                 stdout=subprocess.PIPE, stderr=log, env={**os.environ, "GONGJI_LOG_FORMAT": "json"},
-                                cwd=Path(__file__).resolve().parents[1])
+                                cwd=Path(__file__).resolve().parents[2])
     assert proc.stdout is not None
     url = None
     for _ in range(20):
