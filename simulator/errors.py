@@ -68,7 +68,7 @@ async def check_broker(url: str, *, timeout: float = 5.0, wait: float | None = N
 
     A refused login or vhost fails at once; a closed port too, unless `wait` seconds (env GONGJI_BROKER_WAIT,
     default 0) are given to wait for a broker that is still starting."""
-    import aio_pika
+    from services.shared import failover
     if wait is None:
         try:
             wait = float(os.environ.get("GONGJI_BROKER_WAIT", "0") or 0)
@@ -82,7 +82,7 @@ async def check_broker(url: str, *, timeout: float = 5.0, wait: float | None = N
     try:
         while True:
             try:
-                conn = await asyncio.wait_for(aio_pika.connect(url, timeout=timeout), timeout + 1)
+                conn = await asyncio.wait_for(failover.connect(url, timeout=timeout), timeout + 1)
                 await conn.close()
                 return
             except Exception as exc:  # noqa: BLE001 - every failure becomes one line

@@ -175,11 +175,11 @@ class WorkerStack:
 
 async def cleanup_namespace(amqp_url: str, ns: str, queues: list[str]) -> None:
     """Leave nothing behind: this run's queues and exchanges (client queues expire by themselves)."""
-    import aio_pika
+    from services.shared import failover
 
     from contracts.routing import Names
     names = Names(ns)
-    conn = await aio_pika.connect(amqp_url)
+    conn = await failover.connect(amqp_url)  # one URL or a cluster's list
     try:
         for q in queues:
             ch = await conn.channel()
@@ -211,10 +211,10 @@ async def read_dead_letters(amqp_url: str, ns: str, *, consume: bool = True, lim
     """What is in <ns>.dead: each message's reason and the queue it came from. A worker that refuses a message
     says why in x-gongji-reason (and x-gongji-queue); the broker's own dead-lettering (a quorum queue's delivery
     limit, ...) says it in x-first-death-reason / x-death. consume=False only looks (the messages go back)."""
-    import aio_pika
+    from services.shared import failover
 
     from contracts.routing import Names
-    conn = await aio_pika.connect(amqp_url)
+    conn = await failover.connect(amqp_url)  # one URL or a cluster's list
     out: list[dict[str, str]] = []
     try:
         ch = await conn.channel()
