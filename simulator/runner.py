@@ -38,6 +38,7 @@ from services.shared.broker import Unroutable
 from services.shared.policy import MED_TYPE_CATEGORY, RegionPolicy
 from services.shared.store import OutMessage
 
+from . import cluster_faults
 from .client import Client
 from .figures import totals  # noqa: F401 - runner.totals for its callers
 from .stored import StoredOutcome
@@ -1022,6 +1023,8 @@ class FaultDriver:
             if external and f.kind in NEEDS_STACK:
                 problems.append(f"{where}: needs the workers that `gongji run` starts itself; not possible with "
                                 f"--external")
+            if f.kind == "broker_node_down" and (why := cluster_faults.check(amqp_url, f)):
+                problems.append(f"{where}: {why}")
             if f.kind in ("broker_restart", "drop_connections"):
                 if external and f.kind == "broker_restart":
                     continue
@@ -1109,6 +1112,8 @@ class FaultDriver:
                     await asyncio.to_thread(_ctl, "start_app")
                     await asyncio.to_thread(_ctl, "await_startup")
                 self.progress.message("fault: broker is back")
+            elif f.kind == "broker_node_down":
+                await cluster_faults.node_down(self, f, when)
             elif f.kind == "drop_connections":
                 closed = await self._drop_connections(f.scope)
                 self.injected["drop_connections"] += 1
