@@ -30,8 +30,9 @@ FAULTS = REPO / "scenarios" / "faults"
 CI_SCALE = "0.25"  # the full size (× 1) is documented in scenarios/README.md
 SCENARIO_KIND = {"kill_workers": "kill", "broker_restart": "broker_restart", "drop_connections": "drop_connections",
                  "duplicate_delivery": "duplicate", "delayed_replies": "delay", "timeout_race": "timeout_race",
-                 "poison": "poison"}
+                 "poison": "poison", "broker_node_down": "broker_node_down"}
 ON_THE_BROKER = ("broker_restart", "drop_connections")  # need rabbitmqctl and the local broker
+ON_THE_CLUSTER = ("broker_node_down",)  # needs a 3-node cluster: runs in tests/test_cluster.py
 
 
 def test_every_fault_kind_has_a_scenario() -> None:
@@ -88,6 +89,8 @@ def test_faults_that_need_own_workers_refuse_external(amqp_url: str) -> None:
 def _params() -> list[Any]:
     out = []
     for name in SCENARIO_KIND:
+        if name in ON_THE_CLUSTER:
+            continue
         marks = [pytest.mark.broker_restart] if name in ON_THE_BROKER else []
         out.append(pytest.param(name, marks=marks, id=name))
     return out
