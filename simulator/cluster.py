@@ -162,9 +162,10 @@ class Cluster:
                                    f"(--port, GONGJI_CLUSTER_PORT)")
         d = self.node_dir(node)
         out = open(d / "stdout.log", "ab")
-        subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env(node), cwd=d, stdout=out,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env(node), cwd=d, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
+        (d / "launcher.pid").write_text(str(proc.pid))  # its process group: what `down` ends if all else fails
 
     def await_node(self, node: Node, timeout: float = 120) -> None:
         """Until the node's RabbitMQ application runs and its AMQP listener accepts connections."""
@@ -215,17 +216,22 @@ class Cluster:
         """Stop every node (rabbitmqctl stop, then SIGKILL if it lingers) and remove the directory."""
         def stop(node: Node) -> None:
             pid = self.pid(node)
-            if pid is None:
-                return
-            try:
-                self.ctl(node, "stop", timeout=timeout)
-            except (ClusterError, subprocess.TimeoutExpired):
+            if pid is not None:
+                try:
+                    self.ctl(node, "stop", timeout=timeout)
+                except (ClusterError, subprocess.TimeoutExpired):
+                    pass
+                deadline = time.monotonic() + timeout
+                while self.pid(node) is not None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if self.pid(node) is not None:
+                    os.kill(pid, signal.SIGKILL)
+            try:  # a node that never finished booting (no pid file yet) or a launcher left behind
+                launcher = int((self.node_dir(node) / "launcher.pid").read_text())
+                if b"rabbitmq-server" in Path(f"/proc/{launcher}/cmdline").read_bytes():  # still ours
+                    os.killpg(launcher, signal.SIGKILL)
+            except (OSError, ValueError):
                 pass
-            deadline = time.monotonic() + timeout
-            while self.pid(node) is not None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if self.pid(node) is not None:
-                os.kill(pid, signal.SIGKILL)
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(stop, self.nodes))
         if (self.dir / "cluster.json").exists():
