@@ -33,7 +33,7 @@ async def consumers(url: str, queues: list[str], timeout: float = 5.0) -> dict[s
     from aiormq.exceptions import ChannelNotFoundEntity
 
     out: dict[str, int | None] = {}
-    conn = await asyncio.wait_for(failover.connect(url, timeout=timeout), timeout + 1)
+    conn = await asyncio.wait_for(failover.connect(url, timeout=timeout), (timeout + 1) * len(failover.split(url)))
     try:
         for q in queues:
             ch = await conn.channel()

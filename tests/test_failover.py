@@ -30,6 +30,13 @@ def test_split_reads_comma_separated_urls() -> None:
     assert failover.where("amqp://u:secret@h:5681/") == "h:5681"  # logs never carry the password
 
 
+def test_broker_errors_name_the_nodes_without_passwords() -> None:
+    from simulator.errors import explain_broker_error
+    said = explain_broker_error("amqp://u:secret1@h1:5681/,amqp://u:secret2@h2:5682/",
+                                ConnectionRefusedError(111, "Connection refused"))
+    assert "h1:5681" in said and "1 other node" in said and "secret" not in said, said
+
+
 def test_a_nacked_publish_is_transient_not_poison() -> None:
     nack = aiormq.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=7))
     assert failover.nacked(nack) and is_transient(nack) and recoverable(nack)

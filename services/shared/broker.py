@@ -246,7 +246,9 @@ class Broker:
         """A CLI's or test's own reply/observer queue: durable, but removed once unused for 10 minutes."""
         assert self._pub is not None
         # On a cluster a quorum queue, so that losing the node it was declared on loses none of its messages.
-        args: dict[str, Any] = {"x-expires": 600000, **({"x-queue-type": "quorum"} if len(self.nodes.urls) > 1 else {})}
+        args: dict[str, Any] = {"x-expires": 600000}
+        if len(self.nodes.urls) > 1:
+            args["x-queue-type"] = "quorum"
         queue = await self._pub.declare_queue(name, durable=True, arguments=args)
         for exchange, key in bindings:
             await queue.bind(exchange, key)
