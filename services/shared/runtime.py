@@ -402,7 +402,8 @@ class Worker:
         if path is None:
             return
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
-                "duplicates_absorbed": inbox_counters["duplicates_absorbed"], "broker_publishes": self.broker.published}
+                "duplicates_absorbed": inbox_counters["duplicates_absorbed"], "broker_publishes": self.broker.published,
+                "broker_reconnects": self.broker.reconnects}
         tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(data, sort_keys=True))
