@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(h)
     h.add_argument("--regions", default=os.environ.get("GONGJI_REGIONS", ""),
                    help="bureau only: the regions the worker serves (as given to `gongji worker`)")
+    from simulator import cluster
+    cluster.add_arguments(sub.add_parser("cluster", help="a 3-node RabbitMQ cluster on this machine (up, down, status)"))
     sc = sub.add_parser("schema", help="write JSON Schemas of every contract and of the scenario file, and an "
                                        "AsyncAPI 3.0 document of the exchanges, routing keys and messages")
     sc.add_argument("directory", help="where to write them (created)")
@@ -231,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "health":
         from simulator import health
         return health.main(args)
+    if args.command == "cluster":
+        from simulator import cluster
+        return cluster.main(args)
     if args.command == "schema":
         from simulator import schema
         return schema.main(args)

@@ -30,10 +30,12 @@ class InfrastructureError(Exception):
 
 
 def where(url: str) -> str:
-    """host:port/vhost and user of an AMQP URL, never the password."""
-    u = urlparse(url)
+    """host:port/vhost and user of an AMQP URL (the first of a cluster's list), never the password."""
+    urls = [part.strip() for part in url.split(",") if part.strip()] or [url]
+    u = urlparse(urls[0])
     vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
-    return f"{u.hostname or 'localhost'}:{u.port or 5672} (vhost {vhost!r}, user {u.username or 'guest'!r})"
+    more = f" and {len(urls) - 1} other node(s)" if len(urls) > 1 else ""
+    return f"{u.hostname or 'localhost'}:{u.port or 5672} (vhost {vhost!r}, user {u.username or 'guest'!r}){more}"
 
 
 def explain_broker_error(url: str, exc: BaseException) -> str:
@@ -68,7 +70,7 @@ async def check_broker(url: str, *, timeout: float = 5.0, wait: float | None = N
 
     A refused login or vhost fails at once; a closed port too, unless `wait` seconds (env GONGJI_BROKER_WAIT,
     default 0) are given to wait for a broker that is still starting."""
-    import aio_pika
+    from services.shared import failover
     if wait is None:
         try:
             wait = float(os.environ.get("GONGJI_BROKER_WAIT", "0") or 0)
@@ -82,7 +84,7 @@ async def check_broker(url: str, *, timeout: float = 5.0, wait: float | None = N
     try:
         while True:
             try:
-                conn = await asyncio.wait_for(aio_pika.connect(url, timeout=timeout), timeout + 1)
+                conn = await asyncio.wait_for(failover.connect(url, timeout=timeout), (timeout + 1) * len(failover.split(url)))
                 await conn.close()
                 return
             except Exception as exc:  # noqa: BLE001 - every failure becomes one line

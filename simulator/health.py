@@ -29,11 +29,11 @@ def service_queues(service: str, ns: str, regions: list[str] | None = None) -> l
 
 async def consumers(url: str, queues: list[str], timeout: float = 5.0) -> dict[str, int | None]:
     """Consumers per queue (None: the queue does not exist). Passive declares: they create nothing."""
-    import aio_pika
+    from services.shared import failover
     from aiormq.exceptions import ChannelNotFoundEntity
 
     out: dict[str, int | None] = {}
-    conn = await asyncio.wait_for(aio_pika.connect(url, timeout=timeout), timeout + 1)
+    conn = await asyncio.wait_for(failover.connect(url, timeout=timeout), (timeout + 1) * len(failover.split(url)))
     try:
         for q in queues:
             ch = await conn.channel()

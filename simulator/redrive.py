@@ -25,6 +25,7 @@ import aio_pika
 import aiormq
 
 from contracts.routing import Names
+from services.shared import failover
 
 DROP = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "x-delivery-count",
         "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-gongji-reason", "x-gongji-queue",
@@ -66,7 +67,7 @@ async def redrive(amqp_url: str, namespace: str, *, reason: str | None = None, q
                   limit: int = 10000, dry_run: bool = False) -> Result:
     names = Names(namespace)
     result = Result()
-    conn = await aio_pika.connect(amqp_url)
+    conn = await failover.connect(amqp_url)
     try:
         get_ch = await conn.channel()
         pub = await conn.channel(publisher_confirms=True, on_return_raises=True)

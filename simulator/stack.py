@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.routing import Names
+from services.shared import failover
 from services.shared.topology import exchanges, queues
 
 WORKERS = ("bureau", "accounts", "pos")
@@ -174,10 +175,8 @@ class WorkerStack:
 
 async def cleanup_namespace(amqp_url: str, ns: str, queues: list[str]) -> None:
     """Leave nothing behind: this run's queues and exchanges (client queues expire by themselves)."""
-    import aio_pika
-
     names = Names(ns)
-    conn = await aio_pika.connect(amqp_url)
+    conn = await failover.connect(amqp_url)  # one URL or a cluster's list
     try:
         for q in queues:
             ch = await conn.channel()
@@ -206,8 +205,7 @@ async def read_dead_letters(amqp_url: str, ns: str, *, consume: bool = True, lim
     """What is in <ns>.dead: each message's reason and the queue it came from. A worker that refuses a message
     says why in x-gongji-reason (and x-gongji-queue); the broker's own dead-lettering (a quorum queue's delivery
     limit, ...) says it in x-first-death-reason / x-death. consume=False only looks (the messages go back)."""
-    import aio_pika
-    conn = await aio_pika.connect(amqp_url)
+    conn = await failover.connect(amqp_url)  # one URL or a cluster's list
     out: list[dict[str, str]] = []
     try:
         ch = await conn.channel()

@@ -268,6 +268,55 @@ def test_gateway_service_publishes_its_port(services: dict) -> None:
     assert env["GONGJI_DECLARE"] == "passive"
 
 
+# ---- profile `cluster` (issue 12): three RabbitMQ nodes, workers on the three URLs ------------------------------
+CLUSTER_NODES = ("rabbit-1", "rabbit-2", "rabbit-3")
+
+
+def test_cluster_profile_has_three_nodes_of_the_pinned_image_with_one_cookie(services: dict) -> None:
+    nodes = {name: services[name] for name in CLUSTER_NODES}
+    cookies = set()
+    for name, node in nodes.items():
+        assert node["profiles"] == ["cluster"], name  # not started by a plain `docker compose up`
+        assert node["image"] == services["rabbitmq"]["image"], name
+        assert node["hostname"] == name and "container_name" not in node
+        cookies.add(env_of(node)["RABBITMQ_ERLANG_COOKIE"])
+        mounts = [str(v) for v in node["volumes"]]
+        assert "./deploy/rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in mounts
+        assert any(m.startswith("./deploy/rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/") for m in mounts), mounts
+        test = node["healthcheck"]["test"]
+        assert "rabbitmq-diagnostics" in test and "ping" in test
+    assert len(cookies) == 1 and "" not in cookies  # one Erlang cookie for the three
+    assert "profiles" not in services["rabbitmq"]  # the single broker stays the default
+
+
+def test_cluster_forms_by_classic_config_peer_discovery() -> None:
+    conf = {}
+    for line in (REPO / "deploy" / "rabbitmq" / "cluster.conf").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            conf[key.strip()] = value.strip()
+    assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
+    peers = sorted(v for k, v in conf.items() if k.startswith("cluster_formation.classic_config.nodes."))
+    assert peers == [f"rabbit@{name}" for name in CLUSTER_NODES]  # node name = rabbit@<hostname>
+    assert conf["quorum_queue.continuous_membership_reconciliation.target_group_size"] == "3"
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_cluster_workers_fail_over_across_the_three_nodes(services: dict, name: str) -> None:
+    from services.shared.definitions import LOCAL_PASSWORDS
+    from services.shared.failover import split  # how the workers read AMQP_URL
+
+    svc = services[f"cluster-{name}"]
+    assert svc["profiles"] == ["cluster"] and svc["command"] == ["worker", name]
+    urls = [urlsplit(u) for u in split(env_of(svc)["AMQP_URL"])]
+    assert [u.hostname for u in urls] == list(CLUSTER_NODES)
+    assert {(u.scheme, u.port or 5672, u.username, u.password) for u in urls} == \
+        {("amqp", 5672, name, LOCAL_PASSWORDS[name])}  # the worker's own broker user on every node
+    assert depends_of(svc) == {node: "service_healthy" for node in CLUSTER_NODES}
+    assert env_of(svc)["GONGJI_DECLARE"] == "passive"
+    assert svc["healthcheck"]["test"] == ["CMD", "gongji", "health", name]
+    own = [str(v).split(":")[0] for v in svc["volumes"]]
+    assert own == [f"cluster-{name}-data"] and own[0] not in [str(v).split(":")[0] for v in services[name]["volumes"]]
 def test_postgres_service_for_the_workers(compose: dict, services: dict) -> None:
     """Issue 12: `--profile postgres` adds a pinned PostgreSQL with a healthcheck; the workers take it through
     GONGJI_DATABASE_URL (empty by default: SQLite) and wait for it healthy when the profile is on."""

@@ -39,8 +39,9 @@ CI_SCALE = "0.25"  # the full size (× 1) is documented in scenarios/README.md
 SCALE = {"sqlite": (CI_SCALE, 800, 1200), "postgres": ("0.1", 300, 500)}
 SCENARIO_KIND = {"kill_workers": "kill", "broker_restart": "broker_restart", "drop_connections": "drop_connections",
                  "duplicate_delivery": "duplicate", "delayed_replies": "delay", "timeout_race": "timeout_race",
-                 "poison": "poison"}
+                 "poison": "poison", "broker_node_down": "broker_node_down"}
 ON_THE_BROKER = ("broker_restart", "drop_connections")  # need rabbitmqctl and the local broker
+ON_THE_CLUSTER = ("broker_node_down",)  # needs a 3-node cluster: runs in tests/test_cluster.py
 
 
 def test_every_fault_kind_has_a_scenario() -> None:
@@ -139,9 +140,25 @@ def test_faults_that_need_own_workers_refuse_external(amqp_url: str) -> None:
     assert "scenarios/faults/broker_restart.yaml:" in out.stderr and "not possible with --external" in out.stderr
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_broker_node_down_refuses_a_broker_that_is_no_cluster(amqp_url: str, tmp_path: Path) -> None:
+    """On one broker URL (not the nodes of `gongji cluster up`) the fault cannot be injected: the run is refused
+    before anything starts, naming the file, the fault and what it needs."""
+    loaded = load_scenario(FAULTS / "broker_node_down.yaml", scale="0.01")
+    with pytest.raises(SystemExit) as refused:
+        await run_loaded(loaded, RunOptions(amqp_url=amqp_url, report_dir=tmp_path, progress=False),
+                         Progress(enabled=False))
+    said = str(refused.value.code)
+    assert "broker_node_down.yaml:" in said and "faults[0] (broker_node_down)" in said, said
+    assert "needs the run's broker to be a cluster" in said and "gongji cluster up" in said, said
+    assert not (tmp_path / "report.json").exists()
+
+
 def _params() -> list[Any]:
     out = []
     for name in SCENARIO_KIND:
+        if name in ON_THE_CLUSTER:
+            continue
         marks = [pytest.mark.broker_restart] if name in ON_THE_BROKER else []
         out.append(pytest.param(name, marks=marks, id=name))
     return out

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from contracts.routing import Names
 
+from . import failover
 from .store import OutMessage
 from .topology import bureau_bindings, exchanges, queues, work_queue_args
 
@@ -36,7 +37,7 @@ STEP_S = 10.0
 
 
 def recoverable(exc: BaseException) -> bool:
-    return isinstance(exc, RECOVERABLE) or type(exc) is aiormq.exceptions.ChannelClosed
+    return isinstance(exc, RECOVERABLE) or type(exc) is aiormq.exceptions.ChannelClosed or failover.nacked(exc)
 
 
 class Unroutable(Exception):
@@ -70,6 +71,7 @@ class Broker:
 
     def __init__(self, url: str, names: Names, name: str = "gongji", passive: bool | None = None):
         self.url = url
+        self.nodes = failover.Nodes(url)  # one URL, or several (a cluster's nodes): services.shared.failover
         self.names = names
         self.name = name
         self.passive = os.environ.get("GONGJI_DECLARE") == "passive" if passive is None else passive
@@ -88,7 +90,7 @@ class Broker:
         self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
         # Every message names its sender; RabbitMQ refuses a user_id other than the connection's user, so the
         # receiver can trust it (services.shared.access).
-        self.user = urllib.parse.unquote(urllib.parse.urlparse(url).username or "") or None
+        self.user = urllib.parse.unquote(urllib.parse.urlparse(self.nodes.urls[0]).username or "") or None
 
     async def connect(self) -> None:
         await self._open()
@@ -107,8 +109,8 @@ class Broker:
     async def _open(self) -> None:
         """A new connection with the publishing channel and every registered consumer on it."""
         conn = await asyncio.wait_for(
-            aio_pika.connect(self.url, client_properties={"connection_name": self.name}, timeout=STEP_S),
-            STEP_S + 1)
+            self.nodes.connect(client_properties={"connection_name": self.name}, timeout=STEP_S),
+            (STEP_S + 1) * len(self.nodes.urls))
         try:
             pub = await asyncio.wait_for(conn.channel(publisher_confirms=True, on_return_raises=True), STEP_S)
             channels = [await asyncio.wait_for(self._open_consumer(conn, c.queue, c.callback, c.prefetch), STEP_S)
@@ -198,7 +200,11 @@ class Broker:
     async def declare_client_queue(self, name: str, bindings: list[tuple[str, str]]) -> None:
         """A CLI's or test's own reply/observer queue: durable, but removed once unused for 10 minutes."""
         assert self._pub is not None
-        queue = await self._pub.declare_queue(name, durable=True, arguments={"x-expires": 600000})
+        # On a cluster a quorum queue, so that losing the node it was declared on loses none of its messages.
+        args: dict[str, Any] = {"x-expires": 600000}
+        if len(self.nodes.urls) > 1:
+            args["x-queue-type"] = "quorum"
+        queue = await self._pub.declare_queue(name, durable=True, arguments=args)
         for exchange, key in bindings:
             await queue.bind(exchange, key)
 
@@ -341,7 +347,7 @@ async def wait_for_broker(url: str, timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            conn = await aio_pika.connect(url, timeout=5)
+            conn = await failover.connect(url, timeout=5)
             await conn.close()
             return
         except Exception:

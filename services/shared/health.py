@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import aiormq
 
+from . import failover
+
 # Messages of sqlite3.DatabaseError that say the database (not the statement) is the problem.
 _DAMAGED = ("malformed", "not a database", "disk i/o", "database or disk is full", "unable to open",
             "database is locked", "readonly database", "disk image")
@@ -36,7 +38,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError,
                         TimeoutError)):
         return True
-    return type(exc) is aiormq.exceptions.ChannelClosed
+    # A node of a cluster that went away, or refused a publish (basic.nack) for a moment: services.shared.failover
+    return type(exc) is aiormq.exceptions.ChannelClosed or failover.nacked(exc)
 
 
 @dataclass

@@ -403,6 +403,7 @@ class Worker:
             return
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
                 "duplicates_absorbed": inbox_counters["duplicates_absorbed"], "broker_publishes": self.broker.published,
+                "broker_reconnects": self.broker.reconnects,
                 "store_retries": getattr(self.store, "retries", 0)}  # PostgreSQL: deadlocks etc. re-run
         tmp = path.with_suffix(".tmp")
         try:

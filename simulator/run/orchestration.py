@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from services.shared.policy import load_policies, policy_dir
 
-from .. import audit, report
+from .. import audit, cluster_faults, report  # noqa: F401 - cluster_faults registers broker_node_down
 from ..errors import check_broker
 from ..export import SettlementExport
 from ..scenario.loader import LoadedScenario, all_regions

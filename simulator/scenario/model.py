@@ -324,9 +324,10 @@ class Final(Model):
 
 
 # ---- faults ------------------------------------------------------------------------------------------
-FaultKind = Literal["kill", "broker_restart", "drop_connections", "duplicate", "delay", "timeout_race", "poison"]
+FaultKind = Literal["kill", "broker_restart", "drop_connections", "duplicate", "delay", "timeout_race", "poison",
+                    "broker_node_down"]
 FAULT_KINDS: tuple[str, ...] = ("kill", "broker_restart", "drop_connections", "duplicate", "delay", "timeout_race",
-                                "poison")
+                                "poison", "broker_node_down")
 Seconds = Annotated[float, Field(ge=0, le=3600)]
 
 
@@ -366,6 +367,17 @@ class DropConnectionsFault(_Triggered):
 
     kind: Literal["drop_connections"]
     scope: Literal["run", "all"] = "run"
+
+
+class BrokerNodeDownFault(_Triggered):
+    """One node of the RabbitMQ cluster the run uses (`gongji cluster up`; its URLs as --amqp-url) stops
+    (rabbitmqctl stop_app) for down_s seconds, then starts again. node: which one, 1-based in the order of the
+    run's URLs; 1, the default, is the node every client connects to first. The workers fail over to the other
+    nodes, the quorum queues elect new leaders there; nothing may be lost."""
+
+    kind: Literal["broker_node_down"]
+    node: int = Field(default=1, ge=1, le=9)
+    down_s: Seconds = 5.0
 
 
 class DuplicateFault(Model):
@@ -422,7 +434,7 @@ class PoisonFault(Model):
 
 
 Fault = Annotated[KillFault | BrokerRestartFault | DropConnectionsFault | DuplicateFault | DelayFault
-                  | TimeoutRaceFault | PoisonFault, Field(discriminator="kind")]
+                  | TimeoutRaceFault | PoisonFault | BrokerNodeDownFault, Field(discriminator="kind")]
 
 
 class Scenario(Model):
