@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from contracts.money import line_total
 from services.shared.entry import DEFAULT_AMQP_URL, WorkerConfig
@@ -39,22 +39,11 @@ def _database(p: argparse.ArgumentParser, throwaway: bool = False) -> None:
                         f"(env GONGJI_DATABASE_URL): {where}")
 
 
-@contextmanager
-def _throwaway_database(args: argparse.Namespace) -> Iterator[None]:
+def _throwaway_database(args: argparse.Namespace) -> AbstractContextManager[str | None]:
     """run / bench with --database-url: the workers they start get a database of their own on that server."""
-    if not getattr(args, "database_url", None) or getattr(args, "external", False):
-        yield
-        return
-    from services.shared.pg_admin import create_database, drop_database
-    url = create_database(args.database_url, prefix=f"gongji_{args.command}_")
-    os.environ["GONGJI_DATABASE_URL"] = url  # the workers' environment
-    try:
-        yield
-    finally:
-        if getattr(args, "keep_data", False):
-            print(f"PostgreSQL database kept: {url}", file=sys.stderr)
-        else:
-            drop_database(url)
+    from simulator.databases import throwaway
+    url = None if getattr(args, "external", False) else getattr(args, "database_url", None)
+    return throwaway(url, prefix=f"gongji_{args.command}_", keep=getattr(args, "keep_data", False))
 
 
 def version() -> str:

@@ -15,6 +15,7 @@ Each run gets its own workers with GONGJI_POLICY_DIR pointing at its set.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import yaml
 
 from contracts.money import from_fen
 
+from .databases import throwaway
 from .errors import EXIT_INVALID, run_guarded
 from .figures import totals
 from .published import SCHEMA_VERSION, snake, yuan
@@ -122,8 +124,9 @@ def main(args: Any) -> int:
         print("gongji compare: " + "\n".join(problems), file=sys.stderr)
         return EXIT_INVALID
     results: list[RunResult] = []
+    base_url = os.environ.get("GONGJI_DATABASE_URL") or None  # each policy set on a database of its own
     for ps in sets:
-        with ps as pdir:
+        with ps as pdir, throwaway(base_url, prefix="gongji_compare_"):
             args.external, args.namespace, args.policy_dir, args.keep_data = False, None, None, False
             opts = options_from(_ns(args, policy=str(pdir)))
             opts.report_dir = out_dir / ps.label

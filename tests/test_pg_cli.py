@@ -3,6 +3,7 @@ the real CLI: the workers keep their state in one schema per service, nothing in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -82,3 +83,23 @@ def test_a_database_that_is_not_there_stops_the_worker_with_the_reason(flag: str
                  env={} if flag.startswith("--") else {"GONGJI_DATABASE_URL": url})
     assert out.returncode != 0
     assert "gongji_no_such_database" in out.stderr and "does not exist" in out.stderr
+
+
+def test_gongji_compare_gives_each_policy_set_a_database_of_its_own(amqp_url: str, pg_server: str,
+                                                                    tmp_path: Path) -> None:
+    """`gongji compare` with GONGJI_DATABASE_URL: the two policy sets must not share state (the second set would
+    otherwise start from the first set's yearly accumulators). Hand-computed as in test_scenarios: employed,
+    deductible 300 instead of 600 and 0.80 instead of 0.76 at 三级 on the 1600.00 visit → (1600 - 300) × 0.80 =
+    1040.00 instead of (1600 - 600) × 0.76 = 760.00: the fund pays 280.00 more, the family 280.00 less."""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        before = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+    out = gongji("compare", "scenarios/retiree_vs_employed.yaml", "--policy", "policies",
+                 "--policy", "scenarios/whatif/hz_outpatient_deductible_300.yaml", "--report-dir", str(tmp_path),
+                 "--quiet", "--amqp-url", amqp_url, cwd=REPO, env={"GONGJI_DATABASE_URL": pg_server})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    cmp = json.loads((tmp_path / "compare.json").read_text(encoding="utf-8"))
+    assert cmp["metrics"]["pooled_fund"]["delta"] == 280.00
+    assert cmp["metrics"]["family_out_of_pocket"]["delta"] == -280.00
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        after = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+    assert not {d for d in after - before if d.startswith("gongji_compare_")}  # both dropped at the end
