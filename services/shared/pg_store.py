@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import random
-import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence, TypeVar
@@ -36,7 +34,7 @@ from psycopg import sql as pg_sql
 
 from .health import StoreFault
 from .pg_tx import RETRYABLE, IntegralNumericLoader, PgRow, PgTx, rolled_back, row_factory, transaction, translate
-from .store import MAX_GROUP, OutMessage, _settle
+from .store import OutMessage, StoreThread, _settle
 
 __all__ = ["PgStore", "PgTx", "PgRow", "transaction", "rolled_back", "translate", "apply_migrations",
            "outbox_claim", "DatabaseUnavailable", "RETRYABLE"]
@@ -98,7 +96,7 @@ class DatabaseUnavailable(SystemExit):
 
 
 # ---- the store -----------------------------------------------------------------------------------------
-class PgStore:
+class PgStore(StoreThread):
     """One service's schema in a PostgreSQL database, run from one thread (see the module's docstring)."""
 
     dialect = "postgres"
@@ -112,10 +110,7 @@ class PgStore:
         self._isolation = isolation or os.environ.get("GONGJI_PG_ISOLATION") or None
         self._begin = f"BEGIN ISOLATION LEVEL {self._isolation.upper()}" if self._isolation else "BEGIN"
         self._conn: PgTx | None = None
-        self._queue: queue.SimpleQueue[tuple[Callable[[PgTx], Any], Future[Any]] | None] = queue.SimpleQueue()
-        self._group_commit = group_commit
-        self._thread = threading.Thread(target=self._loop, name=f"pgstore-{schema}", daemon=True)
-        self._thread.start()
+        super().__init__(f"pgstore-{schema}", group_commit)
         self.commits = 0   # transactions committed (a group counts once)
         self.retries = 0   # transactions re-run after a deadlock or serialisation failure
         self.fault = StoreFault.from_env(schema)  # injected failures (tests), None normally
@@ -131,30 +126,7 @@ class PgStore:
             raise DatabaseUnavailable(f"PostgreSQL {where} (schema {self.schema}) cannot be used: "
                                       + " ".join(str(exc).split())) from None
 
-    # -- the store thread --
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while self._group_commit and len(batch) < MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
-            if batch:
-                try:
-                    self._run_batch(batch)
-                except BaseException as exc:  # pragma: no cover - last line of defence
-                    for _, fut in batch:
-                        _settle(fut, exc, failed=True)
-
+    # -- the store thread (StoreThread runs the loop) --
     def _run_batch(self, batch: list[tuple[Callable[[PgTx], Any], Future[Any]]]) -> None:
         fns = [fn for fn, _ in batch]
         results = self._attempt(fns, GROUP_ATTEMPTS) if len(fns) > 1 else None
@@ -247,17 +219,6 @@ class PgStore:
         return self._conn
 
     # -- the public API (services/shared/store.Store's) --
-    async def run(self, fn: Callable[[PgTx], T]) -> T:
-        fut: Future[T] = Future()
-        self._queue.put((fn, fut))
-        return await asyncio.wrap_future(fut)
-
-    def run_sync(self, fn: Callable[[PgTx], T]) -> T:
-        """For tools and tests outside an event loop."""
-        fut: Future[T] = Future()
-        self._queue.put((fn, fut))
-        return fut.result()
-
     async def close(self) -> None:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)

@@ -77,28 +77,18 @@ class InboxEntry:
 MAX_GROUP = 64
 
 
-class Store:
-    def __init__(self, path: Path, schema: str, group_commit: bool = True):
-        self.path = Path(path)
-        self._schema = schema
-        self._conn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = \
-            queue.SimpleQueue()
-        self._group_commit = group_commit
-        self._thread = threading.Thread(target=self._loop, name=f"store-{self.path.stem}", daemon=True)
-        self._thread.start()
-        self.commits = 0  # transactions committed (a group counts once)
-        self.fault = StoreFault.from_env(self.path.name)  # injected failures (tests), None normally
+class StoreThread:
+    """One thread runs a store's transactions in order, so the event loop never waits on the disk or the
+    database; the calls that queue up while one runs are handed to `_run_batch` together (a group commit)."""
 
-    async def open(self) -> None:
-        """Open and check the file: a damaged database is refused before the worker serves anything."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            problems = await self.run(quick_check)
-        except sqlite3.DatabaseError as exc:
-            raise DamagedStore(f"database {self.path} cannot be used: {exc}") from None
-        if problems:
-            raise DamagedStore(f"database {self.path} is damaged (PRAGMA quick_check): " + "; ".join(problems[:5]))
+    def __init__(self, name: str, group_commit: bool) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._group_commit = group_commit
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _run_batch(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
         while True:
@@ -124,6 +114,37 @@ class Store:
                 except BaseException as exc:  # pragma: no cover - last line of defence
                     for _, fut in batch:
                         _settle(fut, exc, failed=True)
+
+    async def run(self, fn: Callable[[Any], T]) -> T:
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    def run_sync(self, fn: Callable[[Any], T]) -> T:
+        """For tools and tests outside an event loop."""
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+
+class Store(StoreThread):
+    def __init__(self, path: Path, schema: str, group_commit: bool = True):
+        self.path = Path(path)
+        self._schema = schema
+        self._conn: sqlite3.Connection | None = None
+        super().__init__(f"store-{self.path.stem}", group_commit)
+        self.commits = 0  # transactions committed (a group counts once)
+        self.fault = StoreFault.from_env(self.path.name)  # injected failures (tests), None normally
+
+    async def open(self) -> None:
+        """Open and check the file: a damaged database is refused before the worker serves anything."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            problems = await self.run(quick_check)
+        except sqlite3.DatabaseError as exc:
+            raise DamagedStore(f"database {self.path} cannot be used: {exc}") from None
+        if problems:
+            raise DamagedStore(f"database {self.path} is damaged (PRAGMA quick_check): " + "; ".join(problems[:5]))
 
     def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
         try:
@@ -174,17 +195,6 @@ class Store:
             conn.executescript(BASE_SCHEMA + self._schema)
             self._conn = conn
         return self._conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        fut: Future[T] = Future()
-        self._queue.put((fn, fut))
-        return await asyncio.wrap_future(fut)
-
-    def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """For tools and tests outside an event loop."""
-        fut: Future[T] = Future()
-        self._queue.put((fn, fut))
-        return fut.result()
 
     async def close(self) -> None:
         def _close(conn: sqlite3.Connection) -> None:
