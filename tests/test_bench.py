@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import psycopg
 
 NUMERIC_KEYS = ("settlements_per_s", "p50_ms", "p95_ms", "p99_ms", "raw_round_trips_per_s", "ratio", "accounts",
                 "national_round_trips_per_settlement")
@@ -87,3 +90,40 @@ def test_bench_no_presettle_reports_settle_only_figures(amqp_url: str, tmp_path:
     # at least the command, one national request and its answer, and the outcome event
     assert result["publishes_per_settlement"] >= 4
     assert result["audit"]["accounts"]["ledger_sum_fen"] == 0
+
+
+def test_bench_on_postgresql_with_two_replicas(amqp_url: str, pg_server: str, tmp_path: Path) -> None:
+    """`gongji bench --database-url SERVER` (issue 12): the workers keep their state in a throwaway database on
+    that server, two replicas of each service share it, the audits of the run are clean, and the database is
+    gone afterwards. No speed is asserted (BENCHMARKS.md, "Issue 12: PostgreSQL beside SQLite")."""
+    def databases() -> set[str]:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+    before = databases()
+    out = tmp_path / "pg.json"
+    cmd = [sys.executable, "-m", "simulator.cli", "bench", "--duration", "4", "--concurrency", "8",
+           "--accounts", "200", "--json", str(out), "--amqp-url", amqp_url, "--database-url", pg_server]
+    env = {**os.environ, "GONGJI_BENCH_REPLICAS": "2"}
+    env.pop("GONGJI_DATABASE_URL", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    assert result["storage"] == "postgresql" and result["replicas"] == 2
+    assert result["statuses"].get("settled", 0) > 0
+    accounts, bureau = result["audit"]["accounts"], result["audit"]["bureau"]
+    assert accounts["ledger_sum_fen"] == 0 and accounts["balance_mismatches"] == []
+    assert bureau["accumulator_mismatches"] == []
+    assert not {d for d in databases() - before if d.startswith("gongji_bench_")}
+
+
+def test_benchmarks_compare_the_backends_replicas_and_project_per_host() -> None:
+    """Issue 12's Done-when: BENCHMARKS.md gives SQLite vs PostgreSQL, 1 vs 2 replicas and the projection per
+    host, each with figures."""
+    text = (Path(__file__).resolve().parents[1] / "BENCHMARKS.md").read_text(encoding="utf-8")
+    section = text[text.index("## Issue 12: PostgreSQL beside SQLite"):]
+    section = section[:section.find("\n## ", 10)] if "\n## " in section[10:] else section
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert any("| SQLite |" in r for r in rows) and any("PostgreSQL, 1 replica" in r for r in rows)
+    assert any("PostgreSQL, 2 replicas" in r for r in rows)
+    assert "Projection per added host" in section and "PostgreSQL / SQLite" in section
