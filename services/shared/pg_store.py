@@ -34,7 +34,7 @@ from psycopg import sql as pg_sql
 
 from .health import StoreFault
 from .pg_tx import RETRYABLE, IntegralNumericLoader, PgRow, PgTx, rolled_back, row_factory, transaction, translate
-from .store import OutMessage, StoreThread, _settle
+from .store import CHUNK, OutMessage, StoreThread, _settle
 
 __all__ = ["PgStore", "PgTx", "PgRow", "transaction", "rolled_back", "translate", "apply_migrations",
            "outbox_claim", "DatabaseUnavailable", "RETRYABLE"]
@@ -219,6 +219,10 @@ class PgStore(StoreThread):
         return self._conn
 
     # -- the public API (services/shared/store.Store's) --
+    def backlog(self, tx: PgTx, older_than: float | None) -> list[tuple[int, OutMessage]]:
+        """The relay's next rows, claimed (SKIP LOCKED and a lease) so relays on several hosts share them."""
+        return outbox_claim(tx, time.time() + 1 if older_than is None else older_than, CHUNK)
+
     async def close(self) -> None:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)

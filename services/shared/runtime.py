@@ -301,7 +301,7 @@ class Worker:
                 rows += await self.store.run(lambda c: outbox_load(c, ids=missing))
         else:
             await self._drain_deletes()  # so that a backlog is not read back before its published rows go
-            rows = await self.store.run(lambda c: relay_batch(c, older_than))
+            rows = await self.store.run(lambda c: self.store.backlog(c, older_than))
             # rows whose delete is queued were published already: not again
             rows = [(i, m) for i, m in rows if i not in self._deleting]
             outbox_forget(self.store._conn, [i for i, _ in rows])
@@ -404,7 +404,7 @@ class Worker:
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
                 "duplicates_absorbed": inbox_counters["duplicates_absorbed"], "broker_publishes": self.broker.published,
                 "broker_reconnects": self.broker.reconnects,
-                "store_retries": getattr(self.store, "retries", 0)}  # PostgreSQL: deadlocks etc. re-run
+                "store_retries": self.store.retries}  # PostgreSQL: deadlocks etc. re-run
         tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(data, sort_keys=True))
@@ -434,15 +434,6 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.write_stats()
-
-
-def relay_batch(conn: Any, older_than: float | None) -> list[tuple[int, OutMessage]]:
-    """The relay's next rows. On PostgreSQL, claimed with FOR UPDATE SKIP LOCKED and a lease, so that the relays
-    of replicas on several hosts share the backlog (pg_store.outbox_claim)."""
-    if getattr(conn, "dialect", "sqlite") == "postgres":
-        from .pg_store import outbox_claim
-        return outbox_claim(conn, time.time() + 1 if older_than is None else older_than, CHUNK)
-    return outbox_load(conn, older_than=older_than)
 
 
 @dataclass

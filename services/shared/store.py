@@ -134,6 +134,7 @@ class Store(StoreThread):
         self._conn: sqlite3.Connection | None = None
         super().__init__(f"store-{self.path.stem}", group_commit)
         self.commits = 0  # transactions committed (a group counts once)
+        self.retries = 0  # transactions re-run (never on SQLite: BEGIN IMMEDIATE waits instead)
         self.fault = StoreFault.from_env(self.path.name)  # injected failures (tests), None normally
 
     async def open(self) -> None:
@@ -195,6 +196,10 @@ class Store(StoreThread):
             conn.executescript(BASE_SCHEMA + self._schema)
             self._conn = conn
         return self._conn
+
+    def backlog(self, conn: sqlite3.Connection, older_than: float | None) -> list[tuple[int, OutMessage]]:
+        """The relay's next rows: those left unpublished (older_than: written before that time)."""
+        return outbox_load(conn, older_than=older_than)
 
     async def close(self) -> None:
         def _close(conn: sqlite3.Connection) -> None:
