@@ -16,6 +16,7 @@ from contracts.base import SHANGHAI
 from contracts.envelope import Reply, Request, make_msgid
 from contracts.pos import ReverseVisit, SettleVisit, VisitOutcome
 from contracts.routing import REGISTRY_KEY, Names
+from services.shared import batching
 from services.shared.access import outcome_publisher_ok
 from services.shared.broker import Broker
 from services.shared.store import OutMessage
@@ -34,8 +35,11 @@ class Client:
         self.outcomes: dict[str, VisitOutcome] = {}
         self.outcome_events: list[VisitOutcome] = []  # every event, repeats included (tests count them)
         self.untrusted_outcomes = 0  # events not published by the POS user: ignored
+        self.outcome_batches = 0  # outcome events that came packed (the POS batches them per facility)
         self.signed: dict[str, dict[str, str]] = {}  # msgid → x-tif headers of a 9001 about to be sent
         self._seq = itertools.count(random.randrange(0, 5000))
+        # Visit commands sent in one loop pass go to the POS as one batch (services/shared/batching.py).
+        self.commands = batching.Coalescer(lambda m: self.broker.publish(m), lambda m: m.routing_key == "command")
 
     async def __aenter__(self) -> "Client":
         await self.connect()
@@ -80,13 +84,20 @@ class Client:
         if not self.trusted_outcome(message):
             await message.ack()
             return
-        outcome = VisitOutcome.model_validate_json(message.body)
+        try:
+            outcomes = [VisitOutcome.model_validate_json(body)
+                        for body in batching.bodies(message.headers, message.body)]
+        except Exception:  # not an outcome the POS wrote: dropped, never a crash of the client
+            outcomes = []
         await message.ack()
-        self.outcome_events.append(outcome)
-        self.outcomes.setdefault(outcome.visit_id, outcome)
-        fut = self._outcome_waiters.get(outcome.visit_id)
-        if fut is not None and not fut.done():
-            fut.set_result(outcome)
+        if batching.is_batch(message.headers):
+            self.outcome_batches += 1
+        for outcome in outcomes:
+            self.outcome_events.append(outcome)
+            self.outcomes.setdefault(outcome.visit_id, outcome)
+            fut = self._outcome_waiters.get(outcome.visit_id)
+            if fut is not None and not fut.done():
+                fut.set_result(outcome)
 
     # ---- envelopes -----------------------------------------------------------------------------
     def msgid(self, when: datetime, fixmedins_code: str = CLIENT_FIXMEDINS) -> str:
@@ -146,8 +157,8 @@ class Client:
     # ---- visits through the POS ------------------------------------------------------------------
     async def submit(self, cmd: SettleVisit | ReverseVisit) -> None:
         self._outcome_waiters.setdefault(cmd.visit_id, asyncio.get_running_loop().create_future())
-        await self.broker.publish(OutMessage(self.names.pos_exchange, "command", cmd.model_dump_json().encode(),
-                                             message_id=cmd.visit_id))
+        await self.commands.publish(OutMessage(self.names.pos_exchange, "command", cmd.model_dump_json().encode(),
+                                               message_id=cmd.visit_id))
 
     async def outcome(self, visit_id: str, timeout: float | None = None) -> VisitOutcome:
         if visit_id in self.outcomes:

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.conformance import ConformanceFinding
 from contracts.money import from_fen
 from contracts.pos import VisitOutcome
+from services.shared import batching
 from services.shared.entry import DEFAULT_AMQP_URL
 
 from .audit import _fen, _verdict, ledger_problems, setlinfo_problems
@@ -249,16 +250,17 @@ async def observe(args: argparse.Namespace) -> int:
         await message.ack()
         key = message.routing_key or ""
         try:
-            if key.startswith("outcome."):
-                o = VisitOutcome.model_validate_json(message.body)
-                if obs.add_outcome(o):
-                    n_outcomes += 1
-                    if o.setlinfo is not None and not args.region:
-                        regions.add(o.setlinfo.insuplc_admdvs)
-                    if until_n is not None and n_outcomes >= until_n:
-                        stop.set()
-            elif key.startswith("conformance."):
-                obs.add_finding(ConformanceFinding.model_validate_json(message.body))
+            for body in batching.bodies(message.headers, message.body):  # the POS batches its outcomes
+                if key.startswith("outcome."):
+                    o = VisitOutcome.model_validate_json(body)
+                    if obs.add_outcome(o):
+                        n_outcomes += 1
+                        if o.setlinfo is not None and not args.region:
+                            regions.add(o.setlinfo.insuplc_admdvs)
+                        if until_n is not None and n_outcomes >= until_n:
+                            stop.set()
+                elif key.startswith("conformance."):
+                    obs.add_finding(ConformanceFinding.model_validate_json(body))
         except Exception as exc:
             print(f"observe: an event that is not gongji's ({key}): {exc}", flush=True)
 

@@ -123,6 +123,17 @@ def asyncapi(ns: str = "gongji") -> dict[str, Any]:
     reply_msgs = {"reply": msg("reply", _ref("Reply"), "the answer to a request, by inf_refmsgid"),
                   "accounts_reply": msg("accounts_reply", _ref("AccountsReply"),
                                         "the accounts service's answer to the bureau, by req_id")}
+    # gongji's own hops may carry several items in one message (services/shared/batching.py): the header
+    # x-gongji-batch gives the count; each item is a message of the same channel, as JSON text in "body".
+    batch = msg("batch", {
+        "type": "object", "required": ["batch"], "additionalProperties": False,
+        "properties": {"batch": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {
+            "type": "object", "required": ["body"],
+            "properties": {"message_id": {"type": ["string", "null"]}, "correlation_id": {"type": ["string", "null"]},
+                           "reply_to": {"type": ["string", "null"]}, "headers": {"type": "object"},
+                           "body": {"type": "string", "description": "one message of this channel, as JSON text"}}}}}},
+        "several items of this channel in one message (header x-gongji-batch: their count); each item keeps "
+        "its own key, reply and refusal")
     channels: dict[str, Any] = {}
 
     def channel(cid: str, exchange: str, address: str, msgs: dict[str, Any], description: str,
@@ -157,18 +168,19 @@ def asyncapi(ns: str = "gongji") -> dict[str, Any]:
         channel("registry_broadcast", registry, REGISTRY_KEY,
                 {k: v for k, v in admin_g.items() if k == "bureau_G001"}, "facility registration, to every bureau")
     channel("pay", n.pay_exchange, "pay", {"accounts_request": msg("accounts_request", _ref("AccountsRequest"),
-                                                                   "money movement, only the bureau may send")},
+                                                                   "money movement, only the bureau may send"),
+                                           "batch": batch},
             "bureau → accounts: pay, preview, refund, balance")
     channel("accounts_admin", n.accounts_exchange, "admin", admin_msgs, "G1xx admin transactions to the accounts")
     channel("pos", n.pos_exchange, "command",
             {"settle_visit": msg("settle_visit", _ref("SettleVisit"), "settle one visit"),
-             "reverse_visit": msg("reverse_visit", _ref("ReverseVisit"), "reverse a settlement")},
+             "reverse_visit": msg("reverse_visit", _ref("ReverseVisit"), "reverse a settlement"), "batch": batch},
             "commands to the POS (the pharmacies and hospitals gongji plays)")
-    channel("reply", n.reply_exchange, "{reply_key}", reply_msgs,
+    channel("reply", n.reply_exchange, "{reply_key}", {**reply_msgs, "batch": batch},
             "answers, to the durable reply queue the requester named in reply_to",
             {"reply_key": "the requester's reply key (reply_to): pos, bureau-<regions>, client-<id>"})
     channel("outcome", n.events_exchange, "outcome.{fixmedins_code}",
-            {"visit_outcome": msg("visit_outcome", _ref("VisitOutcome"), "exactly one per visit")},
+            {"visit_outcome": msg("visit_outcome", _ref("VisitOutcome"), "exactly one per visit"), "batch": batch},
             "what finally happened to a visit", {"fixmedins_code": "the facility"})
     channel("balance", n.events_exchange, "balance.{psn_no}",
             {"balance_changed": msg("balance_changed", _ref("BalanceChanged"), "个人账户变动提醒")},

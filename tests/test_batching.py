@@ -1,5 +1,6 @@
 """Nothing gets weaker on the batched path (issue 11): the bureau's requests to the accounts service and its
-answers travel packed, several items per AMQP message (services/shared/batching.py).
+answers, the visit commands to the POS and the POS's outcome events travel packed, several items per AMQP
+message (services/shared/batching.py).
 
 - a whole batch delivered twice is absorbed item by item: one effect per item key, the repeat gets the
   original answers;
@@ -142,8 +143,9 @@ async def test_sigkill_each_worker_with_200_visits_in_flight_on_batched_traffic(
         facility, med = (PHARMACY, "41") if i % 3 else (HOSPITAL3, "11")
         cmds.append(visit(who, facility, med, f"2026-10-{1 + i % 9:02d} 11:{i // 60:02d}:{i % 60:02d}",
                           [line("EXAM" if med == "11" else "XA01", f"{5 + i % 7}.00")], timeout_ms=90000))
-    for cmd in cmds:
-        await c.submit(cmd)
+    batches_before = c.commands.batches
+    await asyncio.gather(*(c.submit(cmd) for cmd in cmds))  # one loop pass: the commands go packed
+    assert c.commands.batches - batches_before >= 200 // batching.MAX_ITEMS
     await asyncio.sleep(0.5)
     stack.kill(victim, signal.SIGSTOP)  # freeze it mid-stream, then kill it for good
     unfinished = [cmd for cmd in cmds if cmd.visit_id not in c.outcomes]
@@ -171,3 +173,71 @@ async def test_sigkill_each_worker_with_200_visits_in_flight_on_batched_traffic(
     assert bureau["accumulator_mismatches"] == []
     await asyncio.sleep(1.2)  # the stats files are written every second
     assert stats_sum(stack.data_dir, "batch_items_in") > items_before, "no batch was carried: not the batched path"
+
+
+async def test_command_batch_poison_item_alone_and_a_repeated_batch_settles_each_visit_once(stack: Stack) -> None:
+    """A batch of visit commands: a command that is not one is parked alone while its neighbours settle; the
+    whole batch again (a publisher retry) moves no money twice, and each repeat gets the original outcome."""
+    c = stack.client
+    assert c is not None
+    n = stack.names
+    a = await person(c, uid("ca"), balance="100.00")
+    good = [visit(a, PHARMACY, "41", "2026-10-02 09:00:01", [line("XA01", "10.00")]),
+            visit(a, PHARMACY, "41", "2026-10-02 09:00:02", [line("XA01", "20.00")])]
+    poison_id = f"poison-cmd-{uuid.uuid4().hex[:8]}"
+    rows = [(1, OutMessage(n.pos_exchange, "command", good[0].model_dump_json().encode(),
+                           message_id=good[0].visit_id)),
+            (2, OutMessage(n.pos_exchange, "command", b'{"cmd": "settle", "visit_id": 7}', message_id=poison_id)),
+            (3, OutMessage(n.pos_exchange, "command", good[1].model_dump_json().encode(),
+                           message_id=good[1].visit_id))]
+    [(_, batch, items)] = batching.pack(rows, lambda m: True)
+    assert len(items) == 3 and batching.is_batch(batch.headers)
+    for cmd in good:
+        c._outcome_waiters.setdefault(cmd.visit_id, asyncio.get_running_loop().create_future())
+    await c.broker.publish(batch)
+    first = [await c.outcome(cmd.visit_id, timeout=60) for cmd in good]
+    assert [o.status for o in first] == ["settled", "settled"], first
+    await c.broker.publish(batch)  # the whole batch again
+    for _ in range(200):
+        if all(sum(1 for e in c.outcome_events if e.visit_id == cmd.visit_id) >= 2 for cmd in good):
+            break
+        await asyncio.sleep(0.05)
+    for cmd, o in zip(good, first):
+        events = [e for e in c.outcome_events if e.visit_id == cmd.visit_id]
+        assert len(events) == 2 and events[0] == events[1] == o  # the repeat: the original outcome
+    # Money moved once per visit: the account paid what the two outcomes say, not twice that.
+    paid = sum((o.setlinfo.acct_pay for o in first if o.setlinfo is not None), D("0.00"))
+    assert paid > 0
+    assert await balance(c, a) == D("100.00") - paid
+    # The poison command was parked alone, once per delivery of its batch, with the batch it came in.
+    ch = await c.broker.connection.channel()  # type: ignore[union-attr]
+    try:
+        q = await ch.get_queue(n.dead_queue, ensure=True)
+        parked = []
+        while (m := await q.get(no_ack=False, fail=False)) is not None:  # not acked: they stay
+            parked.append(m)
+        ours = [m for m in parked if (m.headers or {}).get("x-gongji-batch-id") == batch.message_id]
+        assert sorted(m.message_id for m in ours) == [poison_id, poison_id]
+        assert all((m.headers["x-gongji-exchange"], m.headers["x-gongji-routing-key"]) == (n.pos_exchange, "command")
+                   for m in ours)
+    finally:
+        await ch.close()
+    accounts, bureau = await audit(c)
+    assert accounts["ledger_sum_fen"] == 0 and accounts["balance_mismatches"] == []
+    assert bureau["accumulator_mismatches"] == []
+
+
+async def test_outcome_events_of_one_pass_travel_packed_and_each_is_counted(stack: Stack) -> None:
+    """Forty visits sent at once finish close together: the POS packs the outcomes of a pass per facility, and
+    the client unpacks them, one outcome per visit."""
+    c = stack.client
+    assert c is not None
+    people = [await person(c, uid("ob"), balance="50.00") for _ in range(8)]
+    cmds = [visit(people[i % 8], PHARMACY, "41", f"2026-10-03 10:00:{i:02d}", [line("XA01", "3.00")])
+            for i in range(40)]
+    before = c.outcome_batches
+    await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
+    outcomes = [await c.outcome(cmd.visit_id, timeout=120) for cmd in cmds]
+    assert sorted(o.visit_id for o in outcomes) == sorted(cmd.visit_id for cmd in cmds)
+    assert all(o.status == "settled" for o in outcomes)
+    assert c.outcome_batches > before, "no outcome batch arrived: the POS sent each outcome alone"

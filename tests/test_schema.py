@@ -19,6 +19,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from contracts.routing import REGISTRY_KEY, Names
+from services.shared import batching
 from services.shared.broker import Broker
 from simulator.run.orchestration import RunOptions, run_loaded
 from simulator.terminal import Progress
@@ -129,13 +130,19 @@ async def _capture(amqp_url: str, ns: str) -> tuple[aio_pika.abc.AbstractConnect
     return conn, queues
 
 
-async def _drain(q: Any) -> list[tuple[str, dict[str, Any]]]:
+async def _drain(q: Any, batches: list[dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The messages of a queue, a batch's items each on its own (the batch itself goes to `batches`)."""
     out = []
     while True:
         m = await q.get(no_ack=True, fail=False)
         if m is None:
             return out
-        out.append((m.routing_key or "", json.loads(m.body)))
+        if batching.is_batch(m.headers):
+            if batches is not None:
+                batches.append(json.loads(m.body))
+            out.extend((m.routing_key or "", json.loads(b)) for b in batching.bodies(m.headers, m.body))
+        else:
+            out.append((m.routing_key or "", json.loads(m.body)))
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -149,7 +156,8 @@ async def test_real_messages_of_each_kind_validate(schemas: Path, amqp_url: str,
         result = await run_loaded(loaded, RunOptions(amqp_url=amqp_url, namespace=ns, report_dir=tmp_path,
                                                      progress=False), Progress(enabled=False))
         assert result.ok
-        captured = {cid: await _drain(q) for cid, q in queues.items()}
+        batches: list[dict[str, Any]] = []
+        captured = {cid: await _drain(q, batches) for cid, q in queues.items()}
     finally:
         await conn.close()
 
@@ -180,6 +188,12 @@ async def test_real_messages_of_each_kind_validate(schemas: Path, amqp_url: str,
         kind = "visit_outcome" if key.startswith("outcome.") else "balance_changed"
         check(kind, body)
         seen.add(kind)
+    for body in batches:  # the envelope of gongji's own batches, where the run made any
+        check("batch", body)
+    one = {"message_id": "m1", "correlation_id": None, "reply_to": "pos", "headers": {}, "body": "{}"}
+    check("batch", {"batch": [one, one]})
+    for bad in ({"batch": []}, {"batch": [{**one, "body": {}}]}, {"batch": [{"headers": {}}]}, {"items": [one]}):
+        assert list(_validator(schemas, msgs["batch"]["payload"]).iter_errors(bad)), bad
     # A real message of each kind the run exchanged: national, admin, money movement, commands, replies, events.
     for kind in ("bureau_9001", "bureau_G001", "bureau_G003", "accounts_G103", "accounts_G111", "accounts_request",
                  "settle_visit", "reverse_visit", "reply", "accounts_reply", "visit_outcome", "balance_changed"):

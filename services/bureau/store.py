@@ -10,6 +10,7 @@ from decimal import Decimal
 from contracts import credentials
 from contracts.money import to_fen
 from services.shared.sql import Tx, for_update
+from services.shared.store import transaction
 
 from .domain import Accumulators
 from .visit_store import VISIT_SCHEMA
@@ -89,9 +90,6 @@ ADDED_COLUMNS = {"accumulators": [(c, "INTEGER NOT NULL DEFAULT 0") for c in ACC
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the missing columns, once, under the write lock (replicas may start together). SQLite data
     directories only: another backend versions its schema itself."""
-    if getattr(conn, "dialect", "sqlite") != "sqlite":
-        return
-    from services.shared.store import transaction
     with transaction(conn):
         for table, columns in ADDED_COLUMNS.items():
             have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}

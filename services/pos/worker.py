@@ -49,6 +49,9 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
             await worker.flush(ids)
 
     worker.on_unroutable = unroutable
+    # Outcome events of one pass to the same facility's key travel together (services/shared/batching.py);
+    # the national requests to the bureau never do.
+    worker.batchable = lambda m: m.exchange == names.events_exchange and m.routing_key.startswith("outcome.")
     await worker.start_relay()
 
     async def on_command(incoming: Incoming) -> list[int]:

@@ -1,7 +1,10 @@
 """Internal traffic in batches: one AMQP message carrying the items of several handlers.
 
-Only gongji's own hops are batched (bureau → accounts requests, accounts → bureau answers); the national
-transactions (POS ↔ bureau) stay one request per message. A batch is a JSON object
+Only gongji's own hops are batched (bureau → accounts requests, accounts → bureau answers, the simulator's
+visit commands to the POS, the POS's outcome events); the national transactions (POS ↔ bureau) stay one request
+per message. Items travel together only when they go to the same exchange under the same routing key, so a
+batch reaches exactly the queues each of its items would have reached (a subscriber bound to one facility's
+outcome.<code> gets that facility's batches and no other). A batch is a JSON object
 `{"batch": [{"message_id", "correlation_id", "reply_to", "headers", "body"}, ...]}` with the header
 `x-gongji-batch` = its item count. Every item keeps its own idempotency key (inside its body: req_id), its
 own reply_to and its own audit trail; the receiver runs each item through the same handler as a single
@@ -13,9 +16,10 @@ GONGJI_BATCH=0 turns batching off (every row its own message, as before).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .store import OutMessage
 
@@ -85,3 +89,57 @@ def unpack(body: bytes) -> list[dict[str, Any]]:
                                                                                   "reply_to")):
             raise BadBatch("batch item must have a string body, string ids and a headers object")
     return items
+
+
+def bodies(headers: dict[str, Any] | None, body: bytes) -> list[bytes]:
+    """The message bodies a delivery carries: its items' if it is a batch, else its own (for consumers that
+    are not a Worker: the simulator's client, `gongji observe`, the bench). Raises BadBatch."""
+    if not is_batch(headers):
+        return [body]
+    return [item["body"].encode() for item in unpack(body)]
+
+
+class Coalescer:
+    """Messages a client sends in one pass of the event loop go out packed (the same rule as a worker's outbox
+    flush): e.g. the visit commands the bench or the simulator sends when a batch of outcomes arrives. `publish`
+    returns once the message (in its batch) is confirmed, and raises what publishing it raised."""
+
+    def __init__(self, publish: Callable[[OutMessage], Awaitable[None]],
+                 batchable: Callable[[OutMessage], bool]):
+        self._publish = publish
+        self._batchable = batchable
+        self._pending: list[tuple[int, OutMessage]] = []
+        self._done: asyncio.Future[dict[int, BaseException | None]] | None = None
+        self.batches = 0
+        self.items = 0
+
+    async def publish(self, msg: OutMessage) -> None:
+        loop = asyncio.get_running_loop()
+        if self._done is None:
+            self._done = loop.create_future()
+            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+        key = len(self._pending)
+        self._pending.append((key, msg))
+        results = await asyncio.shield(self._done)
+        error = results.get(key)
+        if error is not None:
+            raise error
+
+    async def _flush(self) -> None:
+        rows, done = self._pending, self._done
+        self._pending, self._done = [], None
+        assert done is not None
+        packed = pack(rows, self._batchable)
+        try:
+            outcomes = await asyncio.gather(*(self._publish(msg) for _, msg, _ in packed), return_exceptions=True)
+        except BaseException as exc:  # cancelled: the waiters must not wait forever
+            done.set_exception(exc)
+            raise
+        results: dict[int, BaseException | None] = {}
+        for (keys, _, items), outcome in zip(packed, outcomes):
+            if len(items) > 1:
+                self.batches += 1
+                self.items += len(items)
+            for key in keys:
+                results[key] = outcome if isinstance(outcome, BaseException) else None
+        done.set_result(results)

@@ -22,6 +22,7 @@ reconnects.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -35,6 +36,7 @@ from psycopg import sql as pg_sql
 from .health import StoreFault
 from .pg_tx import RETRYABLE, IntegralNumericLoader, PgRow, PgTx, rolled_back, row_factory, transaction, translate
 from .store import CHUNK, OutMessage, StoreThread, _settle
+from .uow import register_backend
 
 __all__ = ["PgStore", "PgTx", "PgRow", "transaction", "rolled_back", "translate", "apply_migrations",
            "outbox_claim", "DatabaseUnavailable", "RETRYABLE"]
@@ -77,7 +79,6 @@ def outbox_claim(tx: PgTx, older_than: float, limit: int, lease_s: float = LEASE
     over rows another relay is claiming at this moment, and the lease marks the claimed ones for LEASE_S, so
     relays on several hosts share the backlog instead of all publishing all of it; a relay that dies leaves
     its rows to the others once the lease runs out."""
-    import json
     now = time.time() if now is None else now
     rows = tx.execute(
         "UPDATE outbox SET claimed_until = ? WHERE id IN ("
@@ -229,13 +230,5 @@ class PgStore(StoreThread):
         self._drop()
 
 
-def _register() -> None:
-    """Transaction control for Tx.dialect "postgres" in the unit of work (services/shared/uow.py)."""
-    try:
-        from .uow import register_backend
-    except ImportError:  # pragma: no cover - before the storage seam
-        return
-    register_backend("postgres", transaction, rolled_back)  # type: ignore[arg-type]
-
-
-_register()
+# Transaction control for Tx.dialect "postgres" in the unit of work (services/shared/uow.py).
+register_backend("postgres", transaction, rolled_back)  # type: ignore[arg-type]

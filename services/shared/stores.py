@@ -10,10 +10,6 @@ from typing import Any, Callable, Sequence
 ENV = "GONGJI_DATABASE_URL"
 
 
-def database_url() -> str | None:
-    return os.environ.get(ENV) or None
-
-
 def pg_schema_name(name: str) -> str:
     """The PostgreSQL schema of a store named like its SQLite file: bureau-all → bureau (the bureau serving
     every region), bureau-110000-310000 → bureau_110000_310000, accounts → accounts."""
@@ -25,7 +21,7 @@ async def open_store(name: str, data_dir: Path, schema: str, pg_migrations: Sequ
     """An opened store: `<data_dir>/<name>.db` with `schema` (then `sqlite_migrate`, for data directories of an
     older gongji), or, with a database URL, the PostgreSQL schema `pg_schema_name(name)` brought to the last
     of `pg_migrations`."""
-    url = database_url if database_url is not None else globals()["database_url"]()
+    url = database_url if database_url is not None else (os.environ.get(ENV) or None)
     if url:
         from .pg_store import PgStore
         store: Any = PgStore(url, pg_schema_name(name), pg_migrations)

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from contracts.envelope import make_msgid
 from contracts.routing import Names
+from services.shared import batching
 from services.shared.broker import Broker
 from services.shared.store import OutMessage
 
@@ -33,6 +34,8 @@ class BenchClient:
         self.waiters: dict[str, asyncio.Future[tuple[str, bool]]] = {}
         self._seq = 0
         self.resent = 0  # admin messages sent again after no answer (see call)
+        # Visit commands sent in one loop pass (the outcomes of a batch arrive together) go as one batch.
+        self.commands = batching.Coalescer(lambda m: self.broker.publish(m), lambda m: m.routing_key == "command")
 
     async def connect(self) -> None:
         await self.broker.connect()
@@ -58,12 +61,13 @@ class BenchClient:
 
     async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
         await message.ack()
-        data = json.loads(message.body)
-        fut = self.waiters.pop(data.get("visit_id", ""), None)
-        if fut is not None and not fut.done():
-            setl = data.get("setlinfo") or {}
-            fut.set_result((data.get("status", "?"), setl.get("acct_mulaid_pay", "0.00") != "0.00",
-                            int(data.get("round_trips") or 0)))
+        for body in batching.bodies(message.headers, message.body):
+            data = json.loads(body)
+            fut = self.waiters.pop(data.get("visit_id", ""), None)
+            if fut is not None and not fut.done():
+                setl = data.get("setlinfo") or {}
+                fut.set_result((data.get("status", "?"), setl.get("acct_mulaid_pay", "0.00") != "0.00",
+                                int(data.get("round_trips") or 0)))
 
     def msgid(self) -> str:
         """Loading msgids: LOADER_CODE + a business second after LOAD_TIME + a 4-digit sequence."""
@@ -103,5 +107,5 @@ class BenchClient:
     async def submit(self, body: bytes, visit_id: str) -> asyncio.Future[tuple[str, bool]]:
         fut: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
         self.waiters[visit_id] = fut
-        await self.broker.publish(OutMessage(self.names.pos_exchange, "command", body, message_id=visit_id))
+        await self.commands.publish(OutMessage(self.names.pos_exchange, "command", body, message_id=visit_id))
         return fut
