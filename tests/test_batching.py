@@ -241,3 +241,30 @@ async def test_outcome_events_of_one_pass_travel_packed_and_each_is_counted(stac
     assert sorted(o.visit_id for o in outcomes) == sorted(cmd.visit_id for cmd in cmds)
     assert all(o.status == "settled" for o in outcomes)
     assert c.outcome_batches > before, "no outcome batch arrived: the POS sent each outcome alone"
+
+
+async def test_coalescer_packs_one_pass_keeps_a_lone_message_plain_and_tells_every_sender_a_failure() -> None:
+    """No broker: what the client-side packer hands to publish, and what each sender sees."""
+    sent: list[OutMessage] = []
+    fail = False
+
+    async def publish(msg: OutMessage) -> None:
+        await asyncio.sleep(0)
+        if fail:
+            raise ConnectionError("broker gone")
+        sent.append(msg)
+
+    co = batching.Coalescer(publish, lambda m: m.routing_key == "command")
+    cmds = [OutMessage("x.pos", "command", json.dumps({"n": i}).encode(), message_id=f"v{i}") for i in range(3)]
+    other = OutMessage("x.accounts", "admin", b"{}", message_id="a1")
+    await asyncio.gather(*(co.publish(m) for m in [*cmds, other]))
+    batch = next(m for m in sent if m.routing_key == "command")
+    assert batching.is_batch(batch.headers) and batching.bodies(batch.headers, batch.body) == [m.body for m in cmds]
+    assert [m for m in sent if m.routing_key == "admin"] == [other]  # not batchable: as it was
+    assert (co.batches, co.items) == (1, 3)
+    sent.clear()
+    await co.publish(cmds[0])  # alone in its pass: a plain message
+    assert sent == [cmds[0]]
+    fail = True
+    results = await asyncio.gather(*(co.publish(m) for m in cmds), return_exceptions=True)
+    assert [type(r) for r in results] == [ConnectionError] * 3

@@ -186,6 +186,10 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             result["publishes_per_settlement"] = round(sum(per.values()) / max(1, n_settled), 3)
             result["batching"] = {k: sum_stat(data_dir, k) for k in ("batches_out", "batch_items_out",
                                                                     "batches_in", "batch_items_in")}
+            # the bench's visit commands: those sent in one loop pass went as one batch (batching.Coalescer)
+            result["batching"].update({"command_batches": client.commands.batches,
+                                       "commands_in_batches": client.commands.items,
+                                       "commands_sent": len(got) + unfinished})
         if not workers.alive():
             raise RuntimeError("a worker died during the run; see the logs in " + str(data_dir / "logs"))
 
@@ -271,6 +275,20 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "bureau": {"accumulator_mismatches": bur.get("accumulator_mismatches"), "states": bur.get("states")},
         }
         result["db_size_mb"] = {p.name: round(p.stat().st_size / 1e6, 1) for p in sorted(data_dir.glob("*.db*"))}
+
+        # 6. the raw ceiling again, after the visits (the workers idle): a machine whose speed drifted during the
+        # run shows as raw_drift far from 1, and ratio_bracketed uses the mean of both ceilings.
+        if args.raw_after:
+            print("raw echo ceiling again ...", flush=True)
+            after = await measure_raw(args.amqp_url, ns, raw_concurrency, raw_duration, 1.0, args.prefetch,
+                                      echo_pid, broker_pid)
+            result["raw_after_round_trips_per_s"] = rt_after = after["raw_round_trips_per_s"]
+            rt_before = result["raw_round_trips_per_s"]
+            trips = result.get("national_round_trips_per_settlement") or 0
+            if rt_before and rt_after:
+                result["raw_drift"] = round(rt_after / rt_before, 3)
+            if rt_before and rt_after and trips:
+                result["ratio_bracketed"] = round(result["settlements_per_s"] / ((rt_before + rt_after) / 2 / trips), 3)
         return result
     finally:
         if client is not None:
@@ -301,6 +319,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "--duration, 1..5)")
     p.add_argument("--raw-duration", type=float, default=None, help="seconds of the echo ceiling (default "
                                                                      "--duration/2, 3..15)")
+    p.add_argument("--no-raw-after", dest="raw_after", action="store_false",
+                   help="skip the second raw ceiling after the visits (raw_drift, ratio_bracketed)")
     p.add_argument("--raw-concurrency", type=int, default=None,
                    help="echo round trips outstanding (default: --concurrency, or 32 with --rate)")
     p.add_argument("--via-gateway", action="store_true",

@@ -17,6 +17,9 @@ def render(r: dict[str, Any]) -> str:
         f"  ratio = settlements_per_s / (raw_round_trips_per_s / national_round_trips_per_settlement "
         f"{r['national_round_trips_per_settlement']}) = {r['ratio']}"
         + ("" if r.get("presettle", True) else "   (settle only: --no-presettle)"),
+        *([f"  raw again after       {r['raw_after_round_trips_per_s']:>9}   (drift {r.get('raw_drift', '-')}; ratio "
+           f"against the mean of both ceilings {r.get('ratio_bracketed', '-')})"]
+          if "raw_after_round_trips_per_s" in r else []),
         f"  publishes/settlement {r.get('publishes_per_settlement', '-'):>10}   "
         f"{(r.get('publishes') or {}).get('by_process', '')}",
         f"  CPU ms/settlement    {r.get('cpu_ms_per_settlement_total', '-'):>10}   (all processes, broker included; "
