@@ -93,9 +93,6 @@ class Worker:
         self._to_delete: list[int] = []  # … of which not yet handed to the store
         self._deleters: set[asyncio.Task[None]] = set()
         self._pass: tuple[list[int], asyncio.Future[None]] | None = None  # rows of this loop pass to flush
-        # Batchable rows wait this long for those of the next passes (GONGJI_BATCH_LINGER_MS; 0: no wait).
-        self.linger_s = float(os.environ.get("GONGJI_BATCH_LINGER_MS", "0")) / 1000
-        self._linger: tuple[list[tuple[int, OutMessage]], asyncio.Future[None]] | None = None
         # Which outgoing messages may travel in a batch (their receiver unpacks batches); None: none.
         self.batchable: Callable[[OutMessage], bool] | None = None
         # Called for an outbox message no queue would take, after it is parked in the dead-letter queue.
@@ -232,13 +229,7 @@ class Worker:
 
         async def run() -> None:
             try:
-                rows = await self._rows(ids, None)
-                if self.linger_s > 0 and self.batchable is not None and batching.enabled():
-                    now = [r for r in rows if not self.batchable(r[1])]
-                    later = [r for r in rows if self.batchable(r[1])]
-                    await asyncio.gather(self._send(now), self._lingering(later))
-                else:
-                    await self._send(rows)
+                await self.flush(ids)
             except BaseException as exc:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -249,37 +240,6 @@ class Worker:
         self._deleters.add(task)
         task.add_done_callback(self._deleters.discard)
         fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # retrieved: no warning
-
-    async def _lingering(self, rows: list[tuple[int, OutMessage]]) -> None:
-        """Rows that travel in batches wait `linger_s` for the rows of the next passes (a pass at a modest load
-        holds one or two deliveries), then go out together; returns once they are published."""
-        if not rows:
-            return
-        loop = asyncio.get_running_loop()
-        if self._linger is None:
-            self._linger = ([], loop.create_future())
-            loop.call_later(self.linger_s, self._run_linger)
-        self._linger[0].extend(rows)
-        await asyncio.shield(self._linger[1])
-
-    def _run_linger(self) -> None:
-        assert self._linger is not None
-        rows, fut = self._linger
-        self._linger = None
-
-        async def run() -> None:
-            try:
-                await self._send(rows)
-            except BaseException as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
-            else:
-                if not fut.done():
-                    fut.set_result(None)
-        task = asyncio.ensure_future(run())
-        self._deleters.add(task)
-        task.add_done_callback(self._deleters.discard)
-        fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
 
     async def _call(self, handler: Handler, incoming: Incoming) -> list[int]:
         """Run the handler; while the store (or the broker) fails, keep the delivery unacked and try again.
