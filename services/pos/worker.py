@@ -22,8 +22,9 @@ from .service import SCHEMA, PosService, parse_command
 
 log = structlog.get_logger()
 
-# Enough to keep the bureau and the accounts service busy on a 2-core machine (throughput peaks at about 16
-# visits outstanding, BENCHMARKS.md), low enough that an overload queues in the broker instead of timing out.
+# Enough to keep the bureau and the accounts service busy on a 2-core machine (throughput still rises at 128
+# visits outstanding as batches fill, BENCHMARKS.md), low enough that an overload queues in the broker instead of
+# timing out.
 DEFAULT_MAX_OPEN = 256
 
 
