@@ -42,6 +42,19 @@ def stats_sum(data_dir: Path, key: str) -> int:
     return total
 
 
+async def parked_of_batch(broker: Broker, batch_id: str | None) -> tuple[list[Any], list[Any]]:
+    """Everything in the namespace's dead-letter queue (read, not acked: it stays), and what came in this batch."""
+    ch = await broker.connection.channel()  # type: ignore[union-attr]
+    try:
+        q = await ch.get_queue(broker.names.dead_queue, ensure=True)
+        parked = []
+        while (m := await q.get(no_ack=False, fail=False)) is not None:
+            parked.append(m)
+    finally:
+        await ch.close()
+    return parked, [m for m in parked if (m.headers or {}).get("x-gongji-batch-id") == batch_id]
+
+
 def pay(psn_no: str, setl_id: str, amount: str, reply_key: str) -> OutMessage:
     req = AccountsRequest(req_id=f"pay:{setl_id}", kind="pay", psn_no=psn_no, insuplc_admdvs=HZ,
                           biz_time="2026-10-01 10:00:00", fixmedins_code=PHARMACY, med_type="41", setl_id=setl_id,
@@ -102,22 +115,14 @@ async def test_duplicated_batch_absorbed_item_by_item_and_poison_item_refused_al
         assert await balance(c, b) == D("80.00")
 
         # The dead-letter queue holds the poison item alone (with the batch it came in), not its neighbours.
-        ch = await broker.connection.channel()  # type: ignore[union-attr]
-        try:
-            q = await ch.get_queue(n.dead_queue, ensure=True)
-            parked = []
-            while (m := await q.get(no_ack=False, fail=False)) is not None:  # not acked: they stay
-                parked.append(m)
-            ours = [m for m in parked if (m.headers or {}).get("x-gongji-batch-id") == batch.message_id]
-            assert sorted(m.message_id for m in ours) == [poison_id, poison_id]
-            assert all(m.body == b"{not json" for m in ours)
-            # its origin, for `gongji redrive`
-            assert all((m.headers["x-gongji-exchange"], m.headers["x-gongji-routing-key"]) == (n.pay_exchange, "pay")
-                       for m in ours)
-            assert all("not an accounts request" in str(m.headers["x-gongji-reason"]) for m in ours)
-            assert not [m for m in parked if m.message_id in (f"pay:S{tag}A", f"pay:S{tag}B")]
-        finally:
-            await ch.close()
+        parked, ours = await parked_of_batch(broker, batch.message_id)
+        assert sorted(m.message_id for m in ours) == [poison_id, poison_id]
+        assert all(m.body == b"{not json" for m in ours)
+        # its origin, for `gongji redrive`
+        assert all((m.headers["x-gongji-exchange"], m.headers["x-gongji-routing-key"]) == (n.pay_exchange, "pay")
+                   for m in ours)
+        assert all("not an accounts request" in str(m.headers["x-gongji-reason"]) for m in ours)
+        assert not [m for m in parked if m.message_id in (f"pay:S{tag}A", f"pay:S{tag}B")]
     finally:
         await broker.close()
     accounts, _ = await audit(c)
@@ -210,18 +215,10 @@ async def test_command_batch_poison_item_alone_and_a_repeated_batch_settles_each
     assert paid > 0
     assert await balance(c, a) == D("100.00") - paid
     # The poison command was parked alone, once per delivery of its batch, with the batch it came in.
-    ch = await c.broker.connection.channel()  # type: ignore[union-attr]
-    try:
-        q = await ch.get_queue(n.dead_queue, ensure=True)
-        parked = []
-        while (m := await q.get(no_ack=False, fail=False)) is not None:  # not acked: they stay
-            parked.append(m)
-        ours = [m for m in parked if (m.headers or {}).get("x-gongji-batch-id") == batch.message_id]
-        assert sorted(m.message_id for m in ours) == [poison_id, poison_id]
-        assert all((m.headers["x-gongji-exchange"], m.headers["x-gongji-routing-key"]) == (n.pos_exchange, "command")
-                   for m in ours)
-    finally:
-        await ch.close()
+    _, ours = await parked_of_batch(c.broker, batch.message_id)
+    assert sorted(m.message_id for m in ours) == [poison_id, poison_id]
+    assert all((m.headers["x-gongji-exchange"], m.headers["x-gongji-routing-key"]) == (n.pos_exchange, "command")
+               for m in ours)
     accounts, bureau = await audit(c)
     assert accounts["ledger_sum_fen"] == 0 and accounts["balance_mismatches"] == []
     assert bureau["accumulator_mismatches"] == []
