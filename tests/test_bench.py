@@ -83,7 +83,7 @@ def check_publish_and_cpu_figures(result: dict) -> None:
 
 def test_bench_no_presettle_reports_settle_only_figures(amqp_url: str, tmp_path: Path) -> None:
     out = tmp_path / "np.json"
-    cmd = [sys.executable, "-m", "simulator.cli", "bench", "--duration", "4", "--concurrency", "8",
+    cmd = [sys.executable, "-m", "simulator.cli", "bench", "--duration", "4", "--concurrency", "8", "--no-raw-after",
            "--accounts", "200", "--no-presettle", "--json", str(out), "--amqp-url", amqp_url]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -111,7 +111,7 @@ def test_bench_on_postgresql_with_two_replicas(amqp_url: str, pg_server: str, tm
 
     before = databases()
     out = tmp_path / "pg.json"
-    cmd = [sys.executable, "-m", "simulator.cli", "bench", "--duration", "4", "--concurrency", "8",
+    cmd = [sys.executable, "-m", "simulator.cli", "bench", "--duration", "4", "--concurrency", "8", "--no-raw-after",
            "--accounts", "200", "--json", str(out), "--amqp-url", amqp_url, "--database-url", pg_server]
     env = {**os.environ, "GONGJI_BENCH_REPLICAS": "2"}
     env.pop("GONGJI_DATABASE_URL", None)
