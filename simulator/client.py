@@ -39,7 +39,7 @@ class Client:
         self.signed: dict[str, dict[str, str]] = {}  # msgid → x-tif headers of a 9001 about to be sent
         self._seq = itertools.count(random.randrange(0, 5000))
         # Visit commands sent in one loop pass go to the POS as one batch (services/shared/batching.py).
-        self.commands = batching.Coalescer(lambda m: self.broker.publish(m), lambda m: m.routing_key == "command")
+        self.commands = batching.command_sender(lambda m: self.broker.publish(m))
 
     async def __aenter__(self) -> "Client":
         await self.connect()

@@ -143,3 +143,8 @@ class Coalescer:
             for key in keys:
                 results[key] = outcome if isinstance(outcome, BaseException) else None
         done.set_result(results)
+
+
+def command_sender(publish: Callable[[OutMessage], Awaitable[None]]) -> Coalescer:
+    """The clients' visit commands (routing key "command" to the POS), packed per loop pass."""
+    return Coalescer(publish, lambda m: m.routing_key == "command")

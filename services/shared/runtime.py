@@ -294,25 +294,18 @@ class Worker:
         The rows go out together and their confirms are awaited together (one wait for the batch, not one
         per message). A row leaves the outbox only once the broker has confirmed it; if any publish fails,
         the confirmed rows are still removed and the rest stay for the relay."""
-        rows = await self._rows(ids, older_than)
-        await self._send(rows)
-        return len(rows)
-
-    async def _rows(self, ids: list[int] | None, older_than: float | None) -> list[tuple[int, OutMessage]]:
         if ids is not None:
             # Just committed by this process: the messages come from the handler's own writes, not a re-read.
             rows, missing = outbox_written(self.store._conn, ids)
             if missing:
                 rows += await self.store.run(lambda c: outbox_load(c, ids=missing))
-            return rows
-        await self._drain_deletes()  # so that a backlog is not read back before its published rows go
-        rows = await self.store.run(lambda c: self.store.backlog(c, older_than))
-        # rows whose delete is queued were published already: not again
-        rows = [(i, m) for i, m in rows if i not in self._deleting]
-        outbox_forget(self.store._conn, [i for i, _ in rows])
-        return rows
+        else:
+            await self._drain_deletes()  # so that a backlog is not read back before its published rows go
+            rows = await self.store.run(lambda c: self.store.backlog(c, older_than))
+            # rows whose delete is queued were published already: not again
+            rows = [(i, m) for i, m in rows if i not in self._deleting]
+            outbox_forget(self.store._conn, [i for i, _ in rows])
 
-    async def _send(self, rows: list[tuple[int, OutMessage]]) -> None:
         async def one(row_ids: list[int], msg: OutMessage, items: list[OutMessage]) -> list[int]:
             try:
                 await self._publish(msg)
@@ -342,6 +335,7 @@ class Worker:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        return len(rows)
 
     def _delete_later(self, ids: list[int]) -> None:
         """Published rows leave the outbox in one store call per loop pass, off the message's path: the ack no

@@ -35,7 +35,7 @@ class BenchClient:
         self._seq = 0
         self.resent = 0  # admin messages sent again after no answer (see call)
         # Visit commands sent in one loop pass (the outcomes of a batch arrive together) go as one batch.
-        self.commands = batching.Coalescer(lambda m: self.broker.publish(m), lambda m: m.routing_key == "command")
+        self.commands = batching.command_sender(lambda m: self.broker.publish(m))
 
     async def connect(self) -> None:
         await self.broker.connect()

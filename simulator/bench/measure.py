@@ -287,8 +287,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             trips = result.get("national_round_trips_per_settlement") or 0
             if rt_before and rt_after:
                 result["raw_drift"] = round(rt_after / rt_before, 3)
-            if rt_before and rt_after and trips:
-                result["ratio_bracketed"] = round(result["settlements_per_s"] / ((rt_before + rt_after) / 2 / trips), 3)
+                if trips:
+                    result["ratio_bracketed"] = round(result["settlements_per_s"] / ((rt_before + rt_after) / 2 / trips), 3)
         return result
     finally:
         if client is not None:
