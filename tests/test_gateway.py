@@ -511,9 +511,11 @@ async def test_pos_over_http_compensates_when_the_gateway_does_not_know_the_outc
 # ---- `gongji bench --via-gateway` works (speed is measured in BENCHMARKS.md, never asserted) ----------------------
 async def test_bench_via_gateway_short_run(amqp_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "simulator.cli", "bench", "--via-gateway", "--duration", "5",
-                           "--concurrency", "8", "--accounts", "200", "--json", str(out), "--amqp-url", amqp_url],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "simulator.cli", "bench", "--via-gateway", "--duration", "3",
+                           "--concurrency", "8", "--accounts", "200", "--raw-duration", "1", "--no-raw-after",
+                           "--json", str(out), "--amqp-url", amqp_url],
+                          capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env={**os.environ, "GONGJI_RELAY_GRACE_S": "1"})  # what loading leaves goes out sooner
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "via the HTTP gateway" in proc.stdout
     result = json.loads(out.read_text())

@@ -240,25 +240,36 @@ def audit(conn: Tx) -> dict[str, Any]:
     ledger_sum = conn.execute("SELECT COALESCE(SUM(amount_fen),0) FROM ledger").fetchone()[0]
     unbalanced = conn.execute("SELECT COUNT(*) FROM (SELECT txn_id FROM ledger GROUP BY txn_id "
                               "HAVING SUM(amount_fen) != 0) AS t").fetchone()[0]
-    sums: dict[str, int] = {r[0]: r[1] for r in conn.execute(
-        "SELECT account, SUM(amount_fen) FROM ledger WHERE account LIKE 'psn%' OR account LIKE 'wallet:%' "
-        "GROUP BY account")}
+    # The pockets and their ledger sums (and the money in transit and the transfers sent) are read by one
+    # statement: under PostgreSQL's READ COMMITTED each statement has its own snapshot, and a payment another
+    # replica commits between two SELECTs would show as a mismatch that is not there.
+    sums: dict[str, int] = {}
+    pockets: list[tuple[str, str, int]] = []
+    sent = 0
+    for kind, key, a, b in conn.execute(
+            "SELECT 'l' AS kind, account AS k, SUM(amount_fen) AS a, 0 AS b FROM ledger "
+            "WHERE account LIKE 'psn%' OR account LIKE 'wallet:%' OR account = 'transit:wallet' GROUP BY account "
+            "UNION ALL SELECT 'a', psn_no, balance_fen, prior_fen FROM accounts "
+            "UNION ALL SELECT 'w', psn_no, wallet_fen, 0 FROM people "
+            "UNION ALL SELECT 't', 'sent', COALESCE(SUM(amount_fen), 0), 0 FROM transfers WHERE state='sent'"):
+        if kind == "l":
+            sums[key] = int(a)
+        elif kind == "a":
+            pockets += [("psn", key, int(a)), ("psnp", key, int(b))]
+        elif kind == "w":
+            pockets.append(("wallet", key, int(a)))
+        else:
+            sent = int(a)
     mismatched = []
-    for row in conn.execute("SELECT psn_no, balance_fen, prior_fen FROM accounts"):
-        for prefix, col in (("psn", "balance_fen"), ("psnp", "prior_fen")):
-            if row[col] != sums.get(f"{prefix}:{row['psn_no']}", 0):
-                mismatched.append({"psn_no": row["psn_no"], "pocket": prefix, "stored_fen": row[col],
-                                   "ledger_fen": sums.get(f"{prefix}:{row['psn_no']}", 0)})
-    for row in conn.execute("SELECT psn_no, wallet_fen FROM people"):
-        if row["wallet_fen"] != sums.get(f"wallet:{row['psn_no']}", 0):
-            mismatched.append({"psn_no": row["psn_no"], "pocket": "wallet", "stored_fen": row["wallet_fen"],
-                               "ledger_fen": sums.get(f"wallet:{row['psn_no']}", 0)})
+    for prefix, psn_no, fen in pockets:
+        ledger_fen = sums.get(f"{prefix}:{psn_no}", 0)
+        if fen != ledger_fen:
+            mismatched.append({"psn_no": psn_no, "pocket": prefix, "stored_fen": fen, "ledger_fen": ledger_fen})
+    transit = sums.get("transit:wallet", 0)
     negative = conn.execute("SELECT COUNT(*) FROM accounts WHERE balance_fen < 0 OR prior_fen < 0").fetchone()[0]
     negative += conn.execute("SELECT COUNT(*) FROM people WHERE wallet_fen < 0").fetchone()[0]
     paid = conn.execute("SELECT COUNT(*) FROM payments WHERE state='paid'").fetchone()[0]
     refunded = conn.execute("SELECT COUNT(*) FROM payments WHERE state='refunded'").fetchone()[0]
-    transit = conn.execute("SELECT COALESCE(SUM(amount_fen),0) FROM ledger WHERE account='transit:wallet'").fetchone()[0]
-    sent = conn.execute("SELECT COALESCE(SUM(amount_fen),0) FROM transfers WHERE state='sent'").fetchone()[0]
     return {
         "accounts": conn.execute("SELECT COUNT(*) FROM accounts").fetchone()[0],
         "ledger_rows": conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0],

@@ -101,6 +101,13 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def load_acc(conn: Tx, psn_no: str, year: int, lock: bool = False) -> Accumulators:
+    if lock and for_update(conn):
+        # A person's first settlement of the year finds no row to lock: two replicas settling for that person
+        # at once would both start from zero and the later write would undo the earlier (each taking the whole
+        # deductible). So the row is made first; a concurrent insert waits for ours and then finds it locked.
+        conn.execute(f"INSERT INTO accumulators (psn_no, year, {', '.join(ACC_COLUMNS)}) "
+                     f"VALUES (?,?,{','.join('0' * len(ACC_COLUMNS))}) ON CONFLICT (psn_no, year) DO NOTHING",
+                     (psn_no, year))
     row = conn.execute(f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?"
                        + (for_update(conn) if lock else ""), (psn_no, year)).fetchone()
     return Accumulators(*row) if row else Accumulators()
@@ -127,16 +134,24 @@ def delta_json(acc: Accumulators) -> dict[str, int]:
 
 
 def audit(conn: Tx) -> dict:
-    """Accumulators equal the sum of the settlements that still count; daily totals per facility (3201)."""
+    """Accumulators equal the sum of the settlements that still count; daily totals per facility (3201).
+
+    Both sides are read by one statement: under PostgreSQL's READ COMMITTED each statement has its own snapshot,
+    and a settlement another replica commits between two SELECTs would show as a mismatch that is not there."""
     counted: dict[tuple[str, int], Accumulators] = {}
-    for row in conn.execute("SELECT * FROM settlements WHERE state IN ('pending', 'settled')"):
-        key = (row["psn_no"], row["year"])
-        counted[key] = counted.get(key, Accumulators()).plus(delta_of(row))
+    stored: dict[tuple[str, int], Accumulators] = {}
+    zeros = ", ".join(f"0 AS {c}" for c in ACC_COLUMNS)
+    for row in conn.execute(f"SELECT 's' AS kind, psn_no, year, adjudication, {zeros} FROM settlements "
+                            f"WHERE state IN ('pending', 'settled') UNION ALL "
+                            f"SELECT 'a', psn_no, year, NULL, {', '.join(ACC_COLUMNS)} FROM accumulators"):
+        key = (row["psn_no"], int(row["year"]))
+        if row["kind"] == "s":
+            counted[key] = counted.get(key, Accumulators()).plus(delta_of(row))
+        else:
+            stored[key] = Accumulators(*[int(row[c]) for c in ACC_COLUMNS])
     mismatches = []
-    for row in conn.execute("SELECT * FROM accumulators"):
-        key = (row["psn_no"], row["year"])
-        stored = Accumulators(*[row[c] for c in ACC_COLUMNS])
-        if stored != counted.pop(key, Accumulators()):
+    for key, acc in stored.items():
+        if acc != counted.pop(key, Accumulators()):
             mismatches.append({"psn_no": key[0], "year": key[1]})
     mismatches += [{"psn_no": k[0], "year": k[1], "missing": True} for k in counted]
     daily = {}

@@ -98,12 +98,32 @@ class SignIns(Repository):
                          "valid_until=excluded.valid_until", (fixmedins_code, day, sign_no, valid_until))
 
 
+LANES = 10  # PostgreSQL: POS processes sharing a database count msgids in lanes of their own (claim_lane)
+
+
 class MsgidSequence(Repository):
-    def next(self, prefix: str) -> int:
+    def next(self, prefix: str, lane: int | None = None) -> int:
         """The next sequence number under `prefix` (0 first), taken in one statement: two replicas sharing the
-        database never get the same one."""
+        database never get the same one. With a `lane`, the count is that lane's own (a row `prefix/lane`),
+        so replicas in different lanes never wait for each other's counter rows."""
+        key = prefix if lane is None else f"{prefix}/{lane}"
         return int(self._tx.execute("INSERT INTO msgid_seq (prefix, n) VALUES (?, 0) ON CONFLICT (prefix) DO UPDATE "
-                                    "SET n = msgid_seq.n + 1 RETURNING n", (prefix,)).fetchone()[0])
+                                    "SET n = msgid_seq.n + 1 RETURNING n", (key,)).fetchone()[0])
+
+
+def claim_lane(tx: Tx) -> int | None:
+    """PostgreSQL: the first msgid lane no other POS process of this database holds (a session advisory lock,
+    gone with the connection), 0 for the first process, so that a lone POS numbers as before. A POS group
+    commit holds its counter rows to the end of the transaction; two replicas incrementing the same rows in
+    different orders deadlocked (one second each to detect). If every lane is taken, or the connection is
+    re-made later, two processes may share a lane: they then wait for each other again, never collide.
+    SQLite: None (one file lock serialises everything)."""
+    if tx.dialect != "postgres":
+        return None
+    for lane in range(LANES):
+        if tx.execute("SELECT pg_try_advisory_lock(hashtext('gongji.pos.msgid_lane'), ?)", (lane,)).fetchone()[0]:
+            return lane
+    return None
 
 
 class PosUnitOfWork(UnitOfWork):

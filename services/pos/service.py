@@ -23,7 +23,7 @@ from services.shared.sql import Tx
 from services.shared.store import OutMessage
 
 from .national_flow import plan, stage_input, stage_infno
-from .repository import SCHEMA, PosUnitOfWork
+from .repository import LANES, SCHEMA, PosUnitOfWork
 
 __all__ = ["SCHEMA", "PosService", "parse_command", "settle_input_of"]
 
@@ -56,6 +56,7 @@ class PosService:
     def __init__(self, names: Names, reply_key: str = "pos"):
         self.names = names
         self.reply_key = reply_key
+        self.msgid_lane: int | None = None  # PostgreSQL: this process's msgid lane (repository.claim_lane)
         self.open_high_water = 0  # the most visits open at once that this process saw (admission control)
 
     # ---- commands ---------------------------------------------------------------------------------
@@ -116,16 +117,18 @@ class PosService:
                        mdtrtarea_admvs=cmd.mdtrtarea_admvs, opter="pos",
                        sign_no="" if code == infno.SIGN_IN else (self._sign_no(uow, cmd) or ""), input=data)
 
-    @staticmethod
-    def _next_msgid(uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit) -> str:
+    def _next_msgid(self, uow: PosUnitOfWork, cmd: SettleVisit | ReverseVisit) -> str:
         """12-char facility code + business yyyyMMddHHmmss + a 4-digit sequence; the next free second if
-        a facility sends more than 10,000 messages stamped with one second."""
+        a facility sends more than 10,000 messages stamped with one second (in lane k of a shared PostgreSQL
+        database: k000–k999, the next second after 1,000)."""
         stamp = int(cmd.biz_time.strftime("%Y%m%d%H%M%S"))
+        lane = self.msgid_lane
+        per_lane = 10000 if lane is None else 10000 // LANES
         while True:
             prefix = f"{cmd.fixmedins_code}{stamp}"
-            n = uow.msgids.next(prefix)
-            if n <= 9999:
-                return make_msgid(cmd.fixmedins_code, str(stamp), n)
+            n = uow.msgids.next(prefix, lane)
+            if n < per_lane:
+                return make_msgid(cmd.fixmedins_code, str(stamp), n + (lane or 0) * per_lane)
             stamp += 1
 
     def _send(self, uow: PosUnitOfWork, request: Request) -> int:

@@ -18,6 +18,7 @@ from services.shared.store import OutMessage
 from services.shared.stores import open_store
 
 from .pg_schema import MIGRATIONS as PG_MIGRATIONS
+from .repository import claim_lane
 from .service import SCHEMA, PosService, parse_command
 
 log = structlog.get_logger()
@@ -32,6 +33,7 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
     names = cfg.names
     store = await open_store("pos", cfg.data_dir, SCHEMA, PG_MIGRATIONS, database_url=cfg.database_url)
     service = PosService(names)
+    service.msgid_lane = await store.run(claim_lane)
     bureau_url = os.environ.get("GONGJI_POS_BUREAU_URL")
     http = None
     if bureau_url:  # national transactions over HTTP (services/pos/http_transport.py); the rest stays on AMQP

@@ -45,6 +45,11 @@ T = TypeVar("T")
 
 GROUP_ATTEMPTS = 3   # a group re-run whole this often, then its handlers one by one
 MAX_ATTEMPTS = 10    # per transaction; then the caller gets the error (transient)
+# A group commit holds the row locks of every handler in it until it commits, taken in handler order, so two
+# replicas' groups can wait for each other; PostgreSQL finds such a deadlock only after deadlock_timeout (1 s by
+# default) per occurrence. A group waits this long for a lock instead, then runs again (and, after
+# GROUP_ATTEMPTS, handler by handler, each waiting as long as it needs).
+GROUP_LOCK_TIMEOUT_MS = 100
 LEASE_S = 30.0       # an outbox row claimed by a relay is left to it this long
 
 
@@ -142,7 +147,7 @@ class PgStore(StoreThread):
     _last_retry_error: BaseException | None = None
 
     def _attempt(self, fns: list[Callable[[PgTx], Any]], attempts: int) -> list[tuple[bool, Any]] | None:
-        """Run these handlers in one transaction; re-run all of them after a 40001/40P01. None when the
+        """Run these handlers in one transaction; re-run all of them after a 40001/40P01/23505/55P03. None when the
         attempts ran out."""
         for attempt in range(attempts):
             if attempt:
@@ -159,6 +164,8 @@ class PgStore(StoreThread):
             results: list[tuple[bool, Any]] = []
             try:
                 tx.execute(self._begin)
+                if len(fns) > 1:
+                    tx.defer(f"SET LOCAL lock_timeout = '{GROUP_LOCK_TIMEOUT_MS}ms'")
                 if len(fns) == 1:
                     try:
                         results.append((True, fns[0](tx)))

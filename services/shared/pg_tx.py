@@ -14,7 +14,9 @@ from psycopg.types.numeric import NumericLoader
 
 # 40001, 40P01; and 23505, two transactions inserting the same new key at once (two replicas taking the same
 # duplicate delivery, say): run again, the loser finds the winner's row (its inbox entry, …) and goes that way.
-RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
+# 55P03: a group transaction waited too long for a row lock (GROUP_LOCK_TIMEOUT_MS, pg_store): run again.
+RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation,
+             pg_errors.LockNotAvailable)
 
 
 # ---- rows ---------------------------------------------------------------------------------------------
@@ -147,6 +149,10 @@ class PgTx:
     @property
     def in_transaction(self) -> bool:
         return self._begun or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def defer(self, stmt: str) -> None:
+        """A statement sent together with the next one (e.g. a SET LOCAL right after BEGIN)."""
+        self._pending.append(stmt)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         if not params:

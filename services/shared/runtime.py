@@ -157,7 +157,9 @@ class Worker:
         """Every item of a batch through the handler, as if each were its own message (own key, own inbox
         entry, own reply), all at once so that their transactions share one group commit. A bad item is
         refused alone (dead-lettered with the reason, its sender told) while its neighbours go on; a batch
-        that is not a batch at all is poison as a whole. Returns the outbox rows of every item."""
+        that is not a batch at all is poison as a whole. Each item publishes its own outbox rows once it has
+        committed (the rows of items finishing in one loop pass still go out together), so nothing is left
+        for the caller to flush: returns []."""
         if len(batch.body) > batching.MAX_ITEMS * MAX_BODY:
             raise Poison(f"batch of {len(batch.body)} bytes is larger than {batching.MAX_ITEMS * MAX_BODY}")
         try:
@@ -167,12 +169,14 @@ class Worker:
         self.stats["batches_in"] = self.stats.get("batches_in", 0) + 1
         self.stats["batch_items_in"] = self.stats.get("batch_items_in", 0) + len(items)
 
-        async def one(item: dict[str, Any]) -> list[int]:
+        async def one(item: dict[str, Any]) -> None:
             incoming = Incoming(item["body"].encode(), item.get("message_id"), item.get("correlation_id"),
                                 item.get("reply_to"), dict(item.get("headers") or {}), batch.redelivered,
                                 batch.exchange, batch.user_id)
             structlog.contextvars.bind_contextvars(msgid=incoming.message_id, batch=batch.message_id)
             tries = 0
+            ids: list[int] = []
+            refusal: Poison | None = None
             while True:
                 try:
                     if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
@@ -180,7 +184,8 @@ class Worker:
                                         f"{incoming.user_id}")
                     if self._bug(queue):
                         raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
-                    return await self._call(handler, incoming)
+                    ids = await self._call(handler, incoming)
+                    break
                 except Poison as exc:
                     refusal = exc
                 except Exception as exc:
@@ -194,6 +199,15 @@ class Worker:
                     refusal = Poison(f"handler failed {tries} times: {exc!r}")
                     refusal.reply = False  # as when the broker dead-letters a lone message at its limit
                 break
+            if refusal is None:
+                # Published as soon as this item has committed, not when the whole batch is done: an item may
+                # wait for others' effects (the POS's admission control waits for visits to finish, which
+                # needs their requests out), and its neighbours' replies should not wait for the slowest item.
+                try:
+                    await self.flush_pass(ids)
+                except Exception:
+                    log.exception("publishing the outbox failed; the relay will retry")
+                return
             log.warning("batch item dead-lettered", reason=str(refusal))
             headers = {**incoming.headers, "x-gongji-reason": str(refusal)[:1000], "x-gongji-queue": queue,
                        "x-gongji-exchange": batch.exchange, "x-gongji-routing-key": routing_key,
@@ -204,10 +218,9 @@ class Worker:
                                                  incoming.correlation_id, incoming.reply_to, headers))
             await self._tell_sender(incoming, refusal)
             self.stats["dead_lettered"] += 1
-            return []
 
-        results = await asyncio.gather(*(one(item) for item in items))
-        return [i for ids in results for i in ids]
+        await asyncio.gather(*(one(item) for item in items))
+        return []
 
     async def flush_pass(self, ids: list[int]) -> None:
         """Flush these rows together with those of every other delivery that finished in this loop pass (the
@@ -412,8 +425,11 @@ class Worker:
         except OSError:  # a full disk must not stop the worker (or turn a transient fault into a nack)
             pass
 
-    async def start_relay(self, every: float = 2.0, grace: float = 5.0) -> None:
-        """Publishes what a crash left in the outbox now, then keeps an eye on rows older than `grace`."""
+    async def start_relay(self, every: float = 2.0, grace: float | None = None) -> None:
+        """Publishes what a crash left in the outbox now, then keeps an eye on rows older than `grace` (env
+        GONGJI_RELAY_GRACE_S, default 5 s: a row that young is still on its way out through its handler)."""
+        if grace is None:
+            grace = float(os.environ.get("GONGJI_RELAY_GRACE_S", "5"))
         await self.flush_backlog(older_than=time.time() + 1)
 
         async def relay() -> None:
