@@ -11,12 +11,13 @@ import json
 import subprocess
 from collections import Counter
 from decimal import Decimal
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 import pytest_asyncio
 
 from simulator.stack import die_with_parent
+from tests.backends import database_env_for
 from tests.harness import PHARMACY, REPO, Stack, audit, balance, line, person, uid, visit
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -28,9 +29,11 @@ class AdmissionStack(Stack):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def limited(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory
-                  ) -> AsyncIterator[AdmissionStack]:
-    s = AdmissionStack(amqp_url, f"a{run_id}", tmp_path_factory.mktemp("admission"))
+async def limited(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathFactory, backend: str,
+                  request: pytest.FixtureRequest) -> AsyncIterator[AdmissionStack]:
+    # Both backends: on SQLite the two POS processes share one file, on PostgreSQL one database.
+    s = AdmissionStack(amqp_url, f"a{run_id}{backend[:2]}", tmp_path_factory.mktemp("admission"),
+                       env=database_env_for(backend, request))
     s.env["GONGJI_POS_MAX_OPEN"] = str(MAX_OPEN)
     # The outbox relay is held off: every request must go out through the flush of the handler that wrote it.
     # The 40 commands arrive as one batch; an item waiting for a slot must not hold back the requests of the
@@ -53,15 +56,46 @@ async def limited(amqp_url: str, run_id: str, tmp_path_factory: pytest.TempPathF
         await s.cleanup()
 
 
+async def sample_open(s: AdmissionStack, peak: list[int]) -> None:
+    """The most visits open at once in the POS store (SQLite file or PostgreSQL schema), sampled until cancelled."""
+    url = s.env.get("GONGJI_DATABASE_URL")
+    if url:
+        import psycopg
+        conn: Any = psycopg.connect(url, autocommit=True)
+        query = "SELECT COUNT(*) FROM pos.visits WHERE state='open'"
+    else:
+        import sqlite3
+        conn = sqlite3.connect(s.data_dir / "pos.db", timeout=5)
+        query = "SELECT COUNT(*) FROM visits WHERE state='open'"
+    try:
+        while True:
+            try:
+                peak[0] = max(peak[0], int(conn.execute(query).fetchone()[0]))
+            except Exception:  # the table not there yet, or SQLite busy for a moment
+                pass
+            await asyncio.sleep(0.005)
+    finally:
+        conn.close()
+
+
 async def test_open_visits_never_exceed_the_bound_and_all_settle(limited: AdmissionStack) -> None:
     c = limited.client
     assert c is not None
     people = [await person(c, uid("adm"), balance="100.00") for _ in range(12)]
     cmds = [visit(people[i % len(people)], PHARMACY, "41", f"2026-12-01 10:{i:02d}:00",
                   [line("XA01", f"{5 + i % 7}.00")]) for i in range(40)]
-    await asyncio.gather(*(c.submit(cmd) for cmd in cmds))
-    outcomes = [await c.outcome(cmd.visit_id, timeout=120) for cmd in cmds]
-    assert c.commands.batches >= 1  # they did travel batched (the case above)
+    peak = [0]
+    sampler = asyncio.ensure_future(sample_open(limited, peak))
+    try:
+        await asyncio.gather(*(c.submit(cmd) for cmd in cmds[:20]))  # one pass: one batch, to one POS
+        assert c.commands.batches >= 1  # they did travel batched (the case above)
+        for cmd in cmds[20:]:  # one message each: the two POS processes share them
+            await c.submit(cmd)
+        outcomes = [await c.outcome(cmd.visit_id, timeout=120) for cmd in cmds]
+    finally:
+        sampler.cancel()
+    # Sampled in the store itself, every 5 ms: both POS processes together never had more open at once.
+    assert 0 < peak[0] <= MAX_OPEN
 
     assert Counter(o.status for o in outcomes) == Counter({"settled": len(cmds)})
     spent: Counter[str] = Counter()

@@ -48,6 +48,12 @@ class Visits(Repository):
                                 (msgid,)).fetchone()
 
     def count_open(self) -> int:
+        """For admission control: the POS processes sharing a PostgreSQL database take turns (a transaction
+        advisory lock) from here to their commit; otherwise two of them count the same open visits, both admit
+        one more, and the bound is passed (READ COMMITTED sees no one else's uncommitted visit). SQLite's file
+        lock already serialises them."""
+        if self._tx.dialect == "postgres":
+            self._tx.execute("SELECT pg_advisory_xact_lock(hashtext('gongji.pos.admission'))")
         return int(self._tx.execute("SELECT COUNT(*) FROM visits WHERE state='open'").fetchone()[0])
 
     def due(self, now: float, limit: int = 500) -> list[Any]:
