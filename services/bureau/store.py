@@ -101,15 +101,17 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def load_acc(conn: Tx, psn_no: str, year: int, lock: bool = False) -> Accumulators:
-    if lock and for_update(conn):
+    query = (f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?"
+             + (for_update(conn) if lock else ""))
+    row = conn.execute(query, (psn_no, year)).fetchone()
+    if row is None and lock and conn.dialect == "postgres":
         # A person's first settlement of the year finds no row to lock: two replicas settling for that person
         # at once would both start from zero and the later write would undo the earlier (each taking the whole
-        # deductible). So the row is made first; a concurrent insert waits for ours and then finds it locked.
+        # deductible). So the row is made, and locked; a concurrent insert waits for ours and then finds it.
         conn.execute(f"INSERT INTO accumulators (psn_no, year, {', '.join(ACC_COLUMNS)}) "
                      f"VALUES (?,?,{','.join('0' * len(ACC_COLUMNS))}) ON CONFLICT (psn_no, year) DO NOTHING",
                      (psn_no, year))
-    row = conn.execute(f"SELECT {', '.join(ACC_COLUMNS)} FROM accumulators WHERE psn_no=? AND year=?"
-                       + (for_update(conn) if lock else ""), (psn_no, year)).fetchone()
+        row = conn.execute(query, (psn_no, year)).fetchone()
     return Accumulators(*row) if row else Accumulators()
 
 

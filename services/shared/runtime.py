@@ -110,7 +110,8 @@ class Worker:
                 if not reply_allowed(incoming.user_id, incoming.reply_to, self.broker.user):
                     raise Forbidden(f"reply_to {incoming.reply_to!r} is not a reply queue of user {incoming.user_id}")
                 if batching.is_batch(incoming.headers):
-                    ids = await self._call_batch(handler, incoming, queue, message.routing_key or "")
+                    await self._call_batch(handler, incoming, queue, message.routing_key or "")
+                    ids: list[int] = []  # each item published its own rows
                 else:
                     if self._bug(queue):
                         raise RuntimeError("injected bug (GONGJI_CHAOS bug)")
@@ -153,13 +154,13 @@ class Worker:
     def _bug(self, queue: str) -> bool:
         return self.chaos is not None and any(queue.endswith(b) for b in self.chaos.bug)
 
-    async def _call_batch(self, handler: Handler, batch: Incoming, queue: str, routing_key: str) -> list[int]:
+    async def _call_batch(self, handler: Handler, batch: Incoming, queue: str, routing_key: str) -> None:
         """Every item of a batch through the handler, as if each were its own message (own key, own inbox
         entry, own reply), all at once so that their transactions share one group commit. A bad item is
         refused alone (dead-lettered with the reason, its sender told) while its neighbours go on; a batch
         that is not a batch at all is poison as a whole. Each item publishes its own outbox rows once it has
         committed (the rows of items finishing in one loop pass still go out together), so nothing is left
-        for the caller to flush: returns []."""
+        for the caller to flush."""
         if len(batch.body) > batching.MAX_ITEMS * MAX_BODY:
             raise Poison(f"batch of {len(batch.body)} bytes is larger than {batching.MAX_ITEMS * MAX_BODY}")
         try:
@@ -220,7 +221,6 @@ class Worker:
             self.stats["dead_lettered"] += 1
 
         await asyncio.gather(*(one(item) for item in items))
-        return []
 
     async def flush_pass(self, ids: list[int]) -> None:
         """Flush these rows together with those of every other delivery that finished in this loop pass (the
