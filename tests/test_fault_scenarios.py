@@ -1,6 +1,6 @@
 """Issue #5, items 1-2: fault events in scenarios, and fault scenarios under load.
 
-Every fault scenario of scenarios/faults/ runs at its CI scale (--scale 0.15: 300 generated families, about 600
+Every fault scenario of scenarios/faults/ runs at its CI scale (--scale 0.1: 200 generated families, about 400
 visits) through the code path of `gongji run` (run_loaded: the three workers as separate processes, the
 generated traffic, the fault driver, the auditor, report.json), and its report.json must show the fault
 happened and left nothing wrong: every visit an outcome, no double debit, no cap overrun, no negative balance, a
@@ -33,11 +33,11 @@ from simulator.terminal import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = REPO / "scenarios" / "faults"
-CI_SCALE = "0.15"  # the full size (× 1) is documented in scenarios/README.md
-# SQLite at 0.15 (300 families, about 600 visits); PostgreSQL (tests/backends.py) at 0.06 (120 families, about 240
-# visits). The faults come after as many outcomes × the scale, so each still happens mid-traffic, and the two
-# backends' runs fit the CI budget together.
-SCALE = {"sqlite": (CI_SCALE, 450, 750), "postgres": ("0.06", 170, 320)}
+CI_SCALE = "0.1"  # the full size (× 1) is documented in scenarios/README.md
+# SQLite at 0.1 (200 families, about 400 visits); PostgreSQL (tests/backends.py) at 0.04 (80 families, about 160
+# visits). The faults come after as many outcomes × the scale, so each still happens mid-traffic with the run's
+# 64 visits in flight, and the two backends' runs fit the CI budget together.
+SCALE = {"sqlite": (CI_SCALE, 300, 500), "postgres": ("0.04", 110, 215)}
 SCENARIO_KIND = {"kill_workers": "kill", "broker_restart": "broker_restart", "drop_connections": "drop_connections",
                  "duplicate_delivery": "duplicate", "delayed_replies": "delay", "timeout_race": "timeout_race",
                  "poison": "poison", "broker_node_down": "broker_node_down"}

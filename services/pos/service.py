@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from pydantic import TypeAdapter
 
 from contracts import credentials, infno, wire
@@ -28,6 +29,7 @@ from .repository import LANES, SCHEMA, PosUnitOfWork
 __all__ = ["SCHEMA", "PosService", "parse_command", "settle_input_of"]
 
 COMMAND = TypeAdapter(PosCommand)
+log = structlog.get_logger()
 
 FINAL = ("settle", "reverse", "compensate")  # stages whose answer ends the visit
 PREPARATORY_MIN_S = 30.0  # 2201/2203/2204/2205/2401/2301/2302/2402: bureau-only, idempotent, no money
@@ -219,6 +221,9 @@ class PosService:
             for row in uow.visits.due(now):
                 cmd = COMMAND.validate_json(row["command"])
                 deadline = now + cmd.timeout_ms / 1000
+                # A warning in the worker's log (gongji run keeps it next to the report): with a generous
+                # deadline, an unanswered request is a message that was lost or stuck somewhere.
+                log.warning("not answered in time", visit_id=cmd.visit_id, stage=row["stage"], msgid=row["msgid"])
                 if row["stage"] not in FINAL:
                     # No money moved yet: a sign-in, registration, upload or pre-settlement pays nothing, so
                     # nothing to undo (a visit left open at the bureau is closed by its sweep).

@@ -88,6 +88,12 @@ class Broker:
         self.reconnects = 0
         self.published = 0  # messages the broker confirmed (the bench's publishes_per_settlement)
         self.publish_retry_s = float(os.environ.get("GONGJI_PUBLISH_RETRY_S", "60"))
+        # How long a publish waits for its confirm before it is sent again on a fresh channel. A confirm is not
+        # guaranteed to come (a frame lost as the broker restarts): without a bound, the publish, the outbox
+        # rows it carries and everything that waits for it would hang for good (seen: 24 visits of a
+        # broker_restart run never answered, the POS unable to stop).
+        self.confirm_timeout_s = float(os.environ.get("GONGJI_CONFIRM_TIMEOUT_S", "15"))
+        self.confirm_timeouts = 0
         # Every message names its sender; RabbitMQ refuses a user_id other than the connection's user, so the
         # receiver can trust it (services.shared.access).
         self.user = urllib.parse.unquote(urllib.parse.urlparse(self.nodes.urls[0]).username or "") or None
@@ -242,18 +248,20 @@ class Broker:
                     raise ConnectionError(f"no broker connection for {self.publish_retry_s:.0f} s") from None
             channel = self._pub
             try:
-                # No timeout of our own (a task per publish on the hot path): a connection that dies fails its
-                # pending confirms, and heartbeats find one that hangs.
-                exchange = await self._exchange(msg.exchange)
-                await exchange.publish(message, msg.routing_key, mandatory=True)
+                # asyncio.timeout, not wait_for: no task per publish on the hot path.
+                async with asyncio.timeout(self.confirm_timeout_s):
+                    exchange = await self._exchange(msg.exchange)
+                    await exchange.publish(message, msg.routing_key, mandatory=True)
                 self.published += 1
                 return
             except aiormq.exceptions.PublishError as exc:
                 raise Unroutable(f"no queue for {msg.exchange!r} key {msg.routing_key!r}") from exc
             except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    self.confirm_timeouts += 1
                 if not recoverable(exc) or self._closing or loop.time() > deadline:
                     raise
-                log.warning("publish failed while the connection recovers; retrying", error=repr(exc))
+                log.warning("publish failed or not confirmed; retrying on a fresh channel", error=repr(exc))
                 await self._recover_publisher(channel)
 
     async def _recover_publisher(self, failed: aio_pika.abc.AbstractChannel | None) -> None:

@@ -92,6 +92,8 @@ class Worker:
         self._deleting: set[int] = set()  # published outbox rows whose DELETE is queued or running
         self._to_delete: list[int] = []  # … of which not yet handed to the store
         self._deleters: set[asyncio.Task[None]] = set()
+        self._passes: set[asyncio.Task[None]] = set()  # flushes of a loop pass's rows, still publishing
+        self._in_pass: set[int] = set()  # … and their row ids: the relay leaves them to their pass
         self._pass: tuple[list[int], asyncio.Future[None]] | None = None  # rows of this loop pass to flush
         # Which outgoing messages may travel in a batch (their receiver unpacks batches); None: none.
         self.batchable: Callable[[OutMessage], bool] | None = None
@@ -239,6 +241,7 @@ class Worker:
         assert self._pass is not None
         ids, fut = self._pass
         self._pass = None
+        self._in_pass.update(ids)
 
         async def run() -> None:
             try:
@@ -249,9 +252,11 @@ class Worker:
             else:
                 if not fut.done():
                     fut.set_result(None)
+            finally:
+                self._in_pass.difference_update(ids)
         task = asyncio.ensure_future(run())
-        self._deleters.add(task)
-        task.add_done_callback(self._deleters.discard)
+        self._passes.add(task)
+        task.add_done_callback(self._passes.discard)
         fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # retrieved: no warning
 
     async def _call(self, handler: Handler, incoming: Incoming) -> list[int]:
@@ -315,8 +320,10 @@ class Worker:
         else:
             await self._drain_deletes()  # so that a backlog is not read back before its published rows go
             rows = await self.store.run(lambda c: self.store.backlog(c, older_than))
-            # rows whose delete is queued were published already: not again
-            rows = [(i, m) for i, m in rows if i not in self._deleting]
+            # rows whose delete is queued were published already, and rows a pass is publishing are its own
+            # (it publishes them or fails, bounded by the broker's confirm timeout): not again. The relay never
+            # waits for a pass, so one publish in trouble cannot stop it.
+            rows = [(i, m) for i, m in rows if i not in self._deleting and i not in self._in_pass]
             outbox_forget(self.store._conn, [i for i, _ in rows])
 
         async def one(row_ids: list[int], msg: OutMessage, items: list[OutMessage]) -> list[int]:
@@ -417,6 +424,7 @@ class Worker:
         data = {"service": self._service, "pid": os.getpid(), **self.stats,
                 "duplicates_absorbed": inbox_counters["duplicates_absorbed"], "broker_publishes": self.broker.published,
                 "broker_reconnects": self.broker.reconnects,
+                "confirm_timeouts": getattr(self.broker, "confirm_timeouts", 0),
                 "store_retries": self.store.retries}  # PostgreSQL: deadlocks etc. re-run
         tmp = path.with_suffix(".tmp")
         try:
@@ -445,6 +453,8 @@ class Worker:
         self._tasks.append(asyncio.ensure_future(coro))  # type: ignore[arg-type]
 
     async def stop(self) -> None:
+        if self._passes:  # what is on its way out gets a moment; what is not published stays for the relay
+            await asyncio.wait(list(self._passes), timeout=5)
         await self._drain_deletes()
         for t in self._tasks:
             t.cancel()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ class RunResult:
     ok: bool
     wall: dict[str, float]
     report_dir: Path | None
+
+
+def keep_worker_logs(source: Path, target: Path) -> None:
+    """The workers' own logs (warnings and errors: a reconnect, a publish that failed, a handler that crashed)
+    go next to the report when there is anything in them, so that a run that went wrong can be read after its
+    temporary data directory is gone."""
+    for log_file in sorted(source.glob("*.log")) if source.is_dir() else []:
+        if log_file.stat().st_size:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_file, target / log_file.name)
 
 
 async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progress | None = None,
@@ -141,6 +152,8 @@ async def run_loaded(loaded: LoadedScenario, opts: RunOptions, progress: Progres
                 await stack.cleanup()
             except Exception:
                 pass
+            if opts.report_dir is not None:
+                keep_worker_logs(stack.logs, opts.report_dir / "logs")
             if not opts.keep_data:
                 stack.remove_data()
         broker.close()
