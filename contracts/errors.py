@@ -68,7 +68,7 @@ class ErrorCode:
     DETAIL_CONFLICT = "E_DETAIL_CONFLICT"  # feedetl_sn uploaded before with other content
     NOT_DISCHARGED = "E_NOT_DISCHARGED"  # 2304 before 2402
     # issue 13: who may do what
-    NOT_YOUR_MSGID = "E_NOT_YOUR_MSGID"  # 2601 of a msgid another facility sent (or would send)
+    NOT_YOUR_MSGID = "E_NOT_YOUR_MSGID"  # a msgid of another facility: sent under its prefix, or a 2601 of one
     SIGN_NO_WRONG_DAY = "E_SIGN_NO_WRONG_DAY"  # a sign_no used on another business day than its own
     BIZ_TIME_REFUSED = "E_BIZ_TIME_REFUSED"  # inf_time too far behind / ahead of the facility's clock
     AMOUNT_TOO_LARGE = "E_AMOUNT_TOO_LARGE"  # a balance or amount would leave the wire's money format

@@ -14,8 +14,36 @@ from pydantic_core import to_jsonable_python
 _string = json.encoder.encode_basestring  # C-accelerated where available; json.dumps(str, ensure_ascii=False)
 
 
+MAX_DEPTH = 64  # a national envelope nests 4–5 levels, a batch of them about 10
+
+
 def loads(data: bytes | str) -> Any:
-    return json.loads(data, parse_float=Decimal)
+    """JSON → Python, fractions as Decimal. Deeper than MAX_DEPTH is refused as a JSONDecodeError, a bad message
+    like any other: past it, code that walks the value (a hash, a serializer) would fail in ways of its own."""
+    try:
+        obj = json.loads(data, parse_float=Decimal)
+    except RecursionError:
+        raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", "", 0) from None
+    opened = data.count(b"{") + data.count(b"[") if isinstance(data, (bytes, bytearray)) else data.count("{") + data.count("[")
+    if opened > MAX_DEPTH and _deeper_than(obj, MAX_DEPTH):  # counting is cheap; walk only when it could be
+        raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", "", 0)
+    return obj
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    level, depth = [obj], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for o in level:
+            if isinstance(o, dict):
+                below += [v for v in o.values() if isinstance(v, (dict, list))]
+            elif isinstance(o, list):
+                below += [v for v in o if isinstance(v, (dict, list))]
+        level = below
+    return False
 
 
 def _number(d: Decimal) -> str:

@@ -1,8 +1,8 @@
 """Both storage backends under test (issue 12): `--backends sqlite,postgres` (the default runs both).
 
-The end-to-end, mutual-aid, hostile-input, concurrency, fault, replica and admission modules (BOTH) run once per backend:
-their `stack` (and every stack they start themselves, through `database_env`) keeps SQLite files in its data
-directory, or uses a throwaway PostgreSQL database (CREATE DATABASE gongji_t_<random>, dropped at the end) on
+The end-to-end, mutual-aid, hostile-input, concurrency, fault, replica, admission and outsider-probe modules (BOTH)
+run once per backend: their `stack` (and every stack they start themselves, through `database_env`) keeps SQLite
+files in its data directory, or uses a throwaway PostgreSQL database (CREATE DATABASE gongji_t_<random>, dropped at the end) on
 the server at GONGJI_TEST_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres). Other modules run on
 SQLite only.
 """
@@ -16,7 +16,8 @@ import pytest
 from services.shared.pg_admin import DEFAULT_SERVER, create_database, drop_database, reachable
 
 BOTH = {"test_settlement_e2e", "test_mutual_aid", "test_hostile_input", "test_concurrency", "test_faults",
-        "test_fault_scenarios", "test_transient", "test_replicas", "test_resident_funds_e2e", "test_admission"}
+        "test_fault_scenarios", "test_transient", "test_replicas", "test_resident_funds_e2e", "test_admission",
+        "test_outsider_probe"}
 BACKENDS = ("sqlite", "postgres")
 
 

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.accounts.domain import Allocation, Limit, Part, Payer, allocate, windows
+from services.bureau.service import insurance_year
+from services.shared.policy import load_policies
 
 
 def own(balance: int, *, usable: bool = True, limits: tuple[Limit, ...] = ()) -> Payer:
@@ -139,6 +141,46 @@ def test_payable_below_share_leaves_the_difference_to_cash() -> None:
     assert (b.own, b.mulaid, b.cash, b.usage) == (0, (), 1000, ())
 
 
+def pieced(*, pieces: dict[str, int], member: set[str], own_balance: int | None,
+           authorizers: list[tuple[int, set[str] | None]], **kw: object) -> Allocation:
+    payers = [Payer(f"A{i + 1}", f"B{i + 1}", bal, may_pay=None if may is None else frozenset(may))
+              for i, (bal, may) in enumerate(authorizers)]
+    return allocate(psn_part=sum(pieces.values()), payable=sum(pieces[k] for k in member), pieces=pieces,
+                    payable_pieces=frozenset(member), own=None if own_balance is None else own(own_balance),
+                    authorizers=payers, **kw)  # type: ignore[arg-type]
+
+
+def test_the_own_account_covers_first_what_only_it_may_pay() -> None:
+    # Share 10.00 = 4.00 vaccine (only the member's region runs the pilot) + 6.00 medicine; own balance 5.00;
+    # the authorizer's region lets it pay the medicine alone. By hand: own pays the vaccine 4.00 and 1.00 of the
+    # medicine, the authorizer the other 5.00 of medicine: own 5.00, shared 5.00, cash 0.
+    a = pieced(pieces={"medical": 600, "scope:vaccination": 400}, member={"medical", "scope:vaccination"},
+               own_balance=500, authorizers=[(10_000, {"medical"})])
+    assert (a.own, a.mulaid, a.cash) == (500, (Part("A1", "B1", 500),), 0)
+    # The authorizer's region allows more than the member's (全自费): it may pay that too, own pays the rest.
+    b = pieced(pieces={"medical": 600, "fulamt": 400}, member={"medical"}, own_balance=10_000,
+               authorizers=[(10_000, {"medical", "fulamt"})])
+    assert (b.own, b.mulaid_total, b.cash) == (600, 400, 0)
+    # Among authorizers too: the first covers the vaccine the second may not pay, then what it has left.
+    c = pieced(pieces={"medical": 600, "scope:vaccination": 400}, member={"medical", "scope:vaccination"},
+               own_balance=None, authorizers=[(600, {"medical", "scope:vaccination"}), (10_000, {"medical"})])
+    assert (c.mulaid, c.cash) == ((Part("A1", "B1", 600), Part("A2", "B2", 400)), 0)
+    # Nobody may pay the cosmetic piece: it stays cash whatever the balances.
+    d = pieced(pieces={"medical": 600, "scope:cosmetic": 300}, member={"medical"}, own_balance=10_000,
+               authorizers=[(10_000, None)])
+    assert (d.own, d.mulaid, d.cash) == (600, (), 300)
+
+
+@pytest.mark.parametrize("pieces,member", [({"medical": 500, "fulamt": 500}, {"medical"}),  # payable says 600
+                                           ({"medical": 600, "fulamt": 300}, {"medical"}),  # sum is not the share
+                                           ({"medical": 700, "fulamt": -100}, {"medical"}),
+                                           ({"medical": 600, "fulamt": 400}, {"medical", "wellness"})])
+def test_inconsistent_pieces_are_refused(pieces: dict[str, int], member: set[str]) -> None:
+    with pytest.raises(ValueError):
+        allocate(psn_part=1000, payable=600, pieces=pieces, payable_pieces=frozenset(member), own=None,
+                 authorizers=[])
+
+
 def test_no_own_account_goes_straight_to_authorizers() -> None:
     a = allocate(psn_part=100, payable=100, own=None, authorizers=[auth(1, 80)])
     assert (a.own, a.mulaid, a.cash) == (0, (Part("A1", "B1", 80),), 20)
@@ -163,6 +205,18 @@ def test_windows_use_asia_shanghai_not_utc() -> None:
     assert w == {"day": "2026-12-31", "month": "2026-12", "year": "2026"}
     w = windows(datetime(2026, 12, 31, 16, 0, 0, tzinfo=timezone.utc))
     assert w == {"day": "2027-01-01", "month": "2027-01", "year": "2027"}
+
+
+def test_the_bureau_names_the_same_insurance_year_as_the_accounts() -> None:
+    # Shanghai's insurance year starts on 1 July, Asia/Shanghai: 2026-06-30 16:30 UTC is 1 July 00:30 there.
+    sh, hz = load_policies()["310000"], load_policies()["330100"]
+    for when in (datetime(2026, 6, 30, 16, 30, tzinfo=timezone.utc), datetime(2026, 6, 30, 15, 59, tzinfo=timezone.utc),
+                 datetime(2026, 12, 31, 16, 0, tzinfo=timezone.utc)):
+        for policy in (sh, hz):
+            assert str(insurance_year(policy, when)) == windows(when, policy.year_start_month)["year"], (when, policy)
+    assert insurance_year(sh, datetime(2026, 6, 30, 16, 30, tzinfo=timezone.utc)) == 2026
+    assert insurance_year(sh, datetime(2026, 6, 30, 15, 59, tzinfo=timezone.utc)) == 2025
+    assert insurance_year(hz, datetime(2026, 12, 31, 16, 0, tzinfo=timezone.utc)) == 2027
 
 
 # ---- properties -------------------------------------------------------------------------------
@@ -303,3 +357,43 @@ def test_reversing_the_usage_restores_every_window(sc: dict) -> None:
     for key, amount in a.usage:
         after[key] -= amount
     assert after == used
+
+
+@st.composite
+def pieced_scenario(draw: st.DrawFn) -> dict:
+    names = ["medical", "fulamt", "scope:vaccination", "scope:cosmetic"]
+    pieces = {k: draw(st.integers(0, 50_000)) for k in names}
+    # What regions allow is nested, as the shipped rules make it: medical ⊂ + 全自费 ⊂ + a pilot's vaccination.
+    tiers = [frozenset(names[:1]), frozenset(names[:2]), frozenset(names[:3])]
+    member = draw(st.sampled_from(tiers))
+    auths = [Payer(f"A{i}", f"B{i}", draw(st.integers(0, 60_000)), may_pay=draw(st.sampled_from([None, *tiers])),
+                   limits=draw(limits(f"auth:B{i}", 1))) for i in range(1, draw(st.integers(0, 3)) + 1)]
+    return dict(psn_part=sum(pieces.values()), payable=sum(pieces[k] for k in member), pieces=pieces,
+                payable_pieces=member, own=draw(st.one_of(st.none(), payer(None))), authorizers=auths)
+
+
+def max_coverable(sc: dict) -> int:
+    """What the payers could cover together at best (nested sets: the widest payers take the widest pieces
+    first), each within its capacity: the figure the allocation must reach."""
+    payers = [p for p in [sc["own"], *sc["authorizers"]] if p is not None]
+    left, total = dict(sc["pieces"]), 0
+    for p in sorted(payers, key=lambda p: len(p.may_pay if p.may_pay is not None else sc["payable_pieces"]),
+                    reverse=True):
+        allowed = p.may_pay if p.may_pay is not None else sc["payable_pieces"]
+        cap = capacity(p)
+        for k in sorted(allowed, key=lambda k: ["medical", "fulamt", "scope:vaccination"].index(k), reverse=True):
+            x = min(cap, left[k])
+            left[k] -= x
+            cap -= x
+            total += x
+    return total
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieced_scenario())
+def test_pieces_never_leave_to_cash_what_a_payer_could_cover(sc: dict) -> None:
+    a = allocate(**sc)
+    assert a.own + a.mulaid_total + a.cash == sc["psn_part"]
+    assert a.cash >= sc["pieces"]["scope:cosmetic"]  # nobody may pay it
+    # Own first, then ranks, and still as much covered as any order of the same payers could cover.
+    assert a.acct_pay == max_coverable(sc)

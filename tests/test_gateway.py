@@ -435,6 +435,9 @@ async def test_hostile_requests_are_refused_and_the_gateway_keeps_serving(gw: tu
         national_refusal(await raw(b"{not json"), "E_BAD_MESSAGE")
         national_refusal(await raw(b"[1, 2, 3]"), "E_BAD_MESSAGE")
         national_refusal(await raw(b"{" + b" " * 1_100_000 + b"}"), "E_BAD_MESSAGE")  # larger than 1 MB
+        for depth in (600, 200_000):  # a few KB nested deep: the national refusal, not an HTTP 500
+            deep = b'{"infno":"2102","input":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+            national_refusal(await raw(deep), "E_BAD_MESSAGE")
 
         async def chunked() -> Any:  # no content-length: refused while reading, not after buffering it all
             for _ in range(40):

@@ -208,3 +208,26 @@ async def test_cross_region_pilots_are_the_authorizers(stack: Stack) -> None:
     assert s is not None and out.status == "settled"
     assert s.acct_mulaid_pay == D("0.00") and s.psn_cash_pay == D("100.00")
     assert await balance(c, mother) == D("1000.00")
+
+
+@pytestmark_e2e
+async def test_the_own_account_pays_first_what_only_it_may_pay(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    # A Hangzhou daughter with her own account (80.00) and a Wuhan mother (1000.00, no vaccination pilot) buy
+    # the HPV vaccine XV01 (100.00, vaccination: only Hangzhou's accounts may pay it) and XA01 amoxicillin
+    # (甲类 60.00; a pharmacy purchase without a prescription is not pooled). Share 160.00. By hand: the
+    # daughter's account may pay both, her mother's only the 60.00 of medicine, so the daughter's 80.00 goes
+    # to the vaccine (100.00 → 20.00 left), the mother pays the 60.00 of medicine, cash 20.00.
+    # (Counting the daughter's 80.00 against the medicine first would leave the mother nothing: cash 80.00.)
+    mother = await person(c, uid("whm"), region=WH, balance="1000.00")
+    daughter = await person(c, uid("hzd"), region=HZ, balance="80.00")
+    await bind(c, mother, daughter, region=WH)
+    out = await c.visit(visit(daughter, PHARMACY, "41", "2026-03-05 09:00:00",
+                              [line("XV01", "100.00", lv="03"), line("XA01", "60.00")], region=HZ))
+    s = out.setlinfo
+    assert s is not None and out.status == "settled"
+    assert s.psn_part_amt == D("160.00") and s.fund_pay_sumamt == D("0.00")
+    assert (s.acct_pay, s.acct_mulaid_pay, s.psn_cash_pay, s.balc) == (D("140.00"), D("60.00"), D("20.00"),
+                                                                       D("0.00"))
+    assert await balance(c, mother) == D("940.00")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from contracts.base import SHANGHAI
 
@@ -36,9 +36,9 @@ class Payer:
     usable: bool = True
     why_unusable: str = ""
     limits: tuple[Limit, ...] = ()
-    # The most of the share this payer may cover (its region's rules: 全自费 or pilot items it may not pay);
-    # None: the settlement's `payable`. An authorizer's ceiling follows the authorizer's region.
-    payable: int | None = None
+    # The pieces of the share this payer may cover (its region's rules: 全自费 or pilot items it may not pay);
+    # None: the pieces the patient's own region lets accounts pay. An authorizer's follow the authorizer's region.
+    may_pay: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,25 +70,45 @@ def _yuan(fen: int) -> str:
     return f"{Decimal(fen) / 100:.2f}"
 
 
+PAYABLE, EXCLUDED = "payable", "excluded"  # the two pieces of a share given only as (psn_part, payable)
+
+
 def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Sequence[Payer],
              shared_limits: Sequence[Limit] = (), mutual_aid_allowed: bool = True,
-             mutual_aid_why_not: str = "", wallet: Payer | None = None) -> Allocation:
-    """psn_part: the patient's share; payable: the part of it the accounts may pay (<= psn_part)."""
-    if psn_part < 0 or not (0 <= payable <= psn_part):
-        raise ValueError(f"bad amounts: psn_part={psn_part} payable={payable}")
+             mutual_aid_why_not: str = "", wallet: Payer | None = None,
+             pieces: Mapping[str, int] | None = None, payable_pieces: frozenset[str] | None = None) -> Allocation:
+    """psn_part: the patient's share; payable: the part of it the accounts may pay (<= psn_part).
+
+    pieces (optional) split the share by what regions allow accounts to pay (e.g. the medical part, 全自费, a
+    pilot's vaccination): payable_pieces are those the patient's own region allows (they sum to `payable`), a
+    payer's `may_pay` those its region allows. Each payer covers first the pieces the fewest payers after it
+    may cover, so that the order of payers never leaves to cash what a later one could have paid.
+    """
+    if pieces is None:
+        pieces, payable_pieces = {PAYABLE: payable, EXCLUDED: psn_part - payable}, frozenset({PAYABLE})
+    member = frozenset(payable_pieces if payable_pieces is not None else pieces)
+    if (psn_part < 0 or not (0 <= payable <= psn_part) or any(v < 0 for v in pieces.values())
+            or sum(pieces.values()) != psn_part or not member <= set(pieces)
+            or sum(pieces[k] for k in member) != payable):
+        raise ValueError(f"bad amounts: psn_part={psn_part} payable={payable} pieces={dict(pieces)}")
     notes: list[str] = []
     usage: dict[str, int] = {}
-    remaining = payable
+    left = dict(pieces)  # what of each piece no payer has covered yet
     if payable < psn_part:
         notes.append(f"accounts may pay {_yuan(payable)} of the share {_yuan(psn_part)} (region rules)")
     shared_left = min((lim.left for lim in shared_limits), default=None)
+    mutual_aid = bool(authorizers) and mutual_aid_allowed
+    order = [p for p in [own, *(authorizers if mutual_aid else ()), wallet] if p is not None]
+
+    def may_pay(payer: Payer) -> frozenset[str]:
+        return member if payer.may_pay is None else payer.may_pay
 
     def take(payer: Payer, who: str) -> int:
-        nonlocal remaining, shared_left
-        ceiling = payable if payer.payable is None else min(psn_part, max(0, payer.payable))
-        room = ceiling - (payable - remaining)  # what this payer may still cover, after the payers before it
+        nonlocal shared_left
+        allowed = may_pay(payer)
+        room = sum(left.get(k, 0) for k in allowed)  # what this payer may still cover, after the payers before it
         if room <= 0:
-            if ceiling != payable and remaining:
+            if allowed != member and any(left[k] for k in member):
                 notes.append(f"{who}: skipped (its region's accounts may not pay what is left)")
             return 0
         if not payer.usable:
@@ -98,7 +118,7 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
             notes.append(f"{who}: skipped (balance 0.00)")
             return 0
         amount = min(room, payer.balance)
-        binding = ("share" if amount == room and ceiling == payable else "its region's payable part"
+        binding = ("share" if amount == room and allowed == member else "its region's payable part"
                    if amount == room else "balance")
         for lim in payer.limits:
             if lim.left < amount:
@@ -113,9 +133,15 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
             usage[lim.key] = usage.get(lim.key, 0) + amount
         for lim in shared_limits:
             usage[lim.key] = usage.get(lim.key, 0) + amount
-        remaining -= amount  # may go below 0 when an authorizer's region lets it pay more than the member's
         if shared_left is not None:
             shared_left -= amount
+        at = next(i for i, p in enumerate(order) if p is payer)
+        later = [may_pay(p) for p in order[at + 1:] if p.usable and p.balance > 0]
+        rest = amount
+        for k in sorted((k for k in allowed if left.get(k)), key=lambda k: (sum(k in s for s in later), k)):
+            x = min(rest, left[k])
+            left[k] -= x
+            rest -= x
         notes.append(f"{who}: paid {_yuan(amount)} (bound by {binding})")
         return amount
 
@@ -123,9 +149,9 @@ def allocate(*, psn_part: int, payable: int, own: Payer | None, authorizers: Seq
     if own is None and payable:
         notes.append("own account: none")
     parts: list[Part] = []
-    if remaining and authorizers and not mutual_aid_allowed:
+    if any(left[k] for k in member) and authorizers and not mutual_aid_allowed:
         notes.append(f"mutual aid not allowed here ({mutual_aid_why_not})")
-    elif authorizers:
+    elif mutual_aid:
         for payer in authorizers:
             paid = take(payer, f"authorizer {payer.psn_no} (binding {payer.auth_id})")
             if paid:

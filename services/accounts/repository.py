@@ -6,7 +6,7 @@ them `for_update`; money moves lock the people concerned in psn_no order first (
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from services.shared.sql import Tx, for_update
 from services.shared.uow import Repository, UnitOfWork
@@ -162,10 +162,14 @@ class Transfers(Repository):
     def set_state(self, transfer_id: str, state: str) -> None:
         self._tx.execute("UPDATE transfers SET state=? WHERE transfer_id=?", (state, transfer_id))
 
-    def due(self, when: str) -> list[Any]:
-        """Unclaimed transfers whose return time has come."""
-        return self._tx.execute("SELECT * FROM transfers WHERE state='sent' AND expires_time <= ? ORDER BY transfer_id"
-                                + for_update(self._tx), (when,)).fetchall()
+    def due(self, when: str, psn_nos: Sequence[str]) -> list[Any]:
+        """Unclaimed transfers from or to these people whose return time has come."""
+        if not psn_nos:
+            return []
+        marks = ",".join("?" * len(psn_nos))
+        return self._tx.execute(f"SELECT * FROM transfers WHERE state='sent' AND expires_time <= ? AND "
+                                f"(from_psn_no IN ({marks}) OR to_psn_no IN ({marks})) ORDER BY transfer_id"
+                                + for_update(self._tx), (when, *psn_nos, *psn_nos)).fetchall()
 
 
 class Proxies(Repository):

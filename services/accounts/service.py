@@ -9,7 +9,7 @@ import hashlib
 import json
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from contracts.base import format_biz_time
 from contracts.envelope import Reply, Request
@@ -30,6 +30,16 @@ from .repository import AccountsUnitOfWork
 from .domain import Allocation, Limit, Payer, allocate, split_pockets, windows
 
 ZERO = Decimal("0.00")
+
+
+def psn_nos_in(value: Any) -> list[str]:
+    """Every person an administration input names (psn_no, from_psn_no, to_psn_no, authorizer_psn_no, ...)."""
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k.endswith("psn_no") and isinstance(v, str)] + \
+            [p for v in value.values() if isinstance(v, (dict, list)) for p in psn_nos_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in psn_nos_in(v)]
+    return []
 
 
 class AccountsService:
@@ -84,9 +94,16 @@ class AccountsService:
             pockets.reverse()
         return pockets
 
-    def sweep_transfers(self, uow: AccountsUnitOfWork, when: str, outbox: list[int]) -> None:
-        """Unclaimed wallet transfers go back to the sender at the return time (business time)."""
-        for t in uow.transfers.due(when):
+    @staticmethod
+    def _people(uow: AccountsUnitOfWork, psn_no: str) -> list[str]:
+        """A patient and the authorizers whose accounts may pay for the patient."""
+        return [psn_no] + [b["authorizer_psn_no"] for b in uow.bindings.active_of_member(psn_no)]
+
+    def sweep_transfers(self, uow: AccountsUnitOfWork, when: str, outbox: list[int], psn_nos: Iterable[str]) -> None:
+        """Unclaimed wallet transfers go back to the sender at the return time (business time). Only those of the
+        people a request is about, on that request's business time: a facility whose clock runs ahead must not
+        send back everyone else's transfers before their time."""
+        for t in uow.transfers.due(when, sorted(set(psn_nos))):
             back = [(acct, -amount) for acct, amount in json.loads(t["postings"])]
             back.append(("transit:wallet", -t["amount_fen"]))
             uow.ledger.post(f"return:{t['transfer_id']}", "wallet_return", t["expires_time"], back)
@@ -120,11 +137,11 @@ class AccountsService:
                 reply = AccountsReply(req_id=req.req_id, kind=req.kind, ok=True,
                                       balc=from_fen(uow.accounts.balance(req.psn_no)), context=req.context)
             elif req.kind == "refund":
-                self.sweep_transfers(uow, format_biz_time(req.biz_time), outbox)
+                self.sweep_transfers(uow, format_biz_time(req.biz_time), outbox, self._people(uow, req.psn_no))
                 reply = self._refund(uow, req, outbox)
             else:
                 if req.kind == "pay":
-                    self.sweep_transfers(uow, format_biz_time(req.biz_time), outbox)
+                    self.sweep_transfers(uow, format_biz_time(req.biz_time), outbox, self._people(uow, req.psn_no))
                 reply = self._pay(uow, req, outbox, commit=req.kind == "pay")
             return reply.model_dump_json().encode()
 
@@ -145,6 +162,32 @@ class AccountsService:
         return handle_idempotent(uow, key=req.req_id, kind=req.kind, content_hash=content_hash, reply_to=reply_to,
                                  reply_exchange=self.names.reply_exchange, effect=effect, refusal=refusal)
 
+    @staticmethod
+    def _pieces(req: AccountsRequest, psn_part: int) -> dict[str, int]:
+        """The share split by what a region may let accounts pay: the medical part, the other 全自费/超限价, and
+        each non-medical scope's items (vaccination, cosmetic, ...). If funds paid some of the 全自费 part
+        (the share is smaller than it), the medical part goes first, then the rest, so the pieces sum to the share."""
+        scopes = {f"scope:{k}": to_fen(v) for k, v in sorted(req.scope_amounts.items())}
+        ful = to_fen(req.fulamt_ownpay_amt or ZERO) + to_fen(req.overlmt_selfpay or ZERO)
+        pieces = {"medical": psn_part - ful, "fulamt": ful - sum(scopes.values()), **scopes}
+        short = 0
+        for k in pieces:  # in order: medical, fulamt, then the scopes
+            pieces[k] -= short
+            short = max(0, -pieces[k])
+            pieces[k] = max(0, pieces[k])
+        return pieces
+
+    @staticmethod
+    def _may_pay(req: AccountsRequest, rules: AccountRules) -> frozenset[str]:
+        """The pieces (see _pieces) a region's rules let personal accounts pay."""
+        if req.acct_used_flag == "0":
+            return frozenset()
+        if not rules.pay_fulamt_ownpay:
+            return frozenset({"medical"})
+        return frozenset({"medical", "fulamt"} | {f"scope:{k}" for k in req.scope_amounts
+                                                  if k not in NEVER_ACCOUNT_SCOPES
+                                                  and (k not in PILOT_SCOPES or k in rules.pilots)})
+
     def _payable(self, req: AccountsRequest, rules: AccountRules, psn_part: int) -> tuple[int, list[str]]:
         if req.acct_used_flag == "0":
             return 0, ["acct_used_flag 0: personal accounts not used"]
@@ -154,12 +197,11 @@ class AccountsService:
             if excluded:
                 notes.append(f"the region's accounts do not pay 全自费/超限价 ({from_fen(excluded)})")
         else:
-            excluded = 0
             for scope, amount in req.scope_amounts.items():
                 if scope in NEVER_ACCOUNT_SCOPES or (scope in PILOT_SCOPES and scope not in rules.pilots):
-                    excluded += to_fen(amount)
                     notes.append(f"{scope} items ({amount}) may not be paid from any personal account")
-        return max(0, psn_part - excluded), notes
+        pieces, allowed = self._pieces(req, psn_part), self._may_pay(req, rules)
+        return sum(pieces[k] for k in allowed), notes
 
     def _payers(self, uow: AccountsUnitOfWork, req: AccountsRequest, win: dict[str, str], psn_part: int = 0
                 ) -> tuple[Payer | None, list[Payer], dict[str, Any], list[str]]:
@@ -190,7 +232,11 @@ class AccountsService:
             arules = self.rules(acct["insuplc_admdvs"])
             category = MED_TYPE_CATEGORY[req.med_type] if req.med_type else None
             usable, why = True, ""
-            if not arules.mutual_aid_open:
+            when = format_biz_time(req.biz_time)
+            if b["created_time"] > when:  # a back-dated bill does not reach a binding that did not exist yet
+                usable, why = False, (f"binding {b['auth_id']} was made at {b['created_time']}, after this "
+                                      f"settlement's business time {when}")
+            elif not arules.mutual_aid_open:
                 usable, why = False, f"the service is not open in {acct['insuplc_admdvs']}"
             elif category is not None and category not in arules.mutual_aid_scope:
                 usable, why = False, (f"mutual aid not allowed: {category} is outside the mutual-aid scope of "
@@ -215,9 +261,8 @@ class AccountsService:
                                     f"regional annual mutual-aid cap {arules.mutual_aid_annual_cap} "
                                     f"({acct['insuplc_admdvs']})"))
             available = sum(amount for _, amount in self.shareable(acct))
-            ceiling, _ = self._payable(req, arules, psn_part)
             authorizers.append(Payer(b["authorizer_psn_no"], b["auth_id"], available, usable=usable,
-                                     why_unusable=why, limits=tuple(limits), payable=ceiling))
+                                     why_unusable=why, limits=tuple(limits), may_pay=self._may_pay(req, arules)))
         return own, authorizers, rows, notes
 
     def _allocate(self, uow: AccountsUnitOfWork, req: AccountsRequest
@@ -243,6 +288,7 @@ class AccountsService:
         wallet = Payer(req.psn_no, "wallet", wallet_fen) if wallet_fen > 0 else None
         alloc = allocate(psn_part=psn_part, payable=payable, own=own, authorizers=authorizers, shared_limits=shared,
                          mutual_aid_allowed=rules.mutual_aid_open, wallet=wallet,
+                         pieces=self._pieces(req, psn_part), payable_pieces=self._may_pay(req, rules),
                          mutual_aid_why_not=f"the service is not open in {req.insuplc_admdvs}")
         caps = {lim.key: lim.cap for p in authorizers for lim in p.limits} | {lim.key: lim.cap for lim in shared}
         return alloc, rows, caps, notes
@@ -319,7 +365,7 @@ class AccountsService:
 
         def effect(outbox: list[int]) -> bytes:
             inp = decode_input(req, ACCOUNTS_ADMIN_INPUTS)
-            self.sweep_transfers(uow, format_biz_time(req.inf_time), outbox)
+            self.sweep_transfers(uow, format_biz_time(req.inf_time), outbox, psn_nos_in(req.input))
             handler: Callable[..., dict[str, Any]] | None = lifecycle.HANDLERS.get(req.infno)
             if handler is None:
                 raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")

@@ -52,7 +52,10 @@ DEFAULT_TIME_AHEAD_S = 31 * 86400  # and resume after a closure of up to a month
 
 
 def insurance_year(policy: RegionPolicy, when: datetime) -> int:
-    """The insurance year a business time falls in (Shanghai's starts on 1 July, most on 1 January)."""
+    """The insurance year a business time falls in (Shanghai's starts on 1 July, most on 1 January), on
+    Asia/Shanghai business time as the accounts' windows are; a naive time is Shanghai time already."""
+    if when.tzinfo is not None:
+        when = when.astimezone(SHANGHAI)
     return when.year if when.month >= policy.year_start_month else when.year - 1
 
 
@@ -73,7 +76,14 @@ class BureauService:
                        headers: dict[str, Any] | None = None) -> list[int]:
         uow = BureauUnitOfWork(tx)
         nonce = None
-        if req.infno == infno.SIGN_IN:
+        facility_tx = req.infno == infno.SIGN_IN or infno.needs_sign_in(req.infno)
+        if facility_tx and not req.msgid.startswith(req.fixmedins_code):
+            # A facility numbers only its own messages: another's prefix would take that facility's msgid (its
+            # own message later refused as a conflict, its 2601 of it refused as not its own).
+            refusal = Reply.fail(req.msgid, ErrorCode.NOT_YOUR_MSGID,
+                                 f"msgid {req.msgid} does not begin with the sender's fixmedins_code "
+                                 f"{req.fixmedins_code} (12 fixmedins_code + yyyyMMddHHmmss + 4-digit sequence)")
+        elif req.infno == infno.SIGN_IN:
             refusal, nonce = self._check_credential(uow, req, reply_to, headers or {})
         elif infno.needs_sign_in(req.infno):
             refusal = self._check_sign_no(uow, req)
@@ -267,8 +277,10 @@ class BureauService:
 
     def _adjudicate(self, uow: BureauUnitOfWork, req: Request, inp: SettleInput, person: Any,
                     policy: RegionPolicy, facility: Any) -> Adjudication:
-        # 就医地目录, 参保地政策: the catalog of the place of treatment, the insured region's money rules.
-        catalog = self.policies.get(req.mdtrtarea_admvs, policy)
+        # 就医地目录, 参保地政策: the catalog of the place of treatment, the insured region's money rules. The place
+        # of treatment is where the facility is registered (G001), not what its request claims: a facility
+        # must not pick a laxer catalog (one that takes its declared classes) by naming another mdtrtarea_admvs.
+        catalog = self.policies.get(facility["admdvs"], policy)
         acc = uow.accumulators.get(inp.psn_no, insurance_year(policy, req.inf_time))
         return adjudicate(policy=policy, catalog=catalog, med_type=inp.med_type, psn_type=person["psn_type"],
                           hosp_lv=facility["hosp_lv"], lines=list(inp.details), acc=acc, insutype=person["insutype"],

@@ -210,9 +210,11 @@ class VisitDesk:
         return {"mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "endtime": format_biz_time(d.endtime)}
 
     # ---- fee details -----------------------------------------------------------------------------------------
-    def _catalog(self, req: Request) -> RegionPolicy:
+    def _catalog(self, uow: BureauUnitOfWork, req: Request) -> RegionPolicy:
+        """The catalog of where the facility is registered (as the settlement's, BureauService._adjudicate)."""
         policy = self.b._region(req)
-        return self.b.policies.get(req.mdtrtarea_admvs, policy)
+        facility = uow.registry.facility(req.fixmedins_code)
+        return self.b.policies.get(facility["admdvs"] if facility is not None else req.mdtrtarea_admvs, policy)
 
     def _upload(self, uow: BureauUnitOfWork, req: Request, inp: nat.In2204 | nat.In2301) -> dict[str, Any]:
         first = inp.feedetail[0]
@@ -222,7 +224,7 @@ class VisitDesk:
             raise GongjiError(ErrorCode.MED_TYPE_MISMATCH, f"visit {row['mdtrt_id']} is {row['kind']}: details go "
                                                            f"with {'2301' if row['kind'] == 'inpatient' else '2204'}")
         self._must_be(row, "admitted" if inpatient else "registered")
-        catalog = self._catalog(req)
+        catalog = self._catalog(uow, req)
         result = []
         for line in inp.feedetail:
             internal = internal_line(line)

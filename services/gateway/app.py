@@ -135,18 +135,19 @@ class Gateway:
         refusal, why = credentials.check(http.headers, secret=self.s.secret)
         if refusal is None and not self.nonces.first_use(paasid, http.headers[credentials.NONCE]):
             refusal, why = credentials.NONCE_REUSED, f"{credentials.NONCE} already used by {paasid} (a replay)"
+        unreadable = ""
         try:
             obj = wire.loads(body)  # numbers straight to Decimal, as the national platform sends money
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            obj = None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj, unreadable = None, f": {str(exc)[:200]}"
         ref = str(obj.get("msgid", ""))[:128] if isinstance(obj, dict) else ""
         if refusal is not None:
             self.counts["refused_signature"] += 1
             return await self._refuse(ref, refusal, why, [finding("signature_refused", paasid or "unknown",
                                                                   f"{refusal}: {why}", ref)])
         if not isinstance(obj, dict):
-            return await self._refuse("", BAD_MESSAGE, "the body is not a JSON object (the national envelope)",
-                                      [finding("malformed_envelope", paasid, "body is not a JSON object")])
+            return await self._refuse("", BAD_MESSAGE, f"the body is not a JSON object (the national envelope)"
+                                      f"{unreadable}", [finding("malformed_envelope", paasid, "body is not a JSON object")])
         found = raw_findings(obj, paasid)
         try:
             req = Request.model_validate(obj)
