@@ -8,7 +8,7 @@ float here means the JSON was parsed without parse_float=Decimal). Storage uses 
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
@@ -77,6 +77,18 @@ def line_total(pric: Decimal, cnt: Decimal | str) -> Decimal:
     """A line's det_item_fee_sumamt: pric x cnt rounded half-up to the fen (12.25 x 0.5 = 6.13, not 6.12).
     The one helper every builder of fee lines uses (runner, settle CLI, demo, generator)."""
     return from_fen(round_fen(Decimal(pric) * Decimal(cnt) * 100))
+
+
+def line_total_problem(total: Decimal, pric: Decimal, cnt: Decimal) -> str | None:
+    """None if det_item_fee_sumamt is pric x cnt rounded to the fen in some direction (HIS round half-up,
+    half-even or down): exactly the product when it has two places, else one of the two fen around it. A
+    fen more on a line that needs no rounding is refused (500 lines, 5.00 more on a bill)."""
+    exact = Decimal(pric) * Decimal(cnt)
+    low, high = exact.quantize(CENT, ROUND_FLOOR), exact.quantize(CENT, ROUND_CEILING)
+    if low <= total <= high:
+        return None
+    shown = f"{low}" if low == high else f"{low} or {high}"
+    return f"det_item_fee_sumamt {total} != pric x cnt ({exact.normalize():f}, to the fen {shown})"
 
 
 def _parse_price(value: Any) -> Decimal:

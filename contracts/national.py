@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from .base import BizTime, PsnNo, Quantity, Ratio, Strict
-from .money import Price, _parse_money
+from .money import Price, _parse_money, line_total_problem
 from .settlement import MAX_BILL, CertType, ChrgitmLv, Insutype, ItemScope, MedType, SetlChannel
 
 ALL_BATCHES = "0000"  # 2205 / 2302: "0000" cancels every detail not yet settled
@@ -162,9 +162,9 @@ def _check_line(total: Decimal, pric: Decimal, cnt: Decimal) -> None:
         raise ValueError("det_item_fee_sumamt and pric must not be negative")
     if total > MAX_BILL:
         raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
-    expected = (pric * cnt).quantize(Decimal("0.01"))
-    if abs(expected - total) > Decimal("0.01"):
-        raise ValueError(f"det_item_fee_sumamt {total} != pric x cnt ({expected})")
+    problem = line_total_problem(total, pric, cnt)
+    if problem:
+        raise ValueError(problem)
 
 
 class In2204(Strict):

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import Admdvs, BizTime, FixmedinsCode, PsnNo, Quantity, Ratio, ShortText, Strict
-from .money import Money, Price, line_total
+from .money import Money, Price, line_total_problem
 
 MedType = Literal["11", "13", "14", "21", "41"]  # 门诊 急诊 门诊慢特病 住院 定点药店购药
 Insutype = Literal["310", "390"]  # 职工基本医疗保险 / 城乡居民基本医疗保险
@@ -48,9 +48,9 @@ class FeeDetail(Strict):
             raise ValueError("pric and det_item_fee_sumamt must not be negative")
         if self.det_item_fee_sumamt > MAX_BILL:
             raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
-        expected = line_total(self.pric, self.cnt)
-        if abs(expected - self.det_item_fee_sumamt) > Decimal("0.01"):
-            raise ValueError(f"det_item_fee_sumamt {self.det_item_fee_sumamt} != pric x cnt ({expected})")
+        problem = line_total_problem(self.det_item_fee_sumamt, self.pric, self.cnt)
+        if problem:
+            raise ValueError(problem)
         if self.pric_uplmt_amt is not None and self.pric_uplmt_amt < 0:
             raise ValueError("pric_uplmt_amt must not be negative")
         return self

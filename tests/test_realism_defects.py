@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from contracts.base import SHANGHAI
-from contracts.money import line_total
+from contracts.money import line_total, line_total_problem
+from contracts.settlement import FeeDetail
 from contracts.pos import ReverseVisit
 from simulator import cli, demo
 from simulator.run.identities import Mapper
@@ -27,6 +28,20 @@ def test_line_total_rounds_half_up() -> None:
     assert line_total(D("12.25"), "0.5") == D("6.13")
     assert line_total(D("0.05"), "0.5") == D("0.03")  # 0.025 -> 0.03 (half-even: 0.02)
     assert line_total(D("3.33"), "3") == D("9.99")
+
+
+def test_a_line_total_is_the_product_rounded_to_the_fen_and_nothing_else() -> None:
+    # An outside probe billed pric 10.00 x 1 as 10.01 and was accepted: a fen per line, 5.00 on 500 lines.
+    assert line_total_problem(D("10.00"), D("10.00"), D("1")) is None
+    assert line_total_problem(D("10.01"), D("10.00"), D("1")) is not None
+    assert line_total_problem(D("9.99"), D("10.00"), D("1")) is not None
+    # 12.25 x 0.5 = 6.125: a HIS may round half-up (6.13), half-even or down (6.12); 6.14 is nobody's rounding.
+    assert [line_total_problem(D(t), D("12.25"), D("0.5")) is None for t in ("6.12", "6.13", "6.14")] == \
+        [True, True, False]
+    assert line_total_problem(D("10.00"), D("3.333333"), D("3")) is None  # 9.999999 → 10.00 or 9.99
+    with pytest.raises(ValueError, match="pric x cnt"):
+        FeeDetail.model_validate({"feedetl_sn": "1", "med_list_codg": "XA01", "cnt": "1", "pric": "10.00",
+                                  "det_item_fee_sumamt": "10.01"})
 
 
 def test_every_line_builder_rounds_half_up() -> None:
