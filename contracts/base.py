@@ -1,6 +1,7 @@
 """Shared pydantic configuration and field types for everything on the wire."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -48,10 +49,10 @@ def format_biz_time(value: datetime) -> str:
 # Business time as the national interface writes it: local Asia/Shanghai, no zone suffix.
 BizTime = Annotated[datetime, BeforeValidator(_parse_biz_time), PlainSerializer(format_biz_time, return_type=str)]
 
-Admdvs = Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
+Admdvs = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
 FixmedinsCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{12}$")]
 PsnNo = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,30}$")]
-MsgId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{12}\d{14}\d{4}$")]
+MsgId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{12}[0-9]{14}[0-9]{4}$")]
 ShortText = Annotated[str, StringConstraints(max_length=200)]
 
 
@@ -61,10 +62,9 @@ def _parse_ratio(value: Any) -> Decimal:
     if isinstance(value, int):
         value = str(value)
     if isinstance(value, str):
-        try:
-            value = Decimal(value)
-        except Exception:
-            raise ValueError(f"ratio must be a decimal string, got {value!r}") from None
+        if not _DECIMAL_RE.fullmatch(value):  # ASCII digits only: Decimal() also reads "1_0" and fullwidth digits
+            raise ValueError(f"ratio must be a decimal string, got {value!r}")
+        value = Decimal(value)
     if not isinstance(value, Decimal) or not value.is_finite() or not (0 <= value <= 1):
         raise ValueError("ratio must be between 0 and 1")
     if value.as_tuple().exponent < -4:
@@ -75,9 +75,14 @@ def _parse_ratio(value: Any) -> Decimal:
 Ratio = Annotated[Decimal, BeforeValidator(_parse_ratio), PlainSerializer(lambda d: str(d), return_type=str)]
 
 
+_DECIMAL_RE = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,12})?$")
+
+
 def _parse_qty(value: Any) -> Decimal:
     if isinstance(value, float) or isinstance(value, bool):
         raise ValueError("cnt must be a decimal string or integer (float refused)")
+    if isinstance(value, str) and not _DECIMAL_RE.fullmatch(value):  # "1_0" or fullwidth digits: Decimal() reads them
+        raise ValueError(f"cnt must be a decimal string like \"2\" or \"0.5\", got {value!r}")
     try:
         dec = Decimal(str(value))
     except Exception:

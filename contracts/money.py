@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-_MONEY_RE = re.compile(r"^-?\d{1,12}\.\d{2}$")
+_MONEY_RE = re.compile(r"^-?[0-9]{1,12}\.[0-9]{2}$")
 CENT = Decimal("0.01")
 # The one limit of every hop: the largest amount the wire format carries (12 digits of yuan). A balance or an
 # amount that would go beyond it is refused where it would arise, before any money moves.
@@ -33,7 +33,7 @@ def _parse_money(value: Any) -> Decimal:
             raise ValueError(f"money beyond {MAX_AMOUNT} does not fit the wire format")
         return value.quantize(CENT)
     if isinstance(value, str):
-        if not _MONEY_RE.match(value):
+        if not _MONEY_RE.fullmatch(value):
             raise ValueError(f"money must look like \"12.30\" (exactly 2 decimals), got {value!r}")
         return Decimal(value)
     raise ValueError(f"money must be a string like \"12.30\", got {type(value).__name__}")
@@ -98,7 +98,7 @@ def _parse_price(value: Any) -> Decimal:
     if isinstance(value, int):
         value = Decimal(value)
     elif isinstance(value, str):
-        if not re.match(r"^-?\d{1,12}(\.\d{1,6})?$", value):
+        if not re.fullmatch(r"-?[0-9]{1,12}(\.[0-9]{1,6})?", value):
             raise ValueError(f"pric must look like \"12.30\" (at most 6 decimals), got {value!r}")
         value = Decimal(value)
     if not isinstance(value, Decimal) or not value.is_finite():
@@ -115,6 +115,6 @@ Price = Annotated[
     BeforeValidator(_parse_price),
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
     # What _parse_price takes: the national interface's JSON number, or a decimal string (published schemas).
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,6})?$"}],
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"}],
                     "description": "unit price 单价 (数值型 16,6)"}),
 ]

@@ -98,7 +98,7 @@ class CompensateInput(Strict):
 
     psn_no: PsnNo
     omsgid: str = Field(min_length=1, max_length=30)
-    oinfno: str = Field(pattern=r"^\d{4}$")
+    oinfno: str = Field(pattern=r"^[0-9]{4}$")
 
 
 class SignInInput(Strict):
@@ -136,7 +136,7 @@ class ReconcileInput(Strict):
     insuplc_admdvs). The bureau answers with its own totals and whether they match (stmt_rslt "0" 平)."""
 
     fixmedins_code: FixmedinsCode
-    stmt_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    stmt_date: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
     setl_optins: Admdvs | None = None
     fixmedins_setl_cnt: int = Field(ge=0)
     medfee_sumamt: Money
@@ -158,7 +158,7 @@ class SetlDetail(Strict):
     """One fund's line of setldetail (national names): the basic pooled fund (310100 / 390100) and the funds
     above it (330100 大额, 390200 大病, 610100 医疗救助). fund_pay_sumamt is the sum of fund_payamt."""
 
-    fund_pay_type: str = Field(pattern=r"^\d{6}$")
+    fund_pay_type: str = Field(pattern=r"^[0-9]{6}$")
     fund_pay_type_name: str
     inscp_scp_amt: Money  # the in-scope amount this fund worked on
     crt_payb_lmt_amt: Money | None = None  # what it could still pay this year (None: no yearly cap)

@@ -246,3 +246,16 @@ async def test_the_own_account_pays_first_what_only_it_may_pay(stack: Stack) -> 
     assert (s.acct_pay, s.acct_mulaid_pay, s.psn_cash_pay, s.balc) == (D("140.00"), D("60.00"), D("20.00"),
                                                                        D("0.00"))
     assert await balance(c, mother) == D("940.00")
+
+
+@pytest.mark.parametrize("field,value", [("cnt", "1_0"), ("cnt", "１"), ("cnt", " 1"), ("pric", "1_0.00"),
+                                         ("pric", "10.00\n"), ("det_item_fee_sumamt", "１0.00"),
+                                         ("det_item_fee_sumamt", "10.00\n"), ("selfpay_prop", "0_05")])
+def test_numbers_are_ascii_decimals_nothing_python_also_reads(field: str, value: str) -> None:
+    # Python's Decimal() reads "1_0" as 10 and fullwidth digits as digits; `$` in a regex allows a newline.
+    # An outside probe's cnt "1_0" was billed as 10: such text is refused, as any malformed number.
+    good = {"feedetl_sn": "1", "med_list_codg": "XA01", "cnt": "1", "pric": "10.00", "det_item_fee_sumamt": "10.00",
+            "chrgitm_lv": "02", "selfpay_prop": "0.05"}
+    assert FeeDetail.model_validate(good).cnt == D("1")
+    with pytest.raises(ValueError):
+        FeeDetail.model_validate({**good, field: value})
