@@ -106,3 +106,19 @@ def test_json_nested_too_deep_is_a_bad_message_not_a_crash() -> None:
             wire.loads(("[" * depth + "]" * depth).encode())
     envelope = {"input": {"feedetail": [{"a": {"b": [1, 2]}}]}}
     assert wire.loads(json.dumps(envelope).encode()) == envelope
+
+
+async def test_a_2601_must_name_the_original_transaction_code(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    p = await person(c, uid("oin"), balance="100.00")
+    when = "2026-05-12 10:00:00"
+    req, rep = await direct(c, "2102", settle_input(p, "41", [line("XA01", "40.00")]), when=when)
+    assert rep.infcode == 0 and await balance(c, p) == D("60.00")
+    # 冲正 of a 2102 that says it is cancelling a 2207: refused, nothing moves.
+    _, wrong = await direct(c, "2601", {"psn_no": p, "omsgid": req.msgid, "oinfno": "2207"}, when=when)
+    assert (wrong.infcode, wrong.err_code) == (-1, "E_BAD_INPUT") and "was a 2102" in (wrong.err_msg or "")
+    assert await balance(c, p) == D("60.00")
+    _, right = await direct(c, "2601", {"psn_no": p, "omsgid": req.msgid, "oinfno": "2102"}, when=when)
+    assert right.infcode == 0, (right.err_code, right.err_msg)
+    assert await balance(c, p) == D("100.00")

@@ -351,6 +351,10 @@ class BureauService:
         if not mine:
             raise GongjiError(ErrorCode.NOT_YOUR_MSGID, f"msgid {inp.omsgid} was not sent by {req.fixmedins_code}")
         original = uow.inbox.get(inp.omsgid)
+        if original is not None and original.kind.isdigit() and original.kind != inp.oinfno:
+            # The national 2601 names the original's transaction code: a mismatch is a HIS's mistake to see.
+            raise GongjiError(ErrorCode.BAD_INPUT, f"oinfno {inp.oinfno} does not match msgid {inp.omsgid}, "
+                                                   f"which was a {original.kind}")
         if original is None:
             # Never arrived (yet): leave a tombstone so that, if it does arrive, it is refused and does nothing.
             tomb = Reply.fail(inp.omsgid, ErrorCode.COMPENSATED,
