@@ -257,10 +257,17 @@ async def test_business_time_per_facility_within_tolerance(amqp_url: str, run_id
         with pytest.raises(RuntimeError, match="E_BIZ_TIME_REFUSED"):
             await c.sign_in(PHARMACY, "2026-05-20 10:00:00", HZ)
         assert await balance(c, mother) == D("450.00")  # 500.00 - the one day's 50.00
-        # Each facility has its own clock: the hospital's first message (a week earlier) sets its own.
-        _, rep = await direct(c, "2207", settle_input(kid, "11", [line("EXAM", "20.00")]),
+        # Each facility has its own clock: the hospital's first message (a week earlier) sets its own ...
+        other = await person(c, uid("oth"), balance="0.00")
+        _, rep = await direct(c, "2207", settle_input(other, "11", [line("EXAM", "20.00")]),
                               when="2026-05-03 10:00:00", facility=HOSPITAL3)
         assert rep.infcode == 0, (rep.err_code, rep.err_msg)
+        # ... but it cannot date the kid's bill a week before her latest settlement (an outside probe: a facility
+        # new to the bureau back-dated into a month whose binding cap was spent, and was paid it again).
+        _, rep = await direct(c, "2207", settle_input(kid, "11", [line("EXAM", "20.00")]),
+                              when="2026-05-03 10:05:00", facility=HOSPITAL3)
+        assert (rep.infcode, rep.err_code) == (-1, "E_BIZ_TIME_REFUSED"), rep
+        assert await balance(c, mother) == D("450.00")
     finally:
         await s.stop()
         await s.cleanup()

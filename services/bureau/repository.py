@@ -92,6 +92,11 @@ class Settlements(Repository):
     def by_setl_id(self, setl_id: str) -> Any:
         return db.settlement_by(self._tx, "setl_id", setl_id)
 
+    def latest_time(self, psn_no: str) -> str | None:
+        """The business time of a person's latest settlement ("YYYY-MM-DD HH:MM:SS"), at any facility."""
+        row = self._tx.execute("SELECT MAX(setl_time) FROM settlements WHERE psn_no=?", (psn_no,)).fetchone()
+        return row[0] if row else None
+
     def by_msgid(self, msgid: str) -> Any:
         return db.settlement_by(self._tx, "msgid", msgid)
 

@@ -146,6 +146,20 @@ class BureauService:
             uow.registry.advance_clock(req.fixmedins_code, format_biz_time(req.inf_time))
         return None
 
+    def _check_person_clock(self, uow: BureauUnitOfWork, req: Request, psn_no: str) -> None:
+        """A settlement is never more than `time_back_s` behind the person's latest one at any facility: the
+        facility clocks above are each facility's own, so a facility new to the bureau (or one whose clock is
+        far behind) could otherwise date a bill into a day or month whose caps the person has already used."""
+        latest = uow.settlements.latest_time(psn_no) if self.time_back_s else None
+        if latest is None:
+            return
+        when = req.inf_time.astimezone(SHANGHAI).replace(tzinfo=None)
+        behind = (datetime.strptime(latest, "%Y-%m-%d %H:%M:%S") - when).total_seconds()
+        if behind > self.time_back_s:
+            raise GongjiError(ErrorCode.BIZ_TIME_REFUSED,
+                              f"inf_time {format_biz_time(req.inf_time)} is {behind:.0f} s behind {psn_no}'s latest "
+                              f"settlement ({latest}; tolerance {self.time_back_s:.0f} s)")
+
     def _check_credential(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None,
                           headers: dict[str, Any]) -> tuple[Reply | None, str | None]:
         """9001 needs the facility's credential (x-tif headers, contracts.credentials) as AMQP headers: a
@@ -291,6 +305,7 @@ class BureauService:
     def _settle(self, uow: BureauUnitOfWork, req: Request, inp: SettleInput, reply_to: str | None,
                 outbox: list[int]) -> None:
         person, policy, facility = self._check_settle(uow, req, inp)
+        self._check_person_clock(uow, req, inp.psn_no)
         adj = self._adjudicate(uow, req, inp, person, policy, facility)
         year = insurance_year(policy, req.inf_time)
         uow.accumulators.add(inp.psn_no, year, adj.delta)
