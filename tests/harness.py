@@ -76,10 +76,16 @@ async def register_facilities(client: Client) -> None:
                                    (SH_HOSPITAL3, "hospital", "level3", SH), (SH_PHARMACY, "pharmacy", "community", SH),
                                    (WH_PHARMACY, "pharmacy", "community", WH),
                                    (HK_HOSPITAL2, "hospital", "level2", HK)):
-        fac = RegisterFacility(fixmedins_code=code, fixmedins_name=code, fixmedins_type=kind, hosp_lv=lv,
-                               admdvs=region)  # type: ignore[arg-type]
-        await ok(client.bureau_registry(client.envelope("G001", fac.model_dump(mode="json"), insuplc_admdvs=region,
-                                                        when=T0)))
+        await register_facility(client, code, kind, lv, region)
+
+
+async def register_facility(client: Client, code: str, kind: str = "pharmacy", lv: str = "community",
+                            region: str = HZ) -> None:
+    """G001 to the region's bureau: a designated facility of that region."""
+    fac = RegisterFacility(fixmedins_code=code, fixmedins_name=code, fixmedins_type=kind, hosp_lv=lv,
+                           admdvs=region)  # type: ignore[arg-type]
+    await ok(client.bureau_registry(client.envelope("G001", fac.model_dump(mode="json"), insuplc_admdvs=region,
+                                                    when=T0)))
 
 
 def uid(prefix: str) -> str:

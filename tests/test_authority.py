@@ -7,12 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from contracts.admin import RegisterFacility
 from contracts.envelope import Reply, make_msgid
 from contracts.pos import SettleVisit
 from simulator.stack import read_dead_letters
-from tests.harness import (HOSPITAL3, HZ, PHARMACY, T0, Stack, balance, cumulative, direct, line, ok, person,
-                           settle_input, uid, visit)
+from tests.harness import (HOSPITAL3, HZ, PHARMACY, Stack, balance, cumulative, direct, line, person,
+                           register_facility, settle_input, uid, visit)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 D = Decimal
@@ -20,11 +19,8 @@ OTHER_PHARMACY = "PHZ000000077"  # facility B, a pharmacy of the same region as 
 
 
 async def _register_b(stack: Stack) -> None:
-    c = stack.client
-    assert c is not None
-    fac = RegisterFacility(fixmedins_code=OTHER_PHARMACY, fixmedins_name="B", fixmedins_type="pharmacy",
-                           hosp_lv="community", admdvs=HZ)  # type: ignore[arg-type]
-    await ok(c.bureau_registry(c.envelope("G001", fac.model_dump(mode="json"), insuplc_admdvs=HZ, when=T0)))
+    assert stack.client is not None
+    await register_facility(stack.client, OTHER_PHARMACY)
 
 
 async def test_only_the_facility_that_settled_may_reverse_or_compensate(stack: Stack) -> None:

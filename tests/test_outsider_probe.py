@@ -8,10 +8,9 @@ from decimal import Decimal
 import pytest
 
 from contracts import wire
-from contracts.admin import RegisterFacility
 from contracts.envelope import make_msgid
-from tests.harness import (HK, HOSPITAL3, HZ, PHARMACY, T0, Stack, account, admin_call, balance, bind, direct, face,
-                           line, ok, person, settle_input, sign_no, uid, visit)
+from tests.harness import (HK, HOSPITAL3, HZ, PHARMACY, Stack, account, admin_call, balance, bind, direct, face, line,
+                           ok, person, register_facility, settle_input, sign_no, uid, visit)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 D = Decimal
@@ -45,9 +44,7 @@ async def test_the_catalog_is_the_facilitys_region_not_the_one_its_request_names
 async def test_a_facility_may_not_send_under_another_facilitys_msgid(stack: Stack) -> None:
     c = stack.client
     assert c is not None
-    fac = RegisterFacility(fixmedins_code=PROBE_PHARMACY, fixmedins_name="B", fixmedins_type="pharmacy",
-                           hosp_lv="community", admdvs=HZ)  # type: ignore[arg-type]
-    await ok(c.bureau_registry(c.envelope("G001", fac.model_dump(mode="json"), insuplc_admdvs=HZ, when=T0)))
+    await register_facility(c, PROBE_PHARMACY)
     p = await person(c, uid("pfx"), balance="100.00")
     when = "2026-05-07 10:00:00"
     theirs = make_msgid(PHARMACY, "20260507100000", 8765)  # A's next msgid, predictable

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instance", default=os.environ.get("GONGJI_GATEWAY_INSTANCE", "1"),
                    help="names this gateway's reply queue; give each replica its own")
     p.add_argument("--no-admin", action="store_true",
-                   help=f"refuse gongji's G-codes (loading facilities, people, accounts) even from gongji-admin")
+                   help="refuse gongji's G-codes (loading facilities, people, accounts) even from gongji-admin")
 
 
 def main(args: argparse.Namespace) -> int:
