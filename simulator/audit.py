@@ -478,7 +478,7 @@ async def daily_reconciliation_3201(c: Context) -> list[str]:
         for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
             g[k] += _fen(s[k])
     keys3 = sorted(groups)
-    calls = [("bureau", "3201", {"fixmedins_code": fac, "stmt_date": day, "setl_optins": reg,
+    calls = [("audit", "3201", {"fixmedins_code": fac, "stmt_date": day, "setl_optins": reg,
                                  "fixmedins_setl_cnt": groups[(fac, day, reg)]["cnt"],
                                  **{k: f"{from_fen(groups[(fac, day, reg)][k]):.2f}"
                                     for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")}},

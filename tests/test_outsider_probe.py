@@ -119,3 +119,25 @@ async def test_a_2601_must_name_the_original_transaction_code(stack: Stack) -> N
     _, right = await direct(c, "2601", {"psn_no": p, "omsgid": req.msgid, "oinfno": "2102"}, when=when)
     assert right.infcode == 0, (right.err_code, right.err_msg)
     assert await balance(c, p) == D("100.00")
+
+
+async def test_3201_is_a_facilitys_own_and_for_a_day_begun(stack: Stack) -> None:
+    c = stack.client
+    assert c is not None
+    p = await person(c, uid("rec"), balance="100.00")
+    when = "2026-05-14 10:00:00"
+    _, rep = await direct(c, "2102", settle_input(p, "41", [line("XA01", "40.00")]), when=when)
+    assert rep.infcode == 0
+    totals = {"fixmedins_setl_cnt": 0, "medfee_sumamt": "0.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+              "psn_cash_pay": "0.00"}
+    # The hospital asks for the pharmacy's day: its totals, and a sweep of its visits, are not the hospital's.
+    _, other = await direct(c, "3201", {"fixmedins_code": PHARMACY, "stmt_date": "2026-05-14", **totals}, when=when,
+                            facility=HOSPITAL3)
+    assert (other.infcode, other.err_code) == (-1, "E_NOT_YOUR_SETTLEMENT") and other.output is None
+    # A day not begun yet (its sweep would close visits opened minutes ago).
+    _, future = await direct(c, "3201", {"fixmedins_code": PHARMACY, "stmt_date": "2099-12-31", **totals}, when=when)
+    assert (future.infcode, future.err_code) == (-1, "E_BAD_INPUT")
+    # Its own day: the bureau's totals include the 40.00 (the day's other settlements of this shared stack too).
+    _, own = await direct(c, "3201", {"fixmedins_code": PHARMACY, "stmt_date": "2026-05-14", **totals}, when=when)
+    assert own.infcode == 0 and own.output is not None
+    assert D(own.output["bureau"]["medfee_sumamt"]) >= D("40.00") and own.output["bureau"]["fixmedins_setl_cnt"] >= 1

@@ -186,6 +186,24 @@ def test_wrong_expectation_fails_naming_step_and_field(amqp_url: str, tmp_path: 
     assert all(v == "ok" for v in rep["invariants"].values())  # the services were right; the scenario was not
 
 
+@pytest.mark.parametrize("old,new,line,field", [
+    ('balance: "50.00"}', 'balance: "-300.00"}', 12, "people[0].balance"),
+    ('relation: child}', 'relation: child, day_cap: "-200.00"}', 17, "bindings[0].day_cap"),
+    ('{code: XA01, price: "20.00"}', '{code: XA01, price: "-500.00"}', 27, "timeline[0].visit.items[1].price")])
+def test_negative_money_in_a_scenario_is_invalid_input(amqp_url: str, tmp_path: Path, old: str, new: str, line: int,
+                                                      field: str) -> None:
+    # An outside probe: a negative price ended in a traceback (exit 1), a negative balance or cap failed the
+    # run at setup (exit 1, with a false invariant failure). They are invalid input: exit 2, file and line.
+    text = (REPO / "scenarios" / "child_paid_by_mother.yaml").read_text(encoding="utf-8")
+    assert old in text
+    bad = tmp_path / "negative.yaml"
+    bad.write_text(text.replace(old, new, 1), encoding="utf-8")
+    out = cli("run", str(bad), amqp_url=amqp_url)
+    assert out.returncode == 2, out.stderr
+    assert f"{bad}:{line}: {field}:" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_invalid_scenario_exits_2_with_the_line(amqp_url: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text('name: bad\npeople:\n  - {psn_no: A, region: "3301", balance: "1.00"}\n', encoding="utf-8")

@@ -73,7 +73,9 @@ class BureauService:
 
     # ---- national transactions ----------------------------------------------------------------
     def handle_request(self, tx: Tx, req: Request, reply_to: str | None,
-                       headers: dict[str, Any] | None = None) -> list[int]:
+                       headers: dict[str, Any] | None = None, via_registry: bool = False) -> list[int]:
+        """via_registry: the broker delivered it from the registry exchange, which only the admin and the
+        simulator may write to (their audits reconcile every facility's day: 3201 for any fixmedins_code)."""
         uow = BureauUnitOfWork(tx)
         nonce = None
         facility_tx = req.infno == infno.SIGN_IN or infno.needs_sign_in(req.infno)
@@ -110,12 +112,13 @@ class BureauService:
             with uow.transaction():
                 uow.registry.remember_nonce(req.fixmedins_code, nonce)
                 return self._idempotent(uow, req, reply_to)
-        return self._idempotent(uow, req, reply_to)
+        return self._idempotent(uow, req, reply_to, via_registry)
 
-    def _idempotent(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None) -> list[int]:
+    def _idempotent(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None,
+                    via_registry: bool = False) -> list[int]:
         return handle_idempotent(uow, key=req.msgid, kind=req.infno, content_hash=req.content_hash(),
                                  reply_to=reply_to, reply_exchange=self.names.reply_exchange,
-                                 effect=lambda outbox: self._effect(uow, req, reply_to, outbox),
+                                 effect=lambda outbox: self._effect(uow, req, reply_to, outbox, via_registry),
                                  refusal=envelope_refusal(req.msgid))
 
     def _check_clock(self, uow: BureauUnitOfWork, req: Request) -> Reply | None:
@@ -209,7 +212,8 @@ class BureauService:
         uow.registry.put_signin(sign_no, req.fixmedins_code, inp.opter_no, format_biz_time(req.inf_time), valid_until)
         return SignInOutput(sign_no=sign_no, sign_time=req.inf_time, valid_until=valid_until).model_dump(mode="json")
 
-    def _effect(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None, outbox: list[int]) -> bytes | None:
+    def _effect(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None, outbox: list[int],
+                via_registry: bool = False) -> bytes | None:
         inp = decode_input(req, infno.BUREAU_INPUTS)
         if isinstance(inp, SignInInput):
             return Reply.ok(req.msgid, self._sign_in(uow, req, inp)).model_dump_json().encode()
@@ -224,7 +228,7 @@ class BureauService:
         if isinstance(inp, CumulativeInput):
             return Reply.ok(req.msgid, self._cumulative(uow, req, inp)).model_dump_json().encode()
         if isinstance(inp, ReconcileInput):
-            return Reply.ok(req.msgid, self._reconcile(uow, req, inp)).model_dump_json().encode()
+            return Reply.ok(req.msgid, self._reconcile(uow, req, inp, via_registry)).model_dump_json().encode()
         raise GongjiError(ErrorCode.UNKNOWN_INFNO, f"infno {req.infno} is not served here")
 
     def _read_only(self, uow: BureauUnitOfWork, req: Request, reply_to: str | None,
@@ -583,10 +587,24 @@ class BureauService:
                           crit_burden=from_fen(acc.crit_burden), crit_pay=from_fen(acc.crit_pay),
                           assist_pay=from_fen(acc.assist_pay)).model_dump(mode="json")
 
-    def _reconcile(self, uow: BureauUnitOfWork, req: Request, inp: ReconcileInput) -> dict[str, Any]:
+    def _reconcile(self, uow: BureauUnitOfWork, req: Request, inp: ReconcileInput,
+                   via_registry: bool = False) -> dict[str, Any]:
         """3201 对总账: the bureau's totals of the facility's standing settlements of that day, against the POS's."""
         region = inp.setl_optins or req.insuplc_admdvs
         self._region(req)
+        if inp.fixmedins_code != req.fixmedins_code and not via_registry:
+            # Its answer shows the day's totals, and it closes the facility's idle visits: a facility's own business.
+            raise GongjiError(ErrorCode.NOT_YOUR_SETTLEMENT, f"{req.fixmedins_code} may reconcile only its own "
+                                                             f"totals, not {inp.fixmedins_code}'s")
+        try:
+            day = datetime.strptime(inp.stmt_date, "%Y-%m-%d").date()
+        except ValueError:
+            raise GongjiError(ErrorCode.BAD_INPUT, f"stmt_date {inp.stmt_date} is not a date") from None
+        if day > req.inf_time.astimezone(SHANGHAI).date() and not via_registry:
+            # A day not begun yet has nothing to reconcile, and its sweep would close visits still in use. (The
+            # simulator's audit reconciles the days of a run once it is over, stamped with its own time.)
+            raise GongjiError(ErrorCode.BAD_INPUT, f"stmt_date {inp.stmt_date} is after the business day of "
+                                                   f"inf_time {format_biz_time(req.inf_time)}")
         mine = {"fixmedins_setl_cnt": 0, **{f: 0 for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                             "psn_cash_pay")}}
         for row in uow.settlements.settled_on(inp.fixmedins_code, inp.stmt_date):

@@ -52,7 +52,9 @@ async def setup(cfg: WorkerConfig, broker: Broker) -> Worker:
             # transaction through the national exchange (which the POS may write) is someone pretending.
             raise Forbidden(f"{req.infno} is accepted from {names.registry_exchange} only, "
                             f"not {incoming.exchange or '(default)'}")
-        return await store.run(lambda c: service.handle_request(c, req, incoming.reply_to, incoming.headers))
+        via_registry = incoming.exchange == names.registry_exchange  # set by the broker, not by the publisher
+        return await store.run(lambda c: service.handle_request(c, req, incoming.reply_to, incoming.headers,
+                                                                via_registry))
 
     async def on_accounts_reply(incoming: Incoming) -> list[int]:
         try:

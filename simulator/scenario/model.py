@@ -11,6 +11,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from contracts.admin import HospLv, PsnType
 from contracts.base import BizTime, FixmedinsCode, PsnNo, Quantity, Ratio
 from contracts.money import Money
+
+Amount = Annotated[Money, Field(ge=0)]  # a balance, cap or price: never negative (refused with the file's line)
 from contracts.pos import OutcomeStatus
 from contracts.settlement import CertType, ChrgitmLv, Insutype, MedType, SetlChannel
 
@@ -77,8 +79,8 @@ class Person(Model):
     region: Admdvs
     insutype: Insutype = "310"
     psn_type: PsnType = "employed"
-    balance: Money | None = None  # null: no personal account (e.g. resident-insured 居民医保)
-    prior_balance: Money | None = None  # 历年账户 carried over, where the region keeps it apart (Shanghai)
+    balance: Amount | None = None  # null: no personal account (e.g. resident-insured 居民医保)
+    prior_balance: Amount | None = None  # 历年账户 carried over, where the region keeps it apart (Shanghai)
     evoucher: bool = True  # 医保电子凭证 activated
     resident_group: Literal["child", "adult", "elderly"] | None = None  # 居民医保 benefit row (default from psn_type)
     low_income: bool = False  # 特困/低保: 医疗救助 (610100) where the region pays it
@@ -98,9 +100,9 @@ class BindingSpec(Model):
     member: PsnNo
     relation: Relation = "child"
     rank: int = Field(default=1, ge=1, le=99)
-    day_cap: Money | None = None
-    month_cap: Money | None = None
-    year_cap: Money | None = None
+    day_cap: Amount | None = None
+    month_cap: Amount | None = None
+    year_cap: Amount | None = None
     verify: dict[str, Any] | None = None  # identity check; default {method: face, passed: true}
 
 
@@ -162,11 +164,11 @@ class Generator(Model):
 class Item(Model):
     code: str = Field(min_length=1, max_length=50)
     name: str = ""
-    price: Money
+    price: Amount
     cnt: Quantity = Decimal("1")
     lv: ChrgitmLv | None = "01"  # declared class; the region catalog overrides it when it lists the code
     prop: Ratio | None = None  # declared selfpay_prop (乙类)
-    limit: Money | None = None  # declared price limit
+    limit: Amount | None = None  # declared price limit
     scope: str | None = None  # item_scope for unlisted items (medical, vaccination, cosmetic, ...)
 
 
