@@ -460,3 +460,20 @@ async def test_pos_national_outpatient_compensated_on_deadline(stack: Stack) -> 
     s = ok(await send(stack, "2207", settle_data(psn, outcome.mdtrt_id, "80.00", bchno="B1"),
                       "2026-10-02 11:01:00"))["setlinfo"]
     assert (s["acct_pay"], s["balc"]) == (D("80.00"), D("120.00"))  # 80.00 in scope, all to the deductible
+
+
+async def test_a_second_registration_under_an_open_visits_number_is_refused(stack: Stack) -> None:
+    # An outside probe: a HIS re-sending 2201 (or 2401) with a new msgid after a timeout got a second mdtrt_id
+    # for the same 门诊号, piling up open visits of one patient.
+    psn = await person(stack.client, uid("dup"), balance="0.00")  # type: ignore[arg-type]
+    t = "2026-08-20 09:00:00"
+    data = {"data": {"psn_no": psn, "insutype": "310", "begntime": t, "mdtrt_cert_type": "02", "mdtrt_cert_no": "",
+                     "ipt_otp_no": uid("num")[-20:], "atddr_no": "D001", "dr_name": "王医生", "dept_code": "A03",
+                     "dept_name": "内科", "caty": "A03"}}
+    first = ok(await send(stack, "2201", data, t))["data"]["mdtrt_id"]
+    refused(await send(stack, "2201", data, "2026-08-20 09:01:00"), "E_VISIT_STATE")
+    # Once that visit is cancelled (2202), the number may be registered again.
+    ok(await send(stack, "2202", {"data": {"mdtrt_id": first, "psn_no": psn, "ipt_otp_no": data["data"]["ipt_otp_no"]}},
+                  "2026-08-20 09:02:00"))
+    again = ok(await send(stack, "2201", data, "2026-08-20 09:03:00"))["data"]["mdtrt_id"]
+    assert again != first

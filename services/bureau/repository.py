@@ -171,6 +171,13 @@ class Visits(Repository):
                          (mdtrt_id, msgid, psn_no, fixmedins_code, insuplc_admdvs, mdtrtarea_admvs, insutype,
                           med_type, kind, ipt_otp_no, begntime, state, info, last_time))
 
+    def open_with_number(self, psn_no: str, fixmedins_code: str, ipt_otp_no: str) -> str | None:
+        """The mdtrt_id of the person's visit still open at the facility under that 门诊号/住院号, if any."""
+        row = self._tx.execute(f"SELECT mdtrt_id FROM visits WHERE state IN ({marks(len(OPEN_STATES))}) AND psn_no=? "
+                               "AND fixmedins_code=? AND ipt_otp_no=?",
+                               (*OPEN_STATES, psn_no, fixmedins_code, ipt_otp_no)).fetchone()
+        return row[0] if row else None
+
     def touch(self, mdtrt_id: str, when: str) -> None:
         self._tx.execute("UPDATE visits SET last_time=? WHERE mdtrt_id=?", (when, mdtrt_id))
 

@@ -162,6 +162,11 @@ class VisitDesk:
         if facility["type"] != "hospital":
             raise GongjiError(ErrorCode.FACILITY_TYPE_MISMATCH, "a pharmacy settles with 2101/2102, it does not "
                                                                 "register visits")
+        open_one = uow.visits.open_with_number(psn_no, req.fixmedins_code, ipt_otp_no)
+        if open_one is not None:
+            # A HIS that re-registers after a timeout (a new msgid) would pile up open visits of one patient.
+            raise GongjiError(ErrorCode.VISIT_STATE, f"{psn_no} already has visit {open_one} open under number "
+                                                     f"{ipt_otp_no}: continue it, or cancel it (2202) first")
         # Deterministic from the msgid: replicas sharing the store, and a redelivery, give the same mdtrt_id.
         mdtrt_id = "M" + hashlib.sha256(req.msgid.encode()).hexdigest()[:19].upper()
         uow.visits.add(mdtrt_id, req.msgid, psn_no, req.fixmedins_code, req.insuplc_admdvs, req.mdtrtarea_admvs,
