@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from .base import BizTime, PsnNo, Quantity, Ratio, Strict
-from .money import Price, _parse_money, line_total_problem
-from .settlement import MAX_BILL, CertType, ChrgitmLv, Insutype, ItemScope, MedType, SetlChannel
+from .money import Price, _parse_money
+from .settlement import MAX_BILL, CertType, ChrgitmLv, Insutype, ItemScope, MedType, SetlChannel, check_line
 
 ALL_BATCHES = "0000"  # 2205 / 2302: "0000" cancels every detail not yet settled
 
@@ -153,18 +153,8 @@ class FeeLine(Strict):
 
     @model_validator(mode="after")
     def _amounts(self) -> "FeeLine":
-        _check_line(self.det_item_fee_sumamt, self.pric, self.cnt)
+        check_line(self.det_item_fee_sumamt, self.pric, self.cnt)
         return self
-
-
-def _check_line(total: Decimal, pric: Decimal, cnt: Decimal) -> None:
-    if total < 0 or pric < 0:
-        raise ValueError("det_item_fee_sumamt and pric must not be negative")
-    if total > MAX_BILL:
-        raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
-    problem = line_total_problem(total, pric, cnt)
-    if problem:
-        raise ValueError(problem)
 
 
 class In2204(Strict):
@@ -388,7 +378,7 @@ class DrugDetail(Strict):
 
     @model_validator(mode="after")
     def _amounts(self) -> "DrugDetail":
-        _check_line(self.det_item_fee_sumamt, self.pric, self.cnt)
+        check_line(self.det_item_fee_sumamt, self.pric, self.cnt)
         return self
 
 

@@ -29,6 +29,18 @@ SetlChannel = Literal["offline", "online"]  # gongji extension: online drug purc
 MAX_BILL = Decimal("10000000.00")
 
 
+def check_line(total: Decimal, pric: Decimal, cnt: Decimal) -> None:
+    """A fee line's amounts, as both flows read them (FeeDetail here, the national FeeLine): never negative, never
+    absurd, and the total is pric x cnt rounded to the fen."""
+    if total < 0 or pric < 0:
+        raise ValueError("pric and det_item_fee_sumamt must not be negative")
+    if total > MAX_BILL:
+        raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
+    problem = line_total_problem(total, pric, cnt)
+    if problem:
+        raise ValueError(problem)
+
+
 class FeeDetail(Strict):
     feedetl_sn: ShortText
     med_list_codg: str = Field(min_length=1, max_length=50)
@@ -44,13 +56,7 @@ class FeeDetail(Strict):
 
     @model_validator(mode="after")
     def _amounts(self) -> "FeeDetail":
-        if self.pric < 0 or self.det_item_fee_sumamt < 0:
-            raise ValueError("pric and det_item_fee_sumamt must not be negative")
-        if self.det_item_fee_sumamt > MAX_BILL:
-            raise ValueError(f"det_item_fee_sumamt above {MAX_BILL} is refused as absurd")
-        problem = line_total_problem(self.det_item_fee_sumamt, self.pric, self.cnt)
-        if problem:
-            raise ValueError(problem)
+        check_line(self.det_item_fee_sumamt, self.pric, self.cnt)
         if self.pric_uplmt_amt is not None and self.pric_uplmt_amt < 0:
             raise ValueError("pric_uplmt_amt must not be negative")
         return self

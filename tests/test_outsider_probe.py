@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 
 from contracts import wire
-from contracts.envelope import make_msgid
+from contracts.envelope import Request, make_msgid
+from simulator.client import Client
 from tests.harness import (HK, HOSPITAL3, HZ, PHARMACY, Stack, account, admin_call, balance, bind, direct, face, line,
                            ok, person, register_facility, settle_input, sign_no, uid, visit)
 
@@ -105,13 +106,19 @@ def test_json_nested_too_deep_is_a_bad_message_not_a_crash() -> None:
     assert wire.loads(json.dumps(envelope).encode()) == envelope
 
 
-async def test_a_2601_must_name_the_original_transaction_code(stack: Stack) -> None:
+async def _paid_40_of_100(stack: Stack, when: str) -> tuple[Client, str, Request]:
+    """A person with 100.00 who bought 40.00 at the pharmacy (2102): the client, her psn_no, the request."""
     c = stack.client
     assert c is not None
-    p = await person(c, uid("oin"), balance="100.00")
-    when = "2026-05-12 10:00:00"
+    p = await person(c, uid("p40"), balance="100.00")
     req, rep = await direct(c, "2102", settle_input(p, "41", [line("XA01", "40.00")]), when=when)
     assert rep.infcode == 0 and await balance(c, p) == D("60.00")
+    return c, p, req
+
+
+async def test_a_2601_must_name_the_original_transaction_code(stack: Stack) -> None:
+    when = "2026-05-12 10:00:00"
+    c, p, req = await _paid_40_of_100(stack, when)
     # 冲正 of a 2102 that says it is cancelling a 2207: refused, nothing moves.
     _, wrong = await direct(c, "2601", {"psn_no": p, "omsgid": req.msgid, "oinfno": "2207"}, when=when)
     assert (wrong.infcode, wrong.err_code) == (-1, "E_BAD_INPUT") and "was a 2102" in (wrong.err_msg or "")
@@ -122,12 +129,8 @@ async def test_a_2601_must_name_the_original_transaction_code(stack: Stack) -> N
 
 
 async def test_3201_is_a_facilitys_own_and_for_a_day_begun(stack: Stack) -> None:
-    c = stack.client
-    assert c is not None
-    p = await person(c, uid("rec"), balance="100.00")
     when = "2026-05-14 10:00:00"
-    _, rep = await direct(c, "2102", settle_input(p, "41", [line("XA01", "40.00")]), when=when)
-    assert rep.infcode == 0
+    c, _, _ = await _paid_40_of_100(stack, when)
     totals = {"fixmedins_setl_cnt": 0, "medfee_sumamt": "0.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
               "psn_cash_pay": "0.00"}
     # The hospital asks for the pharmacy's day: its totals, and a sweep of its visits, are not the hospital's.

@@ -188,9 +188,11 @@ class AccountsService:
                                                   if k not in NEVER_ACCOUNT_SCOPES
                                                   and (k not in PILOT_SCOPES or k in rules.pilots)})
 
-    def _payable(self, req: AccountsRequest, rules: AccountRules, psn_part: int) -> tuple[int, list[str]]:
+    @staticmethod
+    def _exclusion_notes(req: AccountsRequest, rules: AccountRules) -> list[str]:
+        """Why the patient's own region lets the accounts pay less than the share (what _may_pay leaves out)."""
         if req.acct_used_flag == "0":
-            return 0, ["acct_used_flag 0: personal accounts not used"]
+            return ["acct_used_flag 0: personal accounts not used"]
         notes = []
         if not rules.pay_fulamt_ownpay:
             excluded = to_fen(req.fulamt_ownpay_amt or ZERO) + to_fen(req.overlmt_selfpay or ZERO)
@@ -200,10 +202,9 @@ class AccountsService:
             for scope, amount in req.scope_amounts.items():
                 if scope in NEVER_ACCOUNT_SCOPES or (scope in PILOT_SCOPES and scope not in rules.pilots):
                     notes.append(f"{scope} items ({amount}) may not be paid from any personal account")
-        pieces, allowed = self._pieces(req, psn_part), self._may_pay(req, rules)
-        return sum(pieces[k] for k in allowed), notes
+        return notes
 
-    def _payers(self, uow: AccountsUnitOfWork, req: AccountsRequest, win: dict[str, str], psn_part: int = 0
+    def _payers(self, uow: AccountsUnitOfWork, req: AccountsRequest, win: dict[str, str]
                 ) -> tuple[Payer | None, list[Payer], dict[str, Any], list[str]]:
         notes: list[str] = []
         bindings = uow.bindings.active_of_member(req.psn_no) if req.proxy_psn_no is None else []
@@ -223,6 +224,7 @@ class AccountsService:
                                   f"{req.proxy_psn_no} may not use {req.psn_no}'s e-voucher (no 亲情账户 link)")
             notes.append(f"亲情账户: {req.proxy_psn_no} settles for {req.psn_no}; only {req.psn_no}'s own money pays")
             return own, authorizers, rows, notes
+        when = format_biz_time(req.biz_time)
         for b in bindings:
             self.roll_pockets(uow, b["authorizer_psn_no"], req.biz_time)
             acct = uow.accounts.get(b["authorizer_psn_no"])
@@ -232,7 +234,6 @@ class AccountsService:
             arules = self.rules(acct["insuplc_admdvs"])
             category = MED_TYPE_CATEGORY[req.med_type] if req.med_type else None
             usable, why = True, ""
-            when = format_biz_time(req.biz_time)
             if b["created_time"] > when:  # a back-dated bill does not reach a binding that did not exist yet
                 usable, why = False, (f"binding {b['auth_id']} was made at {b['created_time']}, after this "
                                       f"settlement's business time {when}")
@@ -273,9 +274,10 @@ class AccountsService:
         psn_part = to_fen(req.psn_part_amt)
         if psn_part < 0:
             raise GongjiError(ErrorCode.BAD_INPUT, "psn_part_amt must not be negative")
-        payable, notes = self._payable(req, rules, psn_part)
+        pieces, member = self._pieces(req, psn_part), self._may_pay(req, rules)
+        notes = self._exclusion_notes(req, rules)
         win = self.windows(req.insuplc_admdvs, req.biz_time)
-        own, authorizers, rows, more = self._payers(uow, req, win, psn_part)
+        own, authorizers, rows, more = self._payers(uow, req, win)
         notes += more
         shared: list[Limit] = []
         if req.setl_chnl in rules.channel_daily_limit:
@@ -286,9 +288,9 @@ class AccountsService:
         # (scope, 全自费, pilots: see _payers).
         wallet_fen = uow.people.wallet(req.psn_no)
         wallet = Payer(req.psn_no, "wallet", wallet_fen) if wallet_fen > 0 else None
-        alloc = allocate(psn_part=psn_part, payable=payable, own=own, authorizers=authorizers, shared_limits=shared,
-                         mutual_aid_allowed=rules.mutual_aid_open, wallet=wallet,
-                         pieces=self._pieces(req, psn_part), payable_pieces=self._may_pay(req, rules),
+        alloc = allocate(psn_part=psn_part, payable=sum(pieces[k] for k in member), own=own, authorizers=authorizers,
+                         shared_limits=shared, mutual_aid_allowed=rules.mutual_aid_open, wallet=wallet,
+                         pieces=pieces, payable_pieces=member,
                          mutual_aid_why_not=f"the service is not open in {req.insuplc_admdvs}")
         caps = {lim.key: lim.cap for p in authorizers for lim in p.limits} | {lim.key: lim.cap for lim in shared}
         return alloc, rows, caps, notes
